@@ -1,0 +1,84 @@
+"""create_app(settings): routes, middleware, lifespan and error handlers."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+import structlog
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from service import migrate, monitoring, openapi, webhooks
+from service.edges import HostCheck, error_response
+from service.runtime import Runtime
+from service.settings import Settings
+
+log = structlog.get_logger(__name__)
+
+
+def create_app(settings: Settings, *, start_dispatcher: bool = True) -> Starlette:
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        # Each gunicorn worker runs this after the fork: connections are never shared.
+        await asyncio.to_thread(migrate.require_current, settings.database_url)
+        runtime = Runtime.open(settings)
+        app.state.runtime = runtime
+        background = None
+        if start_dispatcher:
+            from service.dispatcher import run_in_service
+
+            background = asyncio.create_task(run_in_service(runtime), name="dispatcher")
+        try:
+            yield
+        finally:
+            if background is not None:
+                background.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await background
+            await runtime.close()
+
+    routes = [
+        Route("/api/v1/avatar/status_update", webhooks.status_update, methods=["POST"]),
+        Route("/api/avatar/status_update", webhooks.status_update, methods=["POST"]),
+        Route("/health", monitoring.health, methods=["GET"]),
+        Route("/api/v1/webhook/status", monitoring.webhook_status, methods=["GET"]),
+        Route("/metrics", monitoring.prometheus, methods=["GET"]),
+        Route("/api/v1/openapi.json", openapi.document, methods=["GET"]),
+    ]
+    middleware = [Middleware(HostCheck, allowed=settings.allowed_hosts)]
+    if settings.cors_origins:
+        middleware.append(
+            Middleware(
+                CORSMiddleware,
+                allow_origins=list(settings.cors_origins),
+                allow_methods=["GET", "POST"],
+                allow_headers=["Content-Type"],
+            )
+        )
+    return Starlette(
+        routes=routes,
+        middleware=middleware,
+        lifespan=lifespan,
+        exception_handlers={HTTPException: _http_error, Exception: _server_error},
+    )
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    codes = {404: "not_found", 405: "method_not_allowed"}
+    return error_response(exc.status_code, codes.get(exc.status_code, "http_error"), exc.detail)
+
+
+async def _server_error(request: Request, exc: Exception) -> Response:
+    log.exception("unhandled_error", path=request.url.path)
+    return JSONResponse(
+        {"error": "internal", "detail": "an unexpected error; nothing was acknowledged"},
+        status_code=500,
+    )

@@ -1,0 +1,207 @@
+"""`python -m service serve | bot | migrate | check | avatars ... | notifications ...`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from service import logs
+from service.settings import Settings, SettingsError
+
+T = TypeVar("T")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m service", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("serve", help="run the webhook service (gunicorn) and its dispatcher")
+    commands.add_parser("bot", help="run the Telegram bot (long polling)")
+    commands.add_parser("migrate", help="bring the database schema up to date")
+    commands.add_parser("check", help="validate settings and reach the database")
+
+    avatars = commands.add_parser("avatars", help="inspect or register avatars").add_subparsers(
+        dest="action", required=True
+    )
+    attach = avatars.add_parser("attach", help="register a training started outside the bot")
+    attach.add_argument("--telegram-id", type=int, required=True)
+    attach.add_argument("--name", required=True)
+    attach.add_argument("--training-type", choices=("portrait", "style"), required=True)
+    attach.add_argument("--request-id", required=True)
+    show = avatars.add_parser("show", help="one avatar by FAL request id")
+    show.add_argument("--request-id", required=True)
+    show.add_argument("--json", action="store_true", help="print JSON (the only format)")
+    listing = avatars.add_parser("list", help="all avatars, optionally by status")
+    listing.add_argument(
+        "--status", choices=("draft", "training", "completed", "failed", "cancelled")
+    )
+    listing.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+    notes = commands.add_parser("notifications", help="inspect or re-queue notifications")
+    note_actions = notes.add_subparsers(dest="action", required=True)
+    note_list = note_actions.add_parser("list", help="notifications, optionally by state")
+    note_list.add_argument(
+        "--state",
+        choices=("pending", "sending", "sent", "uncertain", "undeliverable", "failed"),
+    )
+    note_list.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    retry = note_actions.add_parser("retry", help="re-queue one notification or all failed")
+    target = retry.add_mutually_exclusive_group(required=True)
+    target.add_argument("id", nargs="?", type=int)
+    target.add_argument("--failed", action="store_true", help="every notification in 'failed'")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        settings = Settings.from_env()
+    except SettingsError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
+    logs.configure(settings.log_level, settings.log_format)
+    command: Callable[[argparse.Namespace, Settings], int] = {
+        "serve": _serve,
+        "bot": _bot,
+        "migrate": _migrate,
+        "check": _check,
+        "avatars": _avatars,
+        "notifications": _notifications,
+    }[args.command]
+    return command(args, settings)
+
+
+def _serve(args: argparse.Namespace, settings: Settings) -> int:
+    from service import migrate, server
+
+    try:
+        migrate.require_current(settings.database_url)
+    except migrate.SchemaOutOfDate as exc:
+        print(f"cannot start: {exc}", file=sys.stderr)
+        return 3
+    except Exception as exc:
+        print(f"cannot start: database unreachable: {_first_line(exc)}", file=sys.stderr)
+        return 3
+    server.serve(settings)
+    return 0
+
+
+def _bot(args: argparse.Namespace, settings: Settings) -> int:
+    from service.bot import run
+
+    return run(settings)
+
+
+def _migrate(args: argparse.Namespace, settings: Settings) -> int:
+    from service import migrate
+
+    try:
+        revision = migrate.upgrade(settings.database_url)
+    except Exception as exc:
+        print(f"migration failed: {_first_line(exc)}", file=sys.stderr)
+        return 1
+    print(f"database is at revision {revision}", file=sys.stderr)
+    return 0
+
+
+def _check(args: argparse.Namespace, settings: Settings) -> int:
+    from service import migrate
+
+    problems = []
+    try:
+        migrate.require_current(settings.database_url)
+    except migrate.SchemaOutOfDate as exc:
+        problems.append(str(exc))
+    except Exception as exc:
+        problems.append(f"database unreachable: {_first_line(exc)}")
+    if not settings.telegram_configured:
+        print("warning: TELEGRAM_TOKEN is empty: notifications will stay pending", file=sys.stderr)
+    for problem in problems:
+        print(f"error: {problem}", file=sys.stderr)
+    if not problems:
+        print("configuration ok, database reachable and migrated", file=sys.stderr)
+    return 1 if problems else 0
+
+
+def _run_db(settings: Settings, work: Callable[[AsyncSession], Awaitable[T]]) -> T:
+    from service.db import create_engine, run_transaction, sessionmaker
+
+    async def go() -> T:
+        engine = create_engine(settings.database_url, pool_size=1)
+        try:
+            return await run_transaction(sessionmaker(engine), work)
+        finally:
+            await engine.dispose()
+
+    return asyncio.run(go())
+
+
+def _avatars(args: argparse.Namespace, settings: Settings) -> int:
+    from service import operations
+
+    try:
+        if args.action == "attach":
+            avatar = _run_db(
+                settings,
+                lambda s: operations.attach(
+                    s, args.telegram_id, args.name, args.training_type, args.request_id
+                ),
+            )
+            _print_json(avatar)
+        elif args.action == "show":
+            _print_json(_run_db(settings, lambda s: operations.show(s, args.request_id)))
+        else:
+            rows = _run_db(settings, lambda s: operations.list_avatars(s, args.status))
+            if args.json:
+                _print_json(rows)
+            else:
+                _print_table(
+                    rows, ("id", "telegram_id", "status", "progress", "fal_request_id", "name")
+                )
+    except (operations.NotFound, operations.Conflict) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _notifications(args: argparse.Namespace, settings: Settings) -> int:
+    from service import operations
+
+    try:
+        if args.action == "list":
+            rows = _run_db(settings, lambda s: operations.list_notifications(s, args.state))
+            if args.json:
+                _print_json(rows)
+            else:
+                _print_table(rows, ("id", "chat_id", "kind", "state", "attempts", "last_error"))
+        else:
+            count = _run_db(
+                settings, lambda s: operations.retry_notifications(s, args.id, args.failed)
+            )
+            print(f"re-queued {count} notification(s)", file=sys.stderr)
+    except (operations.NotFound, operations.Conflict) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _print_json(value: Any) -> None:
+    json.dump(value, sys.stdout, ensure_ascii=False, indent=2)
+    sys.stdout.write("\n")
+
+
+def _print_table(rows: list[dict[str, Any]], columns: Sequence[str]) -> None:
+    table = [[str(row.get(c) if row.get(c) is not None else "-") for c in columns] for row in rows]
+    widths = [max([len(c)] + [len(r[i]) for r in table]) for i, c in enumerate(columns)]
+    for line in [list(columns), *table]:
+        print("  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)))
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__

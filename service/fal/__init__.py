@@ -1,0 +1,1 @@
+"""The FAL AI protocol: webhook signatures and key set, webhook bodies, comment metadata."""

@@ -1,0 +1,59 @@
+"""structlog set-up: one JSON object per line on stderr (journald keeps it), or console text."""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+from collections.abc import MutableMapping
+from typing import Any
+
+import structlog
+
+# Telegram puts the bot token in every URL path; nothing that might hold one is logged as is.
+_TOKEN = re.compile(r"\d{5,}:[A-Za-z0-9_-]{20,}")
+_SECRET_KEYS = ("token", "signature", "fal_key", "authorization", "password")
+
+
+def _redact(_logger: Any, _name: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    for key, value in event.items():
+        if any(secret in key.lower() for secret in _SECRET_KEYS) and key != "event":
+            event[key] = "[redacted]"
+        elif isinstance(value, str) and _TOKEN.search(value):
+            event[key] = _TOKEN.sub("[redacted]", value)
+    return event
+
+
+def configure(level: str = "INFO", fmt: str = "json") -> None:
+    shared: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        _redact,
+    ]
+    renderer: Any = (
+        structlog.processors.JSONRenderer()
+        if fmt == "json"
+        else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+    )
+    structlog.configure(
+        processors=[*shared, structlog.processors.format_exc_info, renderer],
+        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelNamesMapping()[level]),
+        logger_factory=structlog.WriteLoggerFactory(file=sys.stderr),
+        cache_logger_on_first_use=True,
+    )
+    # Libraries (gunicorn, uvicorn, alembic, python-telegram-bot) log through the standard
+    # library; give their lines the same shape so journald holds one format.
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[*shared, structlog.stdlib.add_logger_name],
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+        )
+    )
+    root = logging.getLogger()
+    root.handlers = [handler]
+    root.setLevel(level)
+    # httpx logs every request URL at INFO, and Telegram's URLs carry the bot token.
+    for name in ("httpx", "httpcore", "telegram.ext", "apscheduler"):
+        logging.getLogger(name).setLevel(max(logging.WARNING, root.level))

@@ -1,0 +1,128 @@
+"""The OpenAPI document of the HTTP interface; tests hold it to what the app really does."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+_ERROR = {
+    "type": "object",
+    "required": ["error", "detail"],
+    "properties": {"error": {"type": "string"}, "detail": {"type": "string"}},
+}
+_ACK = {
+    "type": "object",
+    "required": ["status", "request_id"],
+    "properties": {
+        "status": {"type": "string", "enum": ["received", "duplicate", "unmatched", "ignored"]},
+        "request_id": {"type": "string"},
+    },
+}
+_WEBHOOK_BODY = {
+    "type": "object",
+    "description": "FAL's webhook body (status OK/ERROR, payload, error, payload_error) or an "
+    "older form (finetune_id, word statuses, progress, message, comment).",
+    "properties": {
+        "request_id": {"type": "string"},
+        "finetune_id": {"type": "string"},
+        "gateway_request_id": {"type": "string"},
+        "status": {"type": "string"},
+        "payload": {"type": ["object", "null"]},
+        "error": {"type": "string"},
+        "payload_error": {"type": "string"},
+        "progress": {"type": ["number", "string"]},
+        "message": {"type": "string"},
+        "comment": {"type": "string"},
+        "training_type": {"type": "string"},
+    },
+    "additionalProperties": True,
+}
+
+
+def _webhook_operation(summary: str) -> dict[str, Any]:
+    return {
+        "summary": summary,
+        "parameters": [
+            {"name": "avatar_id", "in": "query", "required": False, "schema": {"type": "string"}},
+            {
+                "name": "training_type",
+                "in": "query",
+                "required": False,
+                "schema": {"type": "string"},
+            },
+        ]
+        + [
+            {"name": name, "in": "header", "required": False, "schema": {"type": "string"}}
+            for name in (
+                "X-Fal-Webhook-Request-Id",
+                "X-Fal-Webhook-User-Id",
+                "X-Fal-Webhook-Timestamp",
+                "X-Fal-Webhook-Signature",
+            )
+        ],
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": _WEBHOOK_BODY}},
+        },
+        "responses": {
+            "200": _json(_ACK, "Recorded (or recognised as a repeat) and committed"),
+            "400": _json(_ERROR, "Malformed body or no request id; will never succeed"),
+            "401": _json(_ERROR, "Signature missing, invalid or stale"),
+            "403": _json(_ERROR, "Client address not allowed"),
+            "413": _json(_ERROR, "Body over 10 MiB"),
+            "503": _json(_ERROR, "Database or FAL's key set unavailable; retry later"),
+        },
+    }
+
+
+DOCUMENT: dict[str, Any] = {
+    "openapi": "3.1.0",
+    "info": {"title": "aibots.kz webhook service", "version": "0.1.0"},
+    "paths": {
+        "/api/v1/avatar/status_update": {"post": _webhook_operation("FAL training callback")},
+        "/api/avatar/status_update": {
+            "post": _webhook_operation("FAL training callback (old path, same handler)")
+        },
+        "/health": {
+            "get": {
+                "summary": "Liveness and database check",
+                "responses": {
+                    "200": _json({"type": "object"}, "Healthy"),
+                    "503": _json({"type": "object"}, "Database unavailable"),
+                },
+            }
+        },
+        "/api/v1/webhook/status": {
+            "get": {
+                "summary": "Event and notification counts, verification mode",
+                "responses": {
+                    "200": _json({"type": "object"}, "Status"),
+                    "503": _json({"type": "object"}, "Database unavailable"),
+                },
+            }
+        },
+        "/metrics": {
+            "get": {
+                "summary": "Prometheus metrics",
+                "responses": {"200": {"description": "Text format", "content": {"text/plain": {}}}},
+            }
+        },
+        "/api/v1/openapi.json": {
+            "get": {
+                "summary": "This document",
+                "responses": {"200": _json({"type": "object"}, "OpenAPI document")},
+            }
+        },
+    },
+}
+
+
+async def document(request: Request) -> Response:
+    return JSONResponse(DOCUMENT)

@@ -1,0 +1,157 @@
+"""Operator commands on avatars and notifications: the work behind `python -m service ...`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from service.ingest import register_training
+from service.models import Avatar, Notification, User, utcnow
+from service.states import AvatarStatus
+
+
+class NotFound(LookupError):
+    """No such avatar or notification."""
+
+
+class Conflict(ValueError):
+    """The request contradicts what is stored (for example, a request id already in use)."""
+
+
+def avatar_json(avatar: Avatar, telegram_id: int) -> dict[str, Any]:
+    return {
+        "id": avatar.id,
+        "name": avatar.name,
+        "telegram_id": telegram_id,
+        "training_type": avatar.training_type,
+        "status": avatar.status,
+        "progress": avatar.progress,
+        "fal_request_id": avatar.fal_request_id,
+        "lora_url": avatar.lora_url,
+        "config_url": avatar.config_url,
+        "error_message": avatar.error_message,
+        "created_at": avatar.created_at.isoformat(),
+        "updated_at": avatar.updated_at.isoformat(),
+    }
+
+
+async def ensure_user(
+    session: AsyncSession,
+    telegram_id: int,
+    *,
+    username: str | None = None,
+    first_name: str | None = None,
+    language_code: str | None = None,
+) -> User:
+    user = (
+        await session.execute(select(User).where(User.telegram_id == telegram_id))
+    ).scalar_one_or_none()
+    if user is None:
+        user = User(telegram_id=telegram_id)
+        session.add(user)
+    for name, value in (
+        ("username", username),
+        ("first_name", first_name),
+        ("language_code", language_code),
+    ):
+        if value is not None:
+            setattr(user, name, value)
+    await session.flush()
+    return user
+
+
+async def attach(
+    session: AsyncSession, telegram_id: int, name: str, training_type: str, request_id: str
+) -> dict[str, Any]:
+    """Register a training started elsewhere, then apply any events that arrived before it."""
+    taken = (
+        await session.execute(select(Avatar.id).where(Avatar.fal_request_id == request_id))
+    ).scalar_one_or_none()
+    if taken is not None:
+        raise Conflict(f"request id {request_id} already belongs to avatar {taken}")
+    user = await ensure_user(session, telegram_id)
+    avatar = Avatar(
+        user_id=user.id,
+        name=name,
+        training_type=training_type,
+        status=AvatarStatus.TRAINING.value,
+        progress=0,
+        fal_request_id=request_id,
+        training_started_at=utcnow(),
+    )
+    session.add(avatar)
+    await session.flush()
+    await register_training(session, avatar)
+    return avatar_json(avatar, telegram_id)
+
+
+async def show(session: AsyncSession, request_id: str) -> dict[str, Any]:
+    row = (
+        await session.execute(
+            select(Avatar, User.telegram_id)
+            .join(User, User.id == Avatar.user_id)
+            .where(Avatar.fal_request_id == request_id)
+        )
+    ).one_or_none()
+    if row is None:
+        raise NotFound(f"no avatar with request id {request_id}")
+    return avatar_json(row[0], row[1])
+
+
+async def list_avatars(session: AsyncSession, status: str | None) -> list[dict[str, Any]]:
+    query = select(Avatar, User.telegram_id).join(User, User.id == Avatar.user_id)
+    if status:
+        query = query.where(Avatar.status == status)
+    rows = await session.execute(query.order_by(Avatar.created_at))
+    return [avatar_json(avatar, telegram_id) for avatar, telegram_id in rows.tuples()]
+
+
+def notification_json(n: Notification) -> dict[str, Any]:
+    return {
+        "id": n.id,
+        "avatar_id": n.avatar_id,
+        "chat_id": n.chat_id,
+        "kind": n.kind,
+        "state": n.state,
+        "attempts": n.attempts,
+        "next_attempt_at": n.next_attempt_at.isoformat(),
+        "last_error": n.last_error,
+        "created_at": n.created_at.isoformat(),
+        "sent_at": n.sent_at.isoformat() if n.sent_at else None,
+    }
+
+
+async def list_notifications(session: AsyncSession, state: str | None) -> list[dict[str, Any]]:
+    query = select(Notification).order_by(Notification.id)
+    if state:
+        query = query.where(Notification.state == state)
+    return [notification_json(n) for n in (await session.execute(query)).scalars()]
+
+
+# Sent notifications are never re-queued: that would be a deliberate duplicate.
+RETRYABLE_STATES = ("failed", "undeliverable", "uncertain")
+
+
+async def retry_notifications(
+    session: AsyncSession, notification_id: int | None, all_failed: bool
+) -> int:
+    """Put notifications back in the queue; returns how many were re-queued."""
+    query = update(Notification).values(
+        state="pending", attempts=0, next_attempt_at=utcnow(), lease_until=None, claimed_by=None
+    )
+    if all_failed:
+        query = query.where(Notification.state == "failed")
+    else:
+        found = await session.get(Notification, notification_id)
+        if found is None:
+            raise NotFound(f"no notification {notification_id}")
+        if found.state not in RETRYABLE_STATES:
+            raise Conflict(
+                f"notification {notification_id} is {found.state}; only "
+                f"{', '.join(RETRYABLE_STATES)} can be re-queued"
+            )
+        query = query.where(Notification.id == notification_id)
+    result = await session.execute(query)
+    return int(result.rowcount)  # type: ignore[attr-defined]

@@ -1,0 +1,78 @@
+"""Avatar statuses and the one table that says how an event may change them."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+
+class AvatarStatus(enum.StrEnum):
+    DRAFT = "draft"
+    TRAINING = "training"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in TERMINAL
+
+
+TERMINAL = frozenset({AvatarStatus.COMPLETED, AvatarStatus.FAILED, AvatarStatus.CANCELLED})
+
+
+class EventStatus(enum.StrEnum):
+    """What a webhook (or a status poll) says about a training, normalised from every dialect."""
+
+    QUEUED = "queued"
+    IN_PROGRESS = "in_progress"
+    # FAL said OK but could not serialise the output: the result must be fetched separately.
+    RESULT_PENDING = "result_pending"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+_S, _E = AvatarStatus, EventStatus
+
+# (current status, event) -> next status. A pair that is absent changes nothing: that is how
+# terminal states stay final and late or repeated events are ignored.
+TRANSITIONS: dict[tuple[AvatarStatus, EventStatus], AvatarStatus] = {
+    (_S.DRAFT, _E.QUEUED): _S.TRAINING,
+    (_S.DRAFT, _E.IN_PROGRESS): _S.TRAINING,
+    (_S.DRAFT, _E.RESULT_PENDING): _S.TRAINING,
+    (_S.DRAFT, _E.COMPLETED): _S.COMPLETED,
+    (_S.DRAFT, _E.FAILED): _S.FAILED,
+    (_S.DRAFT, _E.CANCELLED): _S.CANCELLED,
+    (_S.TRAINING, _E.QUEUED): _S.TRAINING,
+    (_S.TRAINING, _E.IN_PROGRESS): _S.TRAINING,
+    (_S.TRAINING, _E.RESULT_PENDING): _S.TRAINING,
+    (_S.TRAINING, _E.COMPLETED): _S.COMPLETED,
+    (_S.TRAINING, _E.FAILED): _S.FAILED,
+    (_S.TRAINING, _E.CANCELLED): _S.CANCELLED,
+}
+
+
+@dataclass(frozen=True)
+class Change:
+    status: AvatarStatus
+    progress: int
+
+
+def transition(
+    status: AvatarStatus, progress: int, event: EventStatus, event_progress: int | None
+) -> Change | None:
+    """The avatar's next status and progress, or None when the event changes nothing."""
+    target = TRANSITIONS.get((status, event))
+    if target is None:
+        return None
+    if target is AvatarStatus.COMPLETED:
+        new_progress = 100
+    elif event_progress is None:
+        new_progress = progress
+    else:
+        # Progress never goes down: deliveries are unordered, so a smaller number is older news.
+        new_progress = max(progress, min(event_progress, 99))
+    if target == status and new_progress == progress:
+        return None
+    return Change(target, new_progress)
