@@ -62,12 +62,15 @@ def create_app(settings: Settings, *, start_dispatcher: bool = True) -> Starlett
                 allow_headers=["Content-Type"],
             )
         )
-    return Starlette(
+    app = Starlette(
         routes=routes,
         middleware=middleware,
         lifespan=lifespan,
         exception_handlers={HTTPException: _http_error, Exception: _server_error},
     )
+    # FAL treats any 3xx as a permanent failure: a trailing slash gets a 404, never a redirect.
+    app.router.redirect_slashes = False
+    return app
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:

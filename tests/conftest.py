@@ -1,0 +1,53 @@
+"""Shared fixtures: databases, FAL's key set, the local Bot API server."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.fakes.fal_keys import FalSigner, JwksServer
+from tests.support import postgres
+
+
+@pytest.fixture
+def signer() -> FalSigner:
+    return FalSigner()
+
+
+@pytest.fixture
+def jwks(signer: FalSigner) -> Iterator[JwksServer]:
+    with JwksServer() as server:
+        server.add(signer)
+        yield server
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path}/test.db"
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """A fresh, empty database on the shared PostgreSQL server, dropped afterwards."""
+    postgres.require()
+    url = postgres.create_database()
+    try:
+        yield url
+    finally:
+        postgres.drop_database(url)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """Each test that takes this runs once on SQLite and once on PostgreSQL."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path}/test.db"
+        return
+    postgres.require()
+    url = postgres.create_database()
+    try:
+        yield url
+    finally:
+        postgres.drop_database(url)

@@ -1,0 +1,217 @@
+"""One transaction per event, on SQLite and PostgreSQL: record, dedupe, transition, outbox."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from sqlalchemy import func, select
+
+from service import migrate
+from service.db import create_engine, run_transaction, sessionmaker
+from service.fal.payload import parse_body, parse_event
+from service.ingest import Delivery, Outcome, Result, ingest
+from service.models import Avatar, Notification, WebhookEvent
+from service.operations import attach, ensure_user, show
+from tests.support.webhooks import fal_error, fal_ok, legacy
+
+T = TypeVar("T")
+
+
+def run(database_url: str, work: Callable[[Any], Awaitable[T]]) -> T:
+    async def go() -> T:
+        engine = create_engine(database_url)
+        try:
+            return await run_transaction(sessionmaker(engine), work)
+        finally:
+            await engine.dispose()
+
+    return asyncio.run(go())
+
+
+def deliver(database_url: str, body: bytes, query: str = "") -> Result:
+    from urllib.parse import parse_qsl
+
+    event = parse_event(parse_body(body), dict(parse_qsl(query)))
+    delivery = Delivery(body, event, {}, query, "127.0.0.1", signed=False)
+    return run(database_url, lambda s: ingest(s, delivery))
+
+
+def make_avatar(database_url: str, request_id: str | None, name: str = "Ann") -> str:
+    async def work(session: Any) -> str:
+        user = await ensure_user(session, 4242, language_code="ru")
+        avatar = Avatar(
+            user_id=user.id,
+            name=name,
+            training_type="portrait",
+            status="training",
+            progress=0,
+            fal_request_id=request_id,
+        )
+        session.add(avatar)
+        await session.flush()
+        return avatar.id
+
+    return run(database_url, work)
+
+
+def count(database_url: str, model: Any, *where: Any) -> int:
+    async def work(session: Any) -> int:
+        return int(
+            (
+                await session.execute(select(func.count()).select_from(model).where(*where))
+            ).scalar_one()
+        )
+
+    return run(database_url, work)
+
+
+def avatar(database_url: str, request_id: str) -> dict[str, Any]:
+    return run(database_url, lambda s: show(s, request_id))
+
+
+def migrated(database_url: str) -> str:
+    migrate.upgrade(database_url)
+    return database_url
+
+
+def test_completion_marks_avatar_completed_and_enqueues_one_notification(database_url: str) -> None:
+    url = migrated(database_url)
+    make_avatar(url, "rid-1")
+    result = deliver(url, fal_ok("rid-1"))
+    assert result.outcome is Outcome.RECEIVED
+    assert result.transition == "training->completed:100"
+    assert result.notification_enqueued
+    shown = avatar(url, "rid-1")
+    assert shown["status"] == "completed"
+    assert shown["progress"] == 100
+    assert shown["lora_url"] == "https://fal.media/files/lora.safetensors"
+    assert shown["config_url"] == "https://fal.media/files/config.json"
+    assert count(url, Notification) == 1
+
+
+def test_same_delivery_twice_is_a_duplicate_and_changes_nothing(database_url: str) -> None:
+    url = migrated(database_url)
+    make_avatar(url, "rid-2")
+    assert deliver(url, fal_ok("rid-2")).outcome is Outcome.RECEIVED
+    again = deliver(url, fal_ok("rid-2"))
+    assert again.outcome is Outcome.DUPLICATE
+    assert count(url, WebhookEvent) == 1
+    assert count(url, Notification) == 1
+
+
+def test_a_different_body_after_the_end_is_ignored_but_recorded(database_url: str) -> None:
+    url = migrated(database_url)
+    make_avatar(url, "rid-3")
+    deliver(url, fal_ok("rid-3"))
+    late_error = deliver(url, fal_error("rid-3"))
+    late_progress = deliver(url, legacy("rid-3", "in_progress", progress=50))
+    assert late_error.outcome is Outcome.IGNORED
+    assert late_progress.outcome is Outcome.IGNORED
+    shown = avatar(url, "rid-3")
+    assert shown["status"] == "completed"
+    assert shown["error_message"] is None
+    assert count(url, WebhookEvent) == 3
+    assert count(url, Notification) == 1
+
+
+def test_progress_never_goes_down_with_out_of_order_events(database_url: str) -> None:
+    url = migrated(database_url)
+    make_avatar(url, "rid-4")
+    assert deliver(url, legacy("rid-4", "in_progress", progress=60)).outcome is Outcome.RECEIVED
+    assert deliver(url, legacy("rid-4", "in_progress", progress=30)).outcome is Outcome.IGNORED
+    assert avatar(url, "rid-4")["progress"] == 60
+    assert deliver(url, legacy("rid-4", "training", progress=75)).outcome is Outcome.RECEIVED
+    assert avatar(url, "rid-4")["progress"] == 75
+
+
+def test_failure_keeps_a_readable_error_and_enqueues_a_failed_notice(database_url: str) -> None:
+    url = migrated(database_url)
+    make_avatar(url, "rid-5")
+    result = deliver(url, fal_error("rid-5"))
+    assert result.outcome is Outcome.RECEIVED
+    shown = avatar(url, "rid-5")
+    assert shown["status"] == "failed"
+    assert "Invalid status code: 422" in shown["error_message"]
+    assert "images_data_url" in shown["error_message"]
+    kinds = run(url, lambda s: _kinds(s))
+    assert kinds == ["failed"]
+
+
+async def _kinds(session: Any) -> list[str]:
+    return list((await session.execute(select(Notification.kind))).scalars())
+
+
+def test_avatar_id_in_query_matches_an_avatar_without_request_id_and_records_it(
+    database_url: str,
+) -> None:
+    url = migrated(database_url)
+    avatar_id = make_avatar(url, None)
+    result = deliver(url, fal_ok("rid-6"), query=f"avatar_id={avatar_id}&training_type=portrait")
+    assert result.outcome is Outcome.RECEIVED
+    assert result.avatar_id == avatar_id
+    assert avatar(url, "rid-6")["id"] == avatar_id
+
+
+def test_avatar_id_in_comment_matches_too(database_url: str) -> None:
+    url = migrated(database_url)
+    avatar_id = make_avatar(url, None)
+    body = legacy("rid-7", "completed", comment=f" user_id=99 ; avatar_id={avatar_id};")
+    assert deliver(url, body).outcome is Outcome.RECEIVED
+    assert avatar(url, "rid-7")["status"] == "completed"
+
+
+def test_avatar_id_does_not_override_an_avatars_own_request_id(database_url: str) -> None:
+    url = migrated(database_url)
+    avatar_id = make_avatar(url, "rid-8-real")
+    result = deliver(url, fal_ok("rid-8-other"), query=f"avatar_id={avatar_id}")
+    assert result.outcome is Outcome.UNMATCHED
+    assert avatar(url, "rid-8-real")["status"] == "training"
+
+
+def test_unmatched_event_is_applied_when_the_training_is_registered(database_url: str) -> None:
+    url = migrated(database_url)
+    assert deliver(url, legacy("rid-9", "in_progress", progress=40)).outcome is Outcome.UNMATCHED
+    assert deliver(url, fal_ok("rid-9")).outcome is Outcome.UNMATCHED
+    attached = run(url, lambda s: attach(s, 777, "Late <b>one</b>", "style", "rid-9"))
+    assert attached["status"] == "completed"
+    assert attached["lora_url"] == "https://fal.media/files/lora.safetensors"
+    assert count(url, WebhookEvent, WebhookEvent.outcome == "unmatched") == 0
+    assert count(url, Notification) == 1
+    # A repeat after the registration is recognised as the same delivery.
+    assert deliver(url, fal_ok("rid-9")).outcome is Outcome.DUPLICATE
+
+
+def test_concurrent_duplicates_change_state_once(database_url: str) -> None:
+    url = migrated(database_url)
+    make_avatar(url, "rid-10")
+    body = fal_ok("rid-10")
+    event = parse_event(parse_body(body), {})
+    delivery = Delivery(body, event, {}, "", "127.0.0.1", signed=False)
+
+    async def go() -> list[Result]:
+        engine = create_engine(url)
+        sessions = sessionmaker(engine)
+        try:
+            return await asyncio.gather(
+                *(run_transaction(sessions, lambda s: ingest(s, delivery)) for _ in range(10))
+            )
+        finally:
+            await engine.dispose()
+
+    outcomes = sorted(r.outcome.value for r in asyncio.run(go()))
+    assert outcomes == ["duplicate"] * 9 + ["received"]
+    assert count(url, Notification) == 1
+
+
+def test_notification_text_escapes_the_name(database_url: str) -> None:
+    url = migrated(database_url)
+    make_avatar(url, "rid-11", name="<b>Ann_2*[x]</b> & Co")
+    deliver(url, fal_ok("rid-11"))
+
+    async def texts(session: Any) -> list[str]:
+        return list((await session.execute(select(Notification.text))).scalars())
+
+    (text,) = run(url, texts)
+    assert "<b>&lt;b&gt;Ann_2*[x]&lt;/b&gt; &amp; Co</b>" in text
