@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any
 
 from sqlalchemy import func, select
 
@@ -14,20 +13,8 @@ from service.fal.payload import parse_body, parse_event
 from service.ingest import Delivery, Outcome, Result, ingest
 from service.models import Avatar, Notification, WebhookEvent
 from service.operations import attach, ensure_user, show
+from tests.support.db import run
 from tests.support.webhooks import fal_error, fal_ok, legacy
-
-T = TypeVar("T")
-
-
-def run(database_url: str, work: Callable[[Any], Awaitable[T]]) -> T:
-    async def go() -> T:
-        engine = create_engine(database_url)
-        try:
-            return await run_transaction(sessionmaker(engine), work)
-        finally:
-            await engine.dispose()
-
-    return asyncio.run(go())
 
 
 def deliver(database_url: str, body: bytes, query: str = "") -> Result:

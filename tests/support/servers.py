@@ -106,6 +106,10 @@ class ServiceProcess:
             os.killpg(self.proc.pid, sig)
             self.proc.wait(timeout=30)
 
+    def close(self) -> None:
+        self.stop()
+        self._log.close()
+
     def stop(self) -> None:
         if self.proc is None or self.proc.poll() is not None:
             return
@@ -166,7 +170,7 @@ class GunicornServer(ServiceProcess):
         self.close()
 
     def close(self) -> None:
-        self.stop()
+        super().close()
         self._tmp.cleanup()
 
     def worker_pids(self) -> list[int]:

@@ -1,0 +1,45 @@
+"""Direct database work for test set-up, through the service's own engine and operations."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from service.db import create_engine, run_transaction, sessionmaker
+from service.operations import attach, list_notifications
+
+T = TypeVar("T")
+
+
+def run(database_url: str, work: Callable[[AsyncSession], Awaitable[T]]) -> T:
+    """Run `work` in one transaction against `database_url`."""
+
+    async def go() -> T:
+        engine = create_engine(database_url)
+        try:
+            return await run_transaction(sessionmaker(engine), work)
+        finally:
+            await engine.dispose()
+
+    return asyncio.run(go())
+
+
+def attach_many(
+    database_url: str, trainings: list[tuple[int, str, str]], language: str | None = None
+) -> list[dict[str, Any]]:
+    """Register (telegram_id, name, request_id) trainings in one transaction."""
+
+    async def work(session: AsyncSession) -> list[dict[str, Any]]:
+        return [
+            await attach(session, telegram_id, name, "portrait", rid)
+            for telegram_id, name, rid in trainings
+        ]
+
+    return run(database_url, work)
+
+
+def notifications(database_url: str, state: str | None = None) -> list[dict[str, Any]]:
+    return run(database_url, lambda s: list_notifications(s, state))
