@@ -178,7 +178,8 @@ def _origins(value: str) -> tuple[str, ...]:
 
 def _bind(value: str) -> str:
     host, sep, port = value.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+    bare_ipv6 = ":" in host and not (host.startswith("[") and host.endswith("]"))
+    if not sep or not host or bare_ipv6 or not port.isdigit() or not 0 < int(port) < 65536:
         raise SettingsError(f"BIND: expected HOST:PORT, got {value!r}")
     return value
 

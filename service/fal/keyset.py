@@ -74,6 +74,8 @@ class KeySet:
                 response = await self._client.get(self._url, timeout=5.0)
                 response.raise_for_status()
                 entries = response.json().get("keys", [])
+                if not isinstance(entries, list):
+                    raise ValueError("'keys' is not a list")
             except (httpx.HTTPError, ValueError, AttributeError) as exc:
                 log.warning("fal_keyset_fetch_failed", url=self._url, error=str(exc))
                 return False

@@ -63,6 +63,9 @@ def parse_body(raw: bytes) -> dict[str, Any]:
         raise PayloadError(f"the body is not valid JSON: {exc}") from None
     except RecursionError:
         raise PayloadError("the body is nested too deeply") from None
+    except ValueError as exc:
+        # For example an integer of more digits than Python agrees to convert.
+        raise PayloadError(f"the body is not acceptable JSON: {exc}") from None
     if not isinstance(body, dict):
         raise PayloadError(f"the body must be a JSON object, not {type(body).__name__}")
     return body

@@ -45,7 +45,8 @@ def parse_headers(headers: Mapping[str, str], now: float) -> SignedHeaders:
     if missing:
         raise SignatureError(f"missing signature headers: {', '.join(missing)}")
     raw_timestamp = headers[HEADER_TIMESTAMP].strip()
-    if not raw_timestamp.isdigit() or len(raw_timestamp) > 12:
+    # isdigit() alone admits "²" and other digits int() refuses: ASCII only.
+    if not (raw_timestamp.isascii() and raw_timestamp.isdigit()) or len(raw_timestamp) > 12:
         raise SignatureError("X-Fal-Webhook-Timestamp is not a Unix time in seconds")
     timestamp = int(raw_timestamp)
     if abs(now - timestamp) > TOLERANCE_SECONDS:

@@ -1,0 +1,167 @@
+"""The transition table: what each event does to an avatar, and what it never does."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from service.states import TERMINAL, TRANSITIONS, AvatarStatus, Change, EventStatus, transition
+
+S, E = AvatarStatus, EventStatus
+
+# The contract, written out independently of the module: only draft and training move.
+EXPECTED: dict[tuple[AvatarStatus, EventStatus], AvatarStatus] = {
+    **{
+        (start, event): S.TRAINING
+        for start in (S.DRAFT, S.TRAINING)
+        for event in (E.QUEUED, E.IN_PROGRESS, E.RESULT_PENDING)
+    },
+    **{(start, E.COMPLETED): S.COMPLETED for start in (S.DRAFT, S.TRAINING)},
+    **{(start, E.FAILED): S.FAILED for start in (S.DRAFT, S.TRAINING)},
+    **{(start, E.CANCELLED): S.CANCELLED for start in (S.DRAFT, S.TRAINING)},
+}
+
+ALL_PAIRS = list(itertools.product(AvatarStatus, EventStatus))
+ABSENT_PAIRS = [pair for pair in ALL_PAIRS if pair not in TRANSITIONS]
+
+progress_values = st.integers(min_value=0, max_value=100)
+event_progress_values = st.one_of(st.none(), st.integers(min_value=0, max_value=100))
+
+
+def test_the_table_is_exactly_the_contract() -> None:
+    assert TRANSITIONS == EXPECTED
+
+
+def test_terminal_states_are_completed_failed_and_cancelled() -> None:
+    assert {S.COMPLETED, S.FAILED, S.CANCELLED} == TERMINAL
+    assert all(status.is_terminal for status in TERMINAL)
+    assert not S.DRAFT.is_terminal
+    assert not S.TRAINING.is_terminal
+
+
+def test_no_transition_leaves_a_terminal_state() -> None:
+    assert not [pair for pair in TRANSITIONS if pair[0].is_terminal]
+
+
+@pytest.mark.parametrize(("status", "event"), list(TRANSITIONS), ids=lambda v: str(v))
+def test_every_pair_in_the_table_moves_to_its_target(
+    status: AvatarStatus, event: EventStatus
+) -> None:
+    target = TRANSITIONS[(status, event)]
+    change = transition(status, 10, event, 50)
+    assert change is not None
+    assert change.status is target
+    assert change.progress == (100 if target is S.COMPLETED else 50)
+
+
+@pytest.mark.parametrize(("status", "event"), list(TRANSITIONS), ids=lambda v: str(v))
+def test_every_pair_in_the_table_without_progress_keeps_the_old_progress(
+    status: AvatarStatus, event: EventStatus
+) -> None:
+    target = TRANSITIONS[(status, event)]
+    change = transition(status, 30, event, None)
+    if target is status:
+        assert change is None  # same state, same progress: nothing to record
+    else:
+        assert change == Change(target, 100 if target is S.COMPLETED else 30)
+
+
+@pytest.mark.parametrize(("status", "event"), ABSENT_PAIRS, ids=lambda v: str(v))
+@pytest.mark.parametrize("event_progress", [None, 0, 50, 99, 100])
+def test_every_absent_pair_changes_nothing(
+    status: AvatarStatus, event: EventStatus, event_progress: int | None
+) -> None:
+    assert transition(status, 40, event, event_progress) is None
+
+
+def test_every_terminal_state_ignores_every_event() -> None:
+    absent = set(ABSENT_PAIRS)
+    for status in TERMINAL:
+        for event in EventStatus:
+            assert (status, event) in absent
+            assert transition(status, 0, event, 100) is None
+
+
+@given(
+    st.sampled_from([S.DRAFT, S.TRAINING]),
+    st.sampled_from([E.QUEUED, E.IN_PROGRESS, E.RESULT_PENDING, E.FAILED, E.CANCELLED]),
+    progress_values,
+    event_progress_values,
+)
+def test_progress_never_goes_down(
+    status: AvatarStatus, event: EventStatus, progress: int, event_progress: int | None
+) -> None:
+    change = transition(status, progress, event, event_progress)
+    if change is not None:
+        assert change.progress >= progress
+
+
+@given(st.sampled_from([S.DRAFT, S.TRAINING]), progress_values, event_progress_values)
+def test_completion_always_sets_100(
+    status: AvatarStatus, progress: int, event_progress: int | None
+) -> None:
+    assert transition(status, progress, E.COMPLETED, event_progress) == Change(S.COMPLETED, 100)
+
+
+@given(
+    st.sampled_from([S.DRAFT, S.TRAINING]),
+    st.sampled_from([E.QUEUED, E.IN_PROGRESS, E.RESULT_PENDING, E.FAILED, E.CANCELLED]),
+    st.integers(min_value=0, max_value=99),
+    event_progress_values,
+)
+def test_progress_short_of_completion_is_capped_at_99(
+    status: AvatarStatus, event: EventStatus, progress: int, event_progress: int | None
+) -> None:
+    change = transition(status, progress, event, event_progress)
+    if change is not None:
+        assert change.progress <= 99
+
+
+def test_a_progress_report_of_100_before_completion_stays_at_99() -> None:
+    assert transition(S.TRAINING, 50, E.IN_PROGRESS, 100) == Change(S.TRAINING, 99)
+
+
+def test_a_higher_progress_is_recorded() -> None:
+    assert transition(S.TRAINING, 20, E.IN_PROGRESS, 45) == Change(S.TRAINING, 45)
+
+
+def test_a_first_progress_report_starts_the_training() -> None:
+    assert transition(S.DRAFT, 0, E.IN_PROGRESS, None) == Change(S.TRAINING, 0)
+    assert transition(S.DRAFT, 0, E.QUEUED, 5) == Change(S.TRAINING, 5)
+
+
+def test_a_late_lower_progress_is_a_no_op() -> None:
+    assert transition(S.TRAINING, 60, E.IN_PROGRESS, 30) is None
+
+
+def test_a_repeated_progress_is_a_no_op() -> None:
+    assert transition(S.TRAINING, 60, E.IN_PROGRESS, 60) is None
+
+
+def test_a_repeated_queued_event_is_a_no_op() -> None:
+    assert transition(S.TRAINING, 0, E.QUEUED, None) is None
+
+
+def test_a_pending_result_keeps_the_avatar_training() -> None:
+    assert transition(S.TRAINING, 70, E.RESULT_PENDING, None) is None
+    assert transition(S.DRAFT, 0, E.RESULT_PENDING, None) == Change(S.TRAINING, 0)
+
+
+def test_a_failure_keeps_the_progress_reached() -> None:
+    assert transition(S.TRAINING, 70, E.FAILED, None) == Change(S.FAILED, 70)
+
+
+@pytest.mark.parametrize("late", list(EventStatus))
+def test_a_late_event_after_completion_never_moves_the_avatar_back(late: EventStatus) -> None:
+    change = transition(S.TRAINING, 10, E.COMPLETED, None)
+    assert change == Change(S.COMPLETED, 100)
+    assert transition(change.status, change.progress, late, 5) is None
+
+
+@pytest.mark.parametrize("terminal", sorted(TERMINAL))
+def test_a_repeated_terminal_event_is_a_no_op(terminal: AvatarStatus) -> None:
+    event = {S.COMPLETED: E.COMPLETED, S.FAILED: E.FAILED, S.CANCELLED: E.CANCELLED}[terminal]
+    assert transition(terminal, 100, event, None) is None
