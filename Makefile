@@ -28,8 +28,8 @@ check: $(STAMP)
 	$(PY) -m service check
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check service tests
-	$(VENV)/bin/ruff format --check service tests
+	$(VENV)/bin/ruff check service tests bench
+	$(VENV)/bin/ruff format --check service tests bench
 	$(VENV)/bin/mypy
 
 test: lint

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import os
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -21,6 +22,10 @@ from telegram.error import (
     TimedOut,
 )
 from telegram.request import HTTPXRequest
+
+# python-telegram-bot 22 warns on every RetryAfter unless this opts in to its future behaviour
+# (retry_after as a timedelta), which send() already handles.
+os.environ.setdefault("PTB_TIMEDELTA", "true")
 
 READ_TIMEOUT_SECONDS = 10.0
 CONNECT_TIMEOUT_SECONDS = 5.0
