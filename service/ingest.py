@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from service.fal.payload import Event, PayloadError, parse_body, parse_event
 from service.messages import render_outcome
 from service.models import Avatar, Notification, User, WebhookEvent, utcnow
-from service.states import AvatarStatus, EventStatus, transition
+from service.states import AvatarStatus, Change, EventStatus, transition
 
 log = structlog.get_logger(__name__)
 
@@ -82,12 +82,12 @@ async def ingest(session: AsyncSession, delivery: Delivery) -> Result:
     event = delivery.event
     await _lock_request_id(session, event.request_id)
     avatar = await _match(session, event)
-    change_text: str | None = None
+    change = _plan(avatar, event) if avatar is not None else None
+    change_text = _describe(avatar, change) if avatar is not None else None
     if avatar is None:
         outcome = Outcome.UNMATCHED
     else:
-        change_text = _plan(avatar, event)
-        outcome = Outcome.RECEIVED if change_text or _is_news(event) else Outcome.IGNORED
+        outcome = Outcome.RECEIVED if change or _is_news(event) else Outcome.IGNORED
     inserted = await session.execute(
         _insert(session, WebhookEvent)
         .values(
@@ -112,8 +112,8 @@ async def ingest(session: AsyncSession, delivery: Delivery) -> Result:
         # Nothing else has been written in this transaction, so answering now changes nothing.
         return Result(Outcome.DUPLICATE, event.request_id, avatar.id if avatar else None)
     enqueued = False
-    if avatar is not None and change_text is not None:
-        enqueued = await _apply(session, avatar, event)
+    if avatar is not None and change is not None:
+        enqueued = await _apply(session, avatar, event, change)
     return Result(outcome, event.request_id, avatar.id if avatar else None, change_text, enqueued)
 
 
@@ -148,17 +148,17 @@ async def _match(session: AsyncSession, event: Event) -> Avatar | None:
     return avatar
 
 
-def _plan(avatar: Avatar, event: Event) -> str | None:
-    change = transition(AvatarStatus(avatar.status), avatar.progress, event.status, event.progress)
-    if change is None:
-        return None
-    return f"{avatar.status}->{change.status.value}:{change.progress}"
+def _plan(avatar: Avatar, event: Event) -> Change | None:
+    return transition(AvatarStatus(avatar.status), avatar.progress, event.status, event.progress)
 
 
-async def _apply(session: AsyncSession, avatar: Avatar, event: Event) -> bool:
+def _describe(avatar: Avatar, change: Change | None) -> str | None:
+    """The transition as logged and stored with the event, e.g. `training->completed:100`."""
+    return f"{avatar.status}->{change.status.value}:{change.progress}" if change else None
+
+
+async def _apply(session: AsyncSession, avatar: Avatar, event: Event, change: Change) -> bool:
     """Write the avatar's new state; on an outcome, enqueue its notification. True if enqueued."""
-    change = transition(AvatarStatus(avatar.status), avatar.progress, event.status, event.progress)
-    assert change is not None
     now = utcnow()
     avatar.status = change.status.value
     avatar.progress = change.progress
@@ -232,8 +232,9 @@ async def register_training(session: AsyncSession, avatar: Avatar) -> list[Resul
             # It was parsed once before it was stored; only a code change can make this fail.
             log.exception("stored_event_unparseable", event_id=stored.id)
             continue
-        change_text = _plan(avatar, event)
-        enqueued = await _apply(session, avatar, event) if change_text else False
+        change = _plan(avatar, event)
+        change_text = _describe(avatar, change)
+        enqueued = await _apply(session, avatar, event, change) if change else False
         stored.avatar_id = avatar.id
         stored.outcome = (Outcome.RECEIVED if change_text else Outcome.IGNORED).value
         stored.transition = change_text
