@@ -5,11 +5,11 @@ from __future__ import annotations
 import enum
 import hashlib
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import parse_qsl
 
 import structlog
-from sqlalchemy import func, select, text
+from sqlalchemy import func, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -68,9 +68,10 @@ def _is_postgres(session: AsyncSession) -> bool:
 
 
 async def _lock_request_id(session: AsyncSession, request_id: str) -> None:
-    # Serialises the webhook and the registration of the same training on PostgreSQL, so an
-    # event that arrives while its training is being registered is either matched or seen by
-    # the registration, never neither. SQLite's BEGIN IMMEDIATE serialises all writers anyway.
+    """Serialise, on PostgreSQL, a webhook that found no avatar with the registration of that
+    request id: whichever takes the lock second sees the other's commit, so the event is either
+    matched or found by the registration, never neither. (SQLite's BEGIN IMMEDIATE serialises
+    all writers anyway.) Matched webhooks, the common case, never take it."""
     if _is_postgres(session):
         await session.execute(
             select(func.pg_advisory_xact_lock(func.hashtextextended(request_id, 0)))
@@ -80,8 +81,8 @@ async def _lock_request_id(session: AsyncSession, request_id: str) -> None:
 async def ingest(session: AsyncSession, delivery: Delivery) -> Result:
     """Record the delivery and apply it; call inside a transaction, answer after the commit."""
     event = delivery.event
-    await _lock_request_id(session, event.request_id)
-    avatar = await _match(session, event)
+    matched = await _match(session, event)
+    avatar, owner = matched if matched else (None, None)
     change = _plan(avatar, event) if avatar is not None else None
     change_text = _describe(avatar, change) if avatar is not None else None
     if avatar is None:
@@ -112,8 +113,8 @@ async def ingest(session: AsyncSession, delivery: Delivery) -> Result:
         # Nothing else has been written in this transaction, so answering now changes nothing.
         return Result(Outcome.DUPLICATE, event.request_id, avatar.id if avatar else None)
     enqueued = False
-    if avatar is not None and change is not None:
-        enqueued = await _apply(session, avatar, event, change)
+    if avatar is not None and owner is not None and change is not None:
+        enqueued = await _apply(session, avatar, owner, event, change)
     return Result(outcome, event.request_id, avatar.id if avatar else None, change_text, enqueued)
 
 
@@ -122,20 +123,37 @@ def _is_news(event: Event) -> bool:
     return event.status is EventStatus.RESULT_PENDING
 
 
-async def _match(session: AsyncSession, event: Event) -> Avatar | None:
-    by_request = await session.execute(
-        select(Avatar).where(Avatar.fal_request_id == event.request_id).with_for_update()
+class Owner(NamedTuple):
+    telegram_id: int
+    language_code: str | None
+
+
+def _with_owner() -> Any:
+    # The owner comes with the avatar (one round trip); only the avatar's row is locked.
+    return (
+        select(Avatar, User.telegram_id, User.language_code)
+        .join(User, User.id == Avatar.user_id)
+        .with_for_update(of=Avatar)
     )
-    avatar = by_request.scalar_one_or_none()
-    if avatar is not None or event.avatar_id is None:
-        return avatar
-    by_id = await session.execute(
-        select(Avatar).where(Avatar.id == event.avatar_id).with_for_update()
-    )
-    avatar = by_id.scalar_one_or_none()
-    if avatar is None:
+
+
+async def _match(session: AsyncSession, event: Event) -> tuple[Avatar, Owner] | None:
+    """The avatar this event is about: by request id, else by an avatar id without one."""
+    query = _with_owner().where(Avatar.fal_request_id == event.request_id)
+    row = (await session.execute(query)).one_or_none()
+    if row is None:
+        await _lock_request_id(session, event.request_id)
+        # Again under the lock: a registration may have committed since the first look.
+        row = (await session.execute(query)).one_or_none()
+    if row is None and event.avatar_id is not None:
+        by_id = _with_owner().where(Avatar.id == event.avatar_id)
+        row = (await session.execute(by_id)).one_or_none()
+    if row is None:
         return None
-    if avatar.fal_request_id is not None:
+    avatar, owner = row[0], Owner(row[1], row[2])
+    if avatar.fal_request_id is None:
+        avatar.fal_request_id = event.request_id
+    elif avatar.fal_request_id != event.request_id:
         # avatar_id is a hint from the URL or comment; a known request id is the stronger fact.
         log.warning(
             "webhook_avatar_request_mismatch",
@@ -144,8 +162,7 @@ async def _match(session: AsyncSession, event: Event) -> Avatar | None:
             avatar_request_id=avatar.fal_request_id,
         )
         return None
-    avatar.fal_request_id = event.request_id
-    return avatar
+    return avatar, owner
 
 
 def _plan(avatar: Avatar, event: Event) -> Change | None:
@@ -157,7 +174,9 @@ def _describe(avatar: Avatar, change: Change | None) -> str | None:
     return f"{avatar.status}->{change.status.value}:{change.progress}" if change else None
 
 
-async def _apply(session: AsyncSession, avatar: Avatar, event: Event, change: Change) -> bool:
+async def _apply(
+    session: AsyncSession, avatar: Avatar, owner: Owner, event: Event, change: Change
+) -> bool:
     """Write the avatar's new state; on an outcome, enqueue its notification. True if enqueued."""
     now = utcnow()
     avatar.status = change.status.value
@@ -176,12 +195,11 @@ async def _apply(session: AsyncSession, avatar: Avatar, event: Event, change: Ch
         return False
     avatar.finished_at = now
     await session.flush()
-    return await enqueue_outcome(session, avatar)
+    return await enqueue_outcome(session, avatar, owner)
 
 
-async def enqueue_outcome(session: AsyncSession, avatar: Avatar) -> bool:
+async def enqueue_outcome(session: AsyncSession, avatar: Avatar, owner: Owner) -> bool:
     """Write the outbox row for the avatar's final state; a second call for it is a no-op."""
-    owner = (await session.execute(select(User).where(User.id == avatar.user_id))).scalar_one()
     rendered = render_outcome(
         avatar.status, avatar.id, avatar.name, avatar.training_type, owner.language_code
     )
@@ -202,18 +220,21 @@ async def enqueue_outcome(session: AsyncSession, avatar: Avatar) -> bool:
             updated_at=utcnow(),
         )
         .on_conflict_do_nothing(index_elements=["dedupe_key"])
-        .returning(Notification.id)
+        .returning(
+            Notification.id,
+            # Wakes the dispatcher on commit, in the same round trip, only if a row went in.
+            *([func.pg_notify(OUTBOX_CHANNEL, "")] if _is_postgres(session) else []),
+        )
     )
-    enqueued = inserted.scalar_one_or_none() is not None
-    if enqueued and _is_postgres(session):
-        await session.execute(text(f"NOTIFY {OUTBOX_CHANNEL}"))
-    return enqueued
+    return inserted.first() is not None
 
 
 async def register_training(session: AsyncSession, avatar: Avatar) -> list[Result]:
     """Apply the events stored as unmatched for this avatar's request id, oldest first."""
     assert avatar.fal_request_id is not None
     await _lock_request_id(session, avatar.fal_request_id)
+    user = await session.get_one(User, avatar.user_id)
+    owner = Owner(user.telegram_id, user.language_code)
     waiting = await session.execute(
         select(WebhookEvent)
         .where(
@@ -234,7 +255,7 @@ async def register_training(session: AsyncSession, avatar: Avatar) -> list[Resul
             continue
         change = _plan(avatar, event)
         change_text = _describe(avatar, change)
-        enqueued = await _apply(session, avatar, event, change) if change else False
+        enqueued = await _apply(session, avatar, owner, event, change) if change else False
         stored.avatar_id = avatar.id
         stored.outcome = (Outcome.RECEIVED if change_text else Outcome.IGNORED).value
         stored.transition = change_text
