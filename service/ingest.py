@@ -9,13 +9,13 @@ from typing import Any, NamedTuple
 from urllib.parse import parse_qsl
 
 import structlog
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.fal.payload import Event, PayloadError, parse_body, parse_event
 from service.messages import render_outcome
-from service.models import Avatar, Notification, User, WebhookEvent, utcnow
+from service.models import Avatar, Notification, TrainingData, User, WebhookEvent, utcnow
 from service.states import AvatarStatus, Change, EventStatus, transition
 
 log = structlog.get_logger(__name__)
@@ -195,6 +195,8 @@ async def _apply(
         return False
     avatar.finished_at = now
     await session.flush()
+    # FAL has the photos or will never need them again: the zip must not outlive the training.
+    await session.execute(delete(TrainingData).where(TrainingData.avatar_id == avatar.id))
     return await enqueue_outcome(session, avatar, owner)
 
 

@@ -19,6 +19,7 @@ from sqlalchemy import (
     String,
     Text,
     TypeDecorator,
+    text,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -79,8 +80,23 @@ class User(Base):
     updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
 
 
+# The one training per person that the bot runs. Only trainings the bot started count: an
+# operator may `avatars attach` several trainings of one person from the old system, and rows
+# that exist before this index was added must not make the migration fail.
+ONE_TRAINING_PER_USER = "status = 'training' AND started_by = 'bot'"
+
+
 class Avatar(Base):
     __tablename__ = "avatars"
+    __table_args__ = (
+        Index(
+            "uq_avatars_one_training_per_user",
+            "user_id",
+            unique=True,
+            postgresql_where=text(ONE_TRAINING_PER_USER),
+            sqlite_where=text(ONE_TRAINING_PER_USER),
+        ),
+    )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
@@ -100,6 +116,12 @@ class Avatar(Base):
     updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
     training_started_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
     finished_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    # "bot" for trainings the bot submitted; None for those registered by `avatars attach`.
+    started_by: Mapped[str | None] = mapped_column(String(16))
+    photo_count: Mapped[int | None] = mapped_column(Integer)
+    # The Telegram files the photos came from, so a retry can rebuild an expired zip:
+    # [{"file_id": ..., "file_unique_id": ..., "kind": "photo" | "document"}, ...]
+    photos: Mapped[list[dict[str, str]] | None] = mapped_column(JSON)
 
 
 class WebhookEvent(Base):
@@ -150,3 +172,21 @@ class Notification(Base):
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
     sent_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+
+
+class TrainingData(Base):
+    """A training's photos as one zip, served to FAL at an unguessable URL until it ends."""
+
+    __tablename__ = "training_data"
+
+    # secrets.token_urlsafe(32): 256 random bits, the whole secret of the download URL.
+    token: Mapped[str] = mapped_column(String(64), primary_key=True)
+    avatar_id: Mapped[str] = mapped_column(
+        ForeignKey("avatars.id", ondelete="CASCADE"), unique=True
+    )
+    content: Mapped[bytes] = mapped_column(LargeBinary)
+    size: Mapped[int] = mapped_column(Integer)
+    sha256: Mapped[str] = mapped_column(String(64))
+    photo_count: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    expires_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, index=True)
