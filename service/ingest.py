@@ -5,17 +5,25 @@ from __future__ import annotations
 import enum
 import hashlib
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, cast
 from urllib.parse import parse_qsl
 
 import structlog
-from sqlalchemy import delete, func, select
+from sqlalchemy import Table, Text, bindparam, delete, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.fal.payload import Event, PayloadError, parse_body, parse_event
 from service.messages import render_outcome
-from service.models import Avatar, Notification, TrainingData, User, WebhookEvent, utcnow
+from service.models import (
+    Avatar,
+    Notification,
+    TrainingData,
+    User,
+    UTCDateTime,
+    WebhookEvent,
+    utcnow,
+)
 from service.states import AvatarStatus, Change, EventStatus, transition
 
 log = structlog.get_logger(__name__)
@@ -58,13 +66,98 @@ class Result:
     notification_enqueued: bool = False
 
 
-def _insert(session: AsyncSession, table: Any) -> Any:
-    dialect = session.get_bind().dialect.name
-    return (postgresql.insert if dialect == "postgresql" else sqlite.insert)(table)
+# The statements of the hot path are built once, with bound parameters: SQLAlchemy then reuses
+# their compiled form and cache key instead of rebuilding both for every webhook.
+_avatars = cast(Table, Avatar.__table__)
+_users = cast(Table, User.__table__)
+_events = cast(Table, WebhookEvent.__table__)
+_notifications = cast(Table, Notification.__table__)
+_training_data = cast(Table, TrainingData.__table__)
+
+_TARGET = (
+    select(
+        _avatars.c.id,
+        _avatars.c.name,
+        _avatars.c.training_type,
+        _avatars.c.status,
+        _avatars.c.progress,
+        _avatars.c.fal_request_id,
+        _users.c.telegram_id,
+        _users.c.language_code,
+    )
+    .select_from(_avatars.join(_users, _users.c.id == _avatars.c.user_id))
+    # Concurrent events for one avatar queue here; only the avatar's row is locked.
+    .with_for_update(of=_avatars)
+)
+_TARGET_BY_REQUEST = _TARGET.where(_avatars.c.fal_request_id == bindparam("key"))
+_TARGET_BY_ID = _TARGET.where(_avatars.c.id == bindparam("key"))
 
 
-def _is_postgres(session: AsyncSession) -> bool:
-    return session.get_bind().dialect.name == "postgresql"
+def _text(name: str) -> Any:
+    return bindparam(name, type_=Text)
+
+
+_UPDATE_AVATAR = (
+    update(_avatars)
+    .where(_avatars.c.id == bindparam("target_id"))
+    .values(
+        status=bindparam("new_status"),
+        progress=bindparam("new_progress"),
+        updated_at=bindparam("now", type_=UTCDateTime),
+        fal_request_id=func.coalesce(_avatars.c.fal_request_id, _text("new_request_id")),
+        training_started_at=func.coalesce(
+            _avatars.c.training_started_at, bindparam("now", type_=UTCDateTime)
+        ),
+        finished_at=func.coalesce(
+            bindparam("new_finished_at", type_=UTCDateTime), _avatars.c.finished_at
+        ),
+        lora_url=func.coalesce(_text("new_lora_url"), _avatars.c.lora_url),
+        config_url=func.coalesce(_text("new_config_url"), _avatars.c.config_url),
+        error_message=func.coalesce(_text("new_error_message"), _avatars.c.error_message),
+    )
+)
+_DELETE_TRAINING_DATA = delete(_training_data).where(
+    _training_data.c.avatar_id == bindparam("target_id")
+)
+
+
+def _upsert_statements(dialect: str) -> tuple[Any, Any]:
+    """INSERT ... ON CONFLICT DO NOTHING RETURNING for events and for the outbox."""
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    event = insert(_events).on_conflict_do_nothing(index_elements=["dedupe_key"])
+    note = insert(_notifications).on_conflict_do_nothing(index_elements=["dedupe_key"])
+    # On PostgreSQL the outbox insert also wakes the dispatcher on commit, in the same round
+    # trip, and only when a row went in.
+    wake = [func.pg_notify(OUTBOX_CHANNEL, "")] if dialect == "postgresql" else []
+    return event.returning(_events.c.id), note.returning(_notifications.c.id, *wake)
+
+
+_UPSERTS = {dialect: _upsert_statements(dialect) for dialect in ("postgresql", "sqlite")}
+
+
+def _dialect(session: AsyncSession) -> str:
+    return session.get_bind().dialect.name
+
+
+@dataclass
+class Target:
+    """The avatar an event is about, as read under its row lock, with its owner's chat."""
+
+    id: str
+    name: str
+    training_type: str
+    status: AvatarStatus
+    progress: int
+    request_id: str | None
+    telegram_id: int
+    language_code: str | None
+
+
+async def _find(session: AsyncSession, query: Any, key: str) -> Target | None:
+    row = (await session.execute(query, {"key": key})).one_or_none()
+    if row is None:
+        return None
+    return Target(row[0], row[1], row[2], AvatarStatus(row[3]), row[4], row[5], row[6], row[7])
 
 
 async def _lock_request_id(session: AsyncSession, request_id: str) -> None:
@@ -72,7 +165,7 @@ async def _lock_request_id(session: AsyncSession, request_id: str) -> None:
     request id: whichever takes the lock second sees the other's commit, so the event is either
     matched or found by the registration, never neither. (SQLite's BEGIN IMMEDIATE serialises
     all writers anyway.) Matched webhooks, the common case, never take it."""
-    if _is_postgres(session):
+    if _dialect(session) == "postgresql":
         await session.execute(
             select(func.pg_advisory_xact_lock(func.hashtextextended(request_id, 0)))
         )
@@ -81,41 +174,40 @@ async def _lock_request_id(session: AsyncSession, request_id: str) -> None:
 async def ingest(session: AsyncSession, delivery: Delivery) -> Result:
     """Record the delivery and apply it; call inside a transaction, answer after the commit."""
     event = delivery.event
-    matched = await _match(session, event)
-    avatar, owner = matched if matched else (None, None)
-    change = _plan(avatar, event) if avatar is not None else None
-    change_text = _describe(avatar, change) if avatar is not None else None
-    if avatar is None:
+    target = await _match(session, event)
+    change = _plan(target, event) if target is not None else None
+    change_text = _describe(target, change) if target is not None else None
+    if target is None:
         outcome = Outcome.UNMATCHED
     else:
         outcome = Outcome.RECEIVED if change or _is_news(event) else Outcome.IGNORED
+    now = utcnow()
+    insert_event, _ = _UPSERTS[_dialect(session)]
     inserted = await session.execute(
-        _insert(session, WebhookEvent)
-        .values(
-            dedupe_key=delivery.dedupe_key,
-            request_id=event.request_id,
-            avatar_id=avatar.id if avatar else None,
-            status=event.status.value,
-            outcome=outcome.value,
-            signed=delivery.signed,
-            client_ip=delivery.client_ip,
-            query=delivery.query,
-            headers=delivery.headers,
-            body=delivery.raw_body,
-            transition=change_text,
-            received_at=utcnow(),
-            applied_at=utcnow() if avatar else None,
-        )
-        .on_conflict_do_nothing(index_elements=["dedupe_key"])
-        .returning(WebhookEvent.id)
+        insert_event,
+        {
+            "dedupe_key": delivery.dedupe_key,
+            "request_id": event.request_id,
+            "avatar_id": target.id if target else None,
+            "status": event.status.value,
+            "outcome": outcome.value,
+            "signed": delivery.signed,
+            "client_ip": delivery.client_ip,
+            "query": delivery.query,
+            "headers": delivery.headers,
+            "body": delivery.raw_body,
+            "transition": change_text,
+            "received_at": now,
+            "applied_at": now if target else None,
+        },
     )
     if inserted.scalar_one_or_none() is None:
         # Nothing else has been written in this transaction, so answering now changes nothing.
-        return Result(Outcome.DUPLICATE, event.request_id, avatar.id if avatar else None)
+        return Result(Outcome.DUPLICATE, event.request_id, target.id if target else None)
     enqueued = False
-    if avatar is not None and owner is not None and change is not None:
-        enqueued = await _apply(session, avatar, owner, event, change)
-    return Result(outcome, event.request_id, avatar.id if avatar else None, change_text, enqueued)
+    if target is not None and change is not None:
+        enqueued = await _apply(session, target, event, change)
+    return Result(outcome, event.request_id, target.id if target else None, change_text, enqueued)
 
 
 def _is_news(event: Event) -> bool:
@@ -123,146 +215,135 @@ def _is_news(event: Event) -> bool:
     return event.status is EventStatus.RESULT_PENDING
 
 
-class Owner(NamedTuple):
-    telegram_id: int
-    language_code: str | None
-
-
-def _with_owner() -> Any:
-    # The owner comes with the avatar (one round trip); only the avatar's row is locked.
-    return (
-        select(Avatar, User.telegram_id, User.language_code)
-        .join(User, User.id == Avatar.user_id)
-        .with_for_update(of=Avatar)
-    )
-
-
-async def _match(session: AsyncSession, event: Event) -> tuple[Avatar, Owner] | None:
+async def _match(session: AsyncSession, event: Event) -> Target | None:
     """The avatar this event is about: by request id, else by an avatar id without one."""
-    query = _with_owner().where(Avatar.fal_request_id == event.request_id)
-    row = (await session.execute(query)).one_or_none()
-    if row is None:
+    target = await _find(session, _TARGET_BY_REQUEST, event.request_id)
+    if target is None:
         await _lock_request_id(session, event.request_id)
         # Again under the lock: a registration may have committed since the first look.
-        row = (await session.execute(query)).one_or_none()
-    if row is None and event.avatar_id is not None:
-        by_id = _with_owner().where(Avatar.id == event.avatar_id)
-        row = (await session.execute(by_id)).one_or_none()
-    if row is None:
-        return None
-    avatar, owner = row[0], Owner(row[1], row[2])
-    if avatar.fal_request_id is None:
-        avatar.fal_request_id = event.request_id
-    elif avatar.fal_request_id != event.request_id:
-        # avatar_id is a hint from the URL or comment; a known request id is the stronger fact.
-        log.warning(
-            "webhook_avatar_request_mismatch",
-            request_id=event.request_id,
-            avatar_id=avatar.id,
-            avatar_request_id=avatar.fal_request_id,
-        )
-        return None
-    return avatar, owner
+        target = await _find(session, _TARGET_BY_REQUEST, event.request_id)
+    if target is None and event.avatar_id is not None:
+        target = await _find(session, _TARGET_BY_ID, event.avatar_id)
+        if target is not None and target.request_id is not None:
+            # avatar_id is a hint from the URL or comment; a known request id is the stronger
+            # fact.
+            log.warning(
+                "webhook_avatar_request_mismatch",
+                request_id=event.request_id,
+                avatar_id=target.id,
+                avatar_request_id=target.request_id,
+            )
+            return None
+    return target
 
 
-def _plan(avatar: Avatar, event: Event) -> Change | None:
-    return transition(AvatarStatus(avatar.status), avatar.progress, event.status, event.progress)
+def _plan(target: Target, event: Event) -> Change | None:
+    return transition(target.status, target.progress, event.status, event.progress)
 
 
-def _describe(avatar: Avatar, change: Change | None) -> str | None:
+def _describe(target: Target, change: Change | None) -> str | None:
     """The transition as logged and stored with the event, e.g. `training->completed:100`."""
-    return f"{avatar.status}->{change.status.value}:{change.progress}" if change else None
+    return f"{target.status.value}->{change.status.value}:{change.progress}" if change else None
 
 
-async def _apply(
-    session: AsyncSession, avatar: Avatar, owner: Owner, event: Event, change: Change
-) -> bool:
+async def _apply(session: AsyncSession, target: Target, event: Event, change: Change) -> bool:
     """Write the avatar's new state; on an outcome, enqueue its notification. True if enqueued."""
     now = utcnow()
-    avatar.status = change.status.value
-    avatar.progress = change.progress
-    avatar.updated_at = now
-    if avatar.training_started_at is None:
-        avatar.training_started_at = now
-    if event.lora_url:
-        avatar.lora_url = event.lora_url
-    if event.config_url:
-        avatar.config_url = event.config_url
-    if event.error_message:
-        avatar.error_message = event.error_message
-    if not change.status.is_terminal:
-        await session.flush()
-        return False
-    avatar.finished_at = now
-    await session.flush()
-    # FAL has the photos or will never need them again: the zip must not outlive the training.
-    await session.execute(delete(TrainingData).where(TrainingData.avatar_id == avatar.id))
-    return await enqueue_outcome(session, avatar, owner)
-
-
-async def enqueue_outcome(session: AsyncSession, avatar: Avatar, owner: Owner) -> bool:
-    """Write the outbox row for the avatar's final state; a second call for it is a no-op."""
-    rendered = render_outcome(
-        avatar.status, avatar.id, avatar.name, avatar.training_type, owner.language_code
+    terminal = change.status.is_terminal
+    await session.execute(
+        _UPDATE_AVATAR,
+        {
+            "target_id": target.id,
+            "new_status": change.status.value,
+            "new_progress": change.progress,
+            "now": now,
+            "new_request_id": event.request_id,
+            "new_finished_at": now if terminal else None,
+            "new_lora_url": event.lora_url,
+            "new_config_url": event.config_url,
+            "new_error_message": event.error_message,
+        },
     )
+    target.status, target.progress = change.status, change.progress
+    target.request_id = target.request_id or event.request_id
+    if not terminal:
+        return False
+    # FAL has the photos or will never need them again: the zip must not outlive the training.
+    await session.execute(_DELETE_TRAINING_DATA, {"target_id": target.id})
+    return await enqueue_outcome(session, target)
+
+
+async def enqueue_outcome(session: AsyncSession, target: Target) -> bool:
+    """Write the outbox row for the avatar's final state; a second call for it is a no-op."""
+    kind = target.status.value
+    rendered = render_outcome(
+        kind, target.id, target.name, target.training_type, target.language_code
+    )
+    now = utcnow()
+    _, insert_notification = _UPSERTS[_dialect(session)]
     inserted = await session.execute(
-        _insert(session, Notification)
-        .values(
+        insert_notification,
+        {
             # One message per avatar outcome: terminal states are final, so one per avatar.
-            dedupe_key=f"avatar:{avatar.id}:outcome",
-            avatar_id=avatar.id,
-            chat_id=owner.telegram_id,
-            kind=avatar.status,
-            text=rendered.text,
-            reply_markup=rendered.reply_markup,
-            state="pending",
-            attempts=0,
-            next_attempt_at=utcnow(),
-            created_at=utcnow(),
-            updated_at=utcnow(),
-        )
-        .on_conflict_do_nothing(index_elements=["dedupe_key"])
-        .returning(
-            Notification.id,
-            # Wakes the dispatcher on commit, in the same round trip, only if a row went in.
-            *([func.pg_notify(OUTBOX_CHANNEL, "")] if _is_postgres(session) else []),
-        )
+            "dedupe_key": f"avatar:{target.id}:outcome",
+            "avatar_id": target.id,
+            "chat_id": target.telegram_id,
+            "kind": kind,
+            "text": rendered.text,
+            "reply_markup": rendered.reply_markup,
+            "state": "pending",
+            "attempts": 0,
+            "next_attempt_at": now,
+            "created_at": now,
+            "updated_at": now,
+        },
     )
     return inserted.first() is not None
 
 
 async def register_training(session: AsyncSession, avatar: Avatar) -> list[Result]:
-    """Apply the events stored as unmatched for this avatar's request id, oldest first."""
-    assert avatar.fal_request_id is not None
-    await _lock_request_id(session, avatar.fal_request_id)
-    user = await session.get_one(User, avatar.user_id)
-    owner = Owner(user.telegram_id, user.language_code)
+    """Apply the events stored as unmatched for the avatar's new request id, oldest first.
+
+    Call in the transaction that gave the avatar its request id (`avatars attach`, the bot);
+    `avatar` is refreshed afterwards, as the events may have moved it on.
+    """
+    request_id = avatar.fal_request_id
+    assert request_id is not None, "register the avatar's request id first"
+    await session.flush()
+    await _lock_request_id(session, request_id)
+    target = await _find(session, _TARGET_BY_REQUEST, request_id)
+    assert target is not None, "register the avatar's request id first"
     waiting = await session.execute(
-        select(WebhookEvent)
+        select(_events.c.id, _events.c.body, _events.c.query)
         .where(
-            WebhookEvent.request_id == avatar.fal_request_id,
-            WebhookEvent.outcome == Outcome.UNMATCHED.value,
+            _events.c.request_id == request_id,
+            _events.c.outcome == Outcome.UNMATCHED.value,
         )
-        .order_by(WebhookEvent.id)
+        .order_by(_events.c.id)
     )
     results = []
-    for stored in waiting.scalars():
+    for event_id, body, query in waiting.all():
         try:
-            event = parse_event(
-                parse_body(stored.body), dict(parse_qsl(stored.query)), stored.request_id
-            )
+            event = parse_event(parse_body(body), dict(parse_qsl(query)), request_id)
         except PayloadError:
             # It was parsed once before it was stored; only a code change can make this fail.
-            log.exception("stored_event_unparseable", event_id=stored.id)
+            log.exception("stored_event_unparseable", event_id=event_id)
             continue
-        change = _plan(avatar, event)
-        change_text = _describe(avatar, change)
-        enqueued = await _apply(session, avatar, owner, event, change) if change else False
-        stored.avatar_id = avatar.id
-        stored.outcome = (Outcome.RECEIVED if change_text else Outcome.IGNORED).value
-        stored.transition = change_text
-        stored.applied_at = utcnow()
-        results.append(
-            Result(Outcome(stored.outcome), event.request_id, avatar.id, change_text, enqueued)
+        change = _plan(target, event)
+        change_text = _describe(target, change)
+        enqueued = await _apply(session, target, event, change) if change else False
+        outcome = Outcome.RECEIVED if change else Outcome.IGNORED
+        await session.execute(
+            update(_events)
+            .where(_events.c.id == event_id)
+            .values(
+                avatar_id=target.id,
+                outcome=outcome.value,
+                transition=change_text,
+                applied_at=utcnow(),
+            )
         )
+        results.append(Result(outcome, request_id, target.id, change_text, enqueued))
+    if results:
+        await session.refresh(avatar)
     return results
