@@ -15,7 +15,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from service import migrate, monitoring, openapi, webhooks
+from service import migrate, monitoring, openapi, training_data, webhooks
 from service.edges import HostCheck, error_response
 from service.runtime import Runtime
 from service.settings import Settings
@@ -51,6 +51,7 @@ def create_app(settings: Settings, *, start_dispatcher: bool = True) -> Starlett
         Route("/api/v1/webhook/status", monitoring.webhook_status, methods=["GET"]),
         Route("/metrics", monitoring.prometheus, methods=["GET"]),
         Route("/api/v1/openapi.json", openapi.document, methods=["GET"]),
+        Route(training_data.PATH, training_data.serve, methods=["GET"]),
     ]
     middleware = [Middleware(HostCheck, allowed=settings.allowed_hosts)]
     if settings.cors_origins:

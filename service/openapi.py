@@ -120,6 +120,27 @@ DOCUMENT: dict[str, Any] = {
                 "responses": {"200": _json({"type": "object"}, "OpenAPI document")},
             }
         },
+        "/api/v1/training-data/{token}.zip": {
+            "get": {
+                "summary": "A training's photos as a zip, for FAL (unguessable, expiring URL)",
+                "parameters": [
+                    {
+                        "name": "token",
+                        "in": "path",
+                        "required": True,
+                        "schema": {"type": "string", "pattern": "^[A-Za-z0-9_-]{43}$"},
+                    }
+                ],
+                "responses": {
+                    "200": {
+                        "description": "The zip of the photos",
+                        "content": {"application/zip": {}},
+                    },
+                    "404": _json(_ERROR, "Unknown, expired, or the training has ended"),
+                    "503": _json(_ERROR, "Database unavailable; retry later"),
+                },
+            }
+        },
     },
 }
 

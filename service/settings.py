@@ -54,6 +54,11 @@ class Settings:
     telegram_rate_per_second: float = 30.0
     telegram_chat_interval: float = 1.0
     public_base_url: str = "https://aibots.kz:8443"
+    # The bot's reconciler (service/bot/reconciler.py) and its training data (seconds).
+    reconcile_interval_seconds: float = 300.0
+    training_expected_seconds: float = 1800.0
+    training_hard_limit_seconds: float = 6 * 3600.0
+    training_data_ttl_seconds: float = 48 * 3600.0
 
     @property
     def telegram_configured(self) -> bool:
@@ -124,6 +129,24 @@ class Settings:
             public_base_url=_http_url(
                 "PUBLIC_BASE_URL", get("PUBLIC_BASE_URL", defaults.public_base_url)
             ).rstrip("/"),
+            reconcile_interval_seconds=_float(
+                "RECONCILE_INTERVAL_SECONDS", get("RECONCILE_INTERVAL_SECONDS", "300"), 0.1, 86400
+            ),
+            training_expected_seconds=_float(
+                "TRAINING_EXPECTED_SECONDS", get("TRAINING_EXPECTED_SECONDS", "1800"), 0, 86400
+            ),
+            training_hard_limit_seconds=_float(
+                "TRAINING_HARD_LIMIT_SECONDS",
+                get("TRAINING_HARD_LIMIT_SECONDS", "21600"),
+                1,
+                30 * 86400,
+            ),
+            training_data_ttl_seconds=_float(
+                "TRAINING_DATA_TTL_SECONDS",
+                get("TRAINING_DATA_TTL_SECONDS", "172800"),
+                1,
+                30 * 86400,
+            ),
         )
 
 

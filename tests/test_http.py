@@ -258,6 +258,7 @@ def test_openapi_document_lists_every_route(stack: Stack) -> None:
         "/api/v1/webhook/status",
         "/metrics",
         "/api/v1/openapi.json",
+        "/api/v1/training-data/{token}.zip",
     }
 
 
