@@ -1,14 +1,10 @@
-"""The Telegram bot (issue 5). Until it lands, `python -m service bot` says so and exits 0."""
+"""The Telegram bot: create an avatar, train it on FAL, follow it to the end.
+
+`python -m service bot` calls `run(settings)`; the wiring is in service/bot/app.py.
+"""
 
 from __future__ import annotations
 
-import structlog
+from service.bot.app import run
 
-from service.settings import Settings
-
-log = structlog.get_logger(__name__)
-
-
-def run(settings: Settings) -> int:
-    log.warning("bot_not_built_yet", detail="the Telegram bot is not part of this release yet")
-    return 0
+__all__ = ["run"]

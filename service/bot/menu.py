@@ -1,0 +1,76 @@
+"""The main menu, help, and what the bot says to anything outside a conversation."""
+
+from __future__ import annotations
+
+from telegram import Update
+from telegram.ext import ContextTypes
+
+from service.bot import keyboards
+from service.bot.photos import MAX_PHOTOS, MIN_PHOTOS, MIN_SIDE
+from service.bot.services import lang, services
+from service.bot.texts import t
+from service.operations import ensure_user
+
+
+async def show_menu(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """Greet the person, record them as a user, and show the main menu."""
+    person, chat = update.effective_user, update.effective_chat
+    assert person is not None and chat is not None
+    await services(context).transaction(
+        lambda session: ensure_user(
+            session,
+            person.id,
+            username=person.username,
+            first_name=person.first_name,
+            language_code=person.language_code,
+        )
+    )
+    language = lang(update)
+    await chat.send_message(
+        t(language, "start", name=person.first_name, min=MIN_PHOTOS, max=MAX_PHOTOS),
+        reply_markup=keyboards.main_menu(language),
+    )
+
+
+async def show_help(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """Explain how creating an avatar works."""
+    if update.callback_query:
+        await update.callback_query.answer()
+    chat = update.effective_chat
+    assert chat is not None
+    language = lang(update)
+    await chat.send_message(
+        t(language, "help", min=MIN_PHOTOS, max=MAX_PHOTOS, px=MIN_SIDE),
+        reply_markup=keyboards.main_menu(language),
+    )
+
+
+async def nothing_to_cancel(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """Say there is nothing to cancel (no conversation is going on)."""
+    chat = update.effective_chat
+    assert chat is not None
+    await chat.send_message(t(lang(update), "nothing_to_cancel"))
+
+
+async def photo_outside(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """Explain how to start creating an avatar when photos arrive out of the blue."""
+    chat = update.effective_chat
+    assert chat is not None
+    language = lang(update)
+    await chat.send_message(
+        t(language, "photo_outside"), reply_markup=keyboards.main_menu(language)
+    )
+
+
+async def text_outside(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """Point at the menu."""
+    chat = update.effective_chat
+    assert chat is not None
+    await chat.send_message(t(lang(update), "menu_hint"))
+
+
+async def outdated_button(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """Answer a press on a button whose conversation is over."""
+    query = update.callback_query
+    assert query is not None
+    await query.answer(t(lang(update), "outdated"))

@@ -1,0 +1,382 @@
+"""A local FAL queue for tests: submit, status, result and cancel, and signed webhook callbacks.
+
+It speaks FAL's queue protocol (see REFERENCE.md): `POST /{app_id}?fal_webhook=URL` with
+`Authorization: Key ...` queues a request and answers its request id and the status, response
+and cancel URLs. Each accepted submission downloads its `images_data_url` in the background and
+keeps the zip's files, so a test can see exactly what FAL would have trained on. Nothing
+finishes by itself: the test decides with `complete()`, `fail()` or `payload_error()`, each of
+which can deliver the Ed25519-signed callback, or "lose" it (`deliver=False`); `deliver()`
+repeats the last callback, as FAL does when it retries.
+"""
+
+from __future__ import annotations
+
+import http.client
+import io
+import json
+import threading
+import time
+import urllib.request
+import uuid
+import zipfile
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+from . import LoopbackHandler, LoopbackServer
+from .fal_keys import FalSigner
+
+PORTRAIT = "fal-ai/flux-lora-portrait-trainer"
+STYLE = "fal-ai/flux-lora-fast-training"
+# The inputs each trainer insists on. FAL itself only requires images_data_url; `is_style` is
+# required here so that a style avatar sent without it fails the test that sends it.
+REQUIRED_INPUTS = {PORTRAIT: ("images_data_url",), STYLE: ("images_data_url", "is_style")}
+IMAGE_MAGIC = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"RIFF")
+
+JsonDict = dict[str, Any]
+
+
+@dataclass
+class FalRequest:
+    """One queued request, as the fake FAL keeps it."""
+
+    request_id: str
+    app_id: str
+    arguments: JsonDict
+    webhook_url: str | None
+    state: str = "IN_QUEUE"
+    succeeded: bool | None = None
+    output: JsonDict | None = None
+    error_body: JsonDict | None = None
+    cancelled: bool = False
+    # The files of the downloaded zip, by name; None until downloaded or when it failed.
+    archive: dict[str, bytes] | None = None
+    download_error: str | None = None
+    downloaded: threading.Event = field(default_factory=threading.Event)
+    last_callback: bytes | None = None
+    # HTTP status of every callback delivery (None: the connection failed).
+    deliveries: list[int | None] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class QueueCall:
+    method: str
+    path: str
+    status: int
+    authorized: bool
+
+
+def lora_output(request_id: str) -> JsonDict:
+    """The output of FAL's LoRA trainers: the weights and their config, as File objects."""
+    return {
+        "diffusers_lora_file": {
+            "url": f"https://v3.fal.media/files/{request_id}/pytorch_lora_weights.safetensors",
+            "content_type": "application/octet-stream",
+            "file_name": "pytorch_lora_weights.safetensors",
+            "file_size": 89745224,
+        },
+        "config_file": {
+            "url": f"https://v3.fal.media/files/{request_id}/config.json",
+            "content_type": "application/octet-stream",
+            "file_name": "config.json",
+            "file_size": 1234,
+        },
+    }
+
+
+class _QueueHandler(LoopbackHandler):
+    def do_GET(self) -> None:
+        self.serve("GET")
+
+    def do_POST(self) -> None:
+        self.serve("POST")
+
+    def do_PUT(self) -> None:
+        self.serve("PUT")
+
+    def serve(self, method: str) -> None:
+        fal: FalQueueServer = self.owner
+        parts = urlsplit(self.path)
+        path = parts.path.strip("/")
+        body = self.read_body()
+        authorized = self.headers.get("Authorization") == f"Key {fal.key}"
+        if not authorized:
+            status, answer = 401, {"detail": "Unauthorized: invalid or missing key"}
+        else:
+            status, answer = fal.answer(method, path, dict(parse_qsl(parts.query)), body)
+        fal.record(QueueCall(method, path, status, authorized))
+        if status == 0:
+            self.drop()
+            return
+        self.send_json(status, answer)
+
+
+class FalQueueServer(LoopbackServer):
+    """FAL's queue on loopback; `url` is what FAL_QUEUE_URL should be."""
+
+    handler_class = _QueueHandler
+
+    def __init__(
+        self,
+        key: str = "fal-test-key-id:fal-test-key-secret",
+        signer: FalSigner | None = None,
+        *,
+        port: int = 0,
+        host: str = "127.0.0.1",
+    ) -> None:
+        super().__init__(port=port, host=host)
+        self.key = key
+        self.signer = signer or FalSigner()
+        self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
+        self._requests: dict[str, FalRequest] = {}
+        self._order: list[str] = []
+        self._calls: list[QueueCall] = []
+        self._plans: dict[str, deque[tuple[int, JsonDict] | float]] = {}
+
+    # -- scripting -----------------------------------------------------------------------------
+
+    def plan(self, operation: str, *answers: tuple[int, JsonDict] | float) -> None:
+        """Answer the next calls of `operation` (submit, status, result, cancel) with these
+        (status, body) pairs in order; a number instead hangs that long, then drops the call."""
+        with self._lock:
+            self._plans[operation] = deque(answers)
+
+    def start_training(self, request_id: str) -> None:
+        with self._lock:
+            self._requests[request_id].state = "IN_PROGRESS"
+
+    def complete(self, request_id: str, *, deliver: bool = True) -> int | None:
+        """Finish the request: trained if its zip was good, failed if not. Returns the
+        callback's HTTP status (None when not delivered or unreachable)."""
+        request = self.wait_downloaded(request_id)
+        if request.archive is None:
+            return self.fail(request_id, deliver=deliver, message=request.download_error)
+        with self._lock:
+            request.state, request.succeeded = "COMPLETED", True
+            request.output = lora_output(request_id)
+            request.last_callback = _callback(request_id, "OK", payload=request.output)
+        return self.deliver(request_id) if deliver else None
+
+    def fail(
+        self, request_id: str, *, deliver: bool = True, message: str | None = None
+    ) -> int | None:
+        """End the request with FAL's validation failure (422 and a detail list)."""
+        detail = [
+            {
+                "loc": ["body", "images_data_url"],
+                "msg": message or "the training images could not be processed",
+                "type": "value_error",
+            }
+        ]
+        with self._lock:
+            request = self._requests[request_id]
+            request.state, request.succeeded = "COMPLETED", False
+            request.error_body = {"detail": detail}
+            request.last_callback = _callback(
+                request_id, "ERROR", payload={"detail": detail}, error="Invalid status code: 422"
+            )
+        return self.deliver(request_id) if deliver else None
+
+    def payload_error(self, request_id: str) -> int | None:
+        """Finish successfully but call back without the output (FAL's `payload_error`)."""
+        self.complete(request_id, deliver=False)
+        with self._lock:
+            self._requests[request_id].last_callback = _callback(
+                request_id,
+                "OK",
+                payload=None,
+                payload_error="Response payload could not be serialized",
+            )
+        return self.deliver(request_id)
+
+    def deliver(self, request_id: str) -> int | None:
+        """(Re)deliver the request's callback, freshly signed, as FAL does on each retry."""
+        with self._lock:
+            request = self._requests[request_id]
+            body, url = request.last_callback, request.webhook_url
+        assert body is not None, "nothing to deliver: complete() or fail() first"
+        assert url is not None, "the request was submitted without fal_webhook"
+        status = _post(url, body, self.signer.headers(body, request_id))
+        with self._lock:
+            request.deliveries.append(status)
+        return status
+
+    def deliver_later(self, request_id: str, seconds: float) -> threading.Timer:
+        timer = threading.Timer(seconds, self.deliver, args=(request_id,))
+        timer.daemon = True
+        timer.start()
+        return timer
+
+    # -- inspection ----------------------------------------------------------------------------
+
+    @property
+    def calls(self) -> list[QueueCall]:
+        with self._lock:
+            return list(self._calls)
+
+    def requests(self) -> list[FalRequest]:
+        with self._lock:
+            return [self._requests[rid] for rid in self._order]
+
+    def request(self, request_id: str) -> FalRequest:
+        with self._lock:
+            return self._requests[request_id]
+
+    def wait_submitted(self, n: int = 1, timeout: float = 10.0) -> list[FalRequest]:
+        """Block until at least n requests were accepted; returns them, oldest first."""
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while len(self._order) < n:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise AssertionError(
+                        f"expected {n} accepted submissions, got {len(self._order)}; "
+                        f"calls: {self._calls!r}"
+                    )
+                self._changed.wait(remaining)
+            return [self._requests[rid] for rid in self._order]
+
+    def wait_downloaded(self, request_id: str, timeout: float = 10.0) -> FalRequest:
+        request = self.request(request_id)
+        if not request.downloaded.wait(timeout):
+            raise AssertionError(f"{request_id}: images_data_url not fetched in {timeout} s")
+        return request
+
+    # -- the protocol (handler side) -----------------------------------------------------------
+
+    def record(self, call: QueueCall) -> None:
+        with self._lock:
+            self._calls.append(call)
+            self._changed.notify_all()
+
+    def answer(
+        self, method: str, path: str, query: dict[str, str], body: bytes
+    ) -> tuple[int, JsonDict]:
+        app_id, marker, rest = path.partition("/requests/")
+        if not marker:
+            if method != "POST":
+                return 405, {"detail": "Method Not Allowed"}
+            return self._planned("submit") or self._submit(app_id, query, body)
+        request_id, _, action = rest.partition("/")
+        with self._lock:
+            request = self._requests.get(request_id)
+        if request is None or request.app_id != app_id:
+            return 404, {"detail": f"Request {request_id} not found"}
+        if method == "GET" and action == "status":
+            return self._planned("status") or (200, self._status(request))
+        if method == "GET" and action == "":
+            return self._planned("result") or self._result(request)
+        if method == "PUT" and action == "cancel":
+            return self._planned("cancel") or self._cancel(request)
+        return 405, {"detail": "Method Not Allowed"}
+
+    def _planned(self, operation: str) -> tuple[int, JsonDict] | None:
+        with self._lock:
+            queue = self._plans.get(operation)
+            step = queue.popleft() if queue else None
+        if isinstance(step, int | float):
+            # Hang, then drop the connection: the client's timeout is what should end it.
+            self.stopping.wait(step)
+            return 0, {}
+        return step
+
+    def _submit(self, app_id: str, query: dict[str, str], raw: bytes) -> tuple[int, JsonDict]:
+        required = REQUIRED_INPUTS.get(app_id)
+        if required is None:
+            return 404, {"detail": f"Application {app_id!r} not found"}
+        try:
+            arguments = json.loads(raw)
+        except ValueError:
+            return 422, {"detail": [{"loc": ["body"], "msg": "invalid JSON", "type": "json"}]}
+        if not isinstance(arguments, dict):
+            return 422, {"detail": [{"loc": ["body"], "msg": "not an object", "type": "type"}]}
+        missing = [name for name in required if name not in arguments]
+        if missing:
+            detail = [
+                {"loc": ["body", name], "msg": "field required", "type": "value_error.missing"}
+                for name in missing
+            ]
+            return 422, {"detail": detail}
+        request_id = str(uuid.uuid4())
+        request = FalRequest(request_id, app_id, arguments, query.get("fal_webhook"))
+        with self._lock:
+            self._requests[request_id] = request
+            self._order.append(request_id)
+            self._changed.notify_all()
+        threading.Thread(target=self._download, args=(request,), daemon=True).start()
+        base = f"{self.url}/{app_id}/requests/{request_id}"
+        return 200, {
+            "request_id": request_id,
+            "gateway_request_id": request_id,
+            "response_url": base,
+            "status_url": f"{base}/status",
+            "cancel_url": f"{base}/cancel",
+            "queue_position": 0,
+        }
+
+    def _status(self, request: FalRequest) -> JsonDict:
+        answer: JsonDict = {
+            "status": request.state,
+            "request_id": request.request_id,
+            "response_url": f"{self.url}/{request.app_id}/requests/{request.request_id}",
+        }
+        if request.state == "IN_QUEUE":
+            answer["queue_position"] = 0
+        return answer
+
+    def _result(self, request: FalRequest) -> tuple[int, JsonDict]:
+        if request.state != "COMPLETED":
+            return 400, {"detail": "Request is still in progress"}
+        if request.succeeded:
+            assert request.output is not None
+            return 200, request.output
+        return 422, request.error_body or {"detail": "failed"}
+
+    def _cancel(self, request: FalRequest) -> tuple[int, JsonDict]:
+        with self._lock:
+            if request.state == "COMPLETED":
+                return 400, {"status": "ALREADY_COMPLETED"}
+            request.cancelled = True
+            request.state, request.succeeded = "COMPLETED", False
+            request.error_body = {"detail": "Request was cancelled by the user"}
+        return 202, {"status": "CANCELLATION_REQUESTED"}
+
+    def _download(self, request: FalRequest) -> None:
+        url = request.arguments.get("images_data_url")
+        try:
+            if not isinstance(url, str):
+                raise ValueError("images_data_url is not a string")
+            with urllib.request.urlopen(url, timeout=10) as response:
+                data = response.read()
+            with zipfile.ZipFile(io.BytesIO(data)) as archive:
+                files = {name: archive.read(name) for name in archive.namelist()}
+            if not files or not all(f.startswith(IMAGE_MAGIC) for f in files.values()):
+                raise ValueError("the zip holds no images, or something that is not an image")
+            request.archive = files
+        except Exception as exc:
+            request.download_error = f"{type(exc).__name__}: {exc}"
+        finally:
+            request.downloaded.set()
+
+
+def _callback(request_id: str, status: str, **fields: Any) -> bytes:
+    body = {"request_id": request_id, "gateway_request_id": request_id, "status": status}
+    body.update(fields)
+    return json.dumps(body).encode()
+
+
+def _post(url: str, body: bytes, headers: dict[str, str]) -> int | None:
+    parts = urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=15)
+    try:
+        target = parts.path + (f"?{parts.query}" if parts.query else "")
+        conn.request("POST", target, body, {"Content-Type": "application/json", **headers})
+        response = conn.getresponse()
+        response.read()
+        return response.status
+    except OSError:
+        return None
+    finally:
+        conn.close()

@@ -1,0 +1,177 @@
+"""The whole system for bot tests: webhook service, bot process, local Bot API and FAL queue.
+
+`BotStack` runs the webhook service under gunicorn and `python -m service bot` beside it, both
+on one SQLite database and one Bot API server, the bot pointed at a local FAL queue whose
+callbacks go to the real webhook service. `Person` plays one Telegram user through the Bot
+API server's getUpdates and reads what the bot (and the outbox) sent to them.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from typing import Any
+
+from tests.fakes.fal_queue import FalQueueServer
+from tests.fakes.telegram_api import (
+    FakeBotApi,
+    callback_update,
+    default_user,
+    document_update,
+    message_update,
+    photo_update,
+)
+from tests.support.images import png
+from tests.support.servers import GunicornServer, ServiceProcess, base_env, wait_until
+
+TOKEN = "123456:TEST-token-for-the-bot-tests"
+FAL_KEY = "fal-test-key-id:fal-test-key-secret"
+WEBHOOK = "/api/v1/avatar/status_update"
+_file_numbers = itertools.count(1)
+
+
+class BotStack:
+    def __init__(
+        self, api: FakeBotApi, fal: FalQueueServer, jwks_url: str, **settings: str
+    ) -> None:
+        self.api = api
+        self.fal = fal
+        shared = {"TELEGRAM_TOKEN": TOKEN, "TELEGRAM_API_URL": api.url}
+        self.server = GunicornServer({**shared, "FAL_JWKS_URL": jwks_url})
+        self.database_url = self.server.database_url
+        self.bot = ServiceProcess(
+            "bot",
+            base_env(
+                **shared,
+                DATABASE_URL=self.database_url,
+                FAL_KEY=FAL_KEY,
+                FAL_QUEUE_URL=fal.url,
+                FAL_WEBHOOK_URL=f"{self.server.url}{WEBHOOK}",
+                PUBLIC_BASE_URL=self.server.url,
+                **settings,
+            ),
+        )
+
+    def __enter__(self) -> BotStack:
+        self.server.__enter__()
+        try:
+            self.bot.start()
+            # Polling has begun once the bot asks for updates.
+            wait_until(self._polling, 30, what="the bot's first getUpdates")
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def _polling(self) -> bool:
+        assert self.bot.proc is not None
+        if self.bot.proc.poll() is not None:
+            raise AssertionError(f"the bot exited early:\n{self.bot.log_text()[-3000:]}")
+        return bool(self.api.calls_to("getUpdates"))
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.bot.close()
+        self.server.close()
+
+
+class Person:
+    """One Telegram user talking to the bot."""
+
+    def __init__(self, api: FakeBotApi, user_id: int, language_code: str = "ru") -> None:
+        self.api = api
+        self.id = user_id
+        self.user = {**default_user(user_id), "language_code": language_code}
+        self._seen = 0
+        self.photos: list[bytes] = []
+
+    # -- what the person does ------------------------------------------------------------------
+
+    def send(self, text: str) -> int:
+        return self.api.push_update(message_update(self.id, text, user=self.user))
+
+    def press(self, data: str, message_id: int = 1) -> int:
+        return self.api.push_update(callback_update(self.id, data, message_id, user=self.user))
+
+    def photo(self, data: bytes, width: int, height: int, unique_id: str | None = None) -> str:
+        number = next(_file_numbers)
+        file_id = f"photo-{self.id}-{number}"
+        unique = unique_id or f"uphoto-{self.id}-{number}"
+        self.api.add_file(file_id, data, unique, f"photos/file_{number}.jpg")
+        self.api.push_update(
+            photo_update(self.id, file_id, unique, width, height, len(data), user=self.user)
+        )
+        return unique
+
+    def document(
+        self,
+        data: bytes,
+        mime_type: str,
+        file_name: str,
+        declared_size: int | None = None,
+        unique_id: str | None = None,
+    ) -> str:
+        number = next(_file_numbers)
+        file_id = f"doc-{self.id}-{number}"
+        unique = unique_id or f"udoc-{self.id}-{number}"
+        self.api.add_file(file_id, data, unique, f"documents/file_{number}")
+        size = len(data) if declared_size is None else declared_size
+        self.api.push_update(
+            document_update(self.id, file_id, unique, mime_type, file_name, size, user=self.user)
+        )
+        return unique
+
+    # -- what the person sees ------------------------------------------------------------------
+
+    def messages(self) -> list[dict[str, Any]]:
+        """Every message delivered to this chat, as the Bot API server parsed it (the text
+        the person reads, with entities), plus the parameters as sent (`sent`)."""
+        return [
+            {**call.result, "sent": call.params}
+            for call in self.api.calls_to("sendMessage")
+            if call.ok and call.params.get("chat_id") == self.id
+        ]
+
+    def expect(self, fragment: str, timeout: float = 10.0) -> dict[str, Any]:
+        """The next unread message containing `fragment`; fails with what did arrive."""
+        found: list[dict[str, Any]] = []
+
+        def arrived() -> bool:
+            unread = self.messages()[self._seen :]
+            for offset, message in enumerate(unread):
+                if fragment in message["text"]:
+                    self._seen += offset + 1
+                    found.append(message)
+                    return True
+            return False
+
+        try:
+            wait_until(arrived, timeout, interval=0.05, what=f"a message with {fragment!r}")
+        except AssertionError:
+            texts = [m["text"][:120] for m in self.messages()[self._seen :]]
+            raise AssertionError(f"no message with {fragment!r}; unread: {texts!r}") from None
+        return found[0]
+
+    def ready_messages(self) -> list[dict[str, Any]]:
+        """The outbox's "avatar ready" messages (they carry the Generate button)."""
+        return [m for m in self.messages() if "avatar:generate:" in str(m["sent"])]
+
+    def send_photos(self, count: int, start: int = 0) -> None:
+        """Send `count` distinct photos, waiting for each acknowledgement."""
+        word = "Photo" if self.user["language_code"] == "en" else "Фото"
+        for number in range(start, start + count):
+            data = png(640, 512, seed=self.id + number)
+            self.photos.append(data)
+            self.photo(data, 640, 512)
+            self.expect(f"{word} {len(self.photos)} ")
+
+    def buttons(self, message: dict[str, Any]) -> list[str]:
+        markup = message["sent"].get("reply_markup") or {}
+        return [b["callback_data"] for row in markup.get("inline_keyboard", []) for b in row]
+
+
+def settle(seconds: float = 1.0) -> None:
+    """Give in-flight deliveries a moment before asserting that nothing more arrived."""
+    time.sleep(seconds)

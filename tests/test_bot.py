@@ -1,0 +1,375 @@
+"""The bot end to end: `python -m service bot` and the webhook service under gunicorn, driven
+through the local Bot API server, training on the local FAL queue with signed callbacks."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from service.models import Avatar, TrainingData, User, WebhookEvent
+from tests.fakes.fal_keys import FalSigner, JwksServer
+from tests.fakes.fal_queue import PORTRAIT, STYLE, FalQueueServer
+from tests.fakes.telegram_api import FakeBotApi, Fault
+from tests.support.bot import FAL_KEY, TOKEN, BotStack, Person, settle
+from tests.support.db import run
+from tests.support.http import call
+from tests.support.images import png
+from tests.support.servers import wait_until
+
+# Trainings older than this are asked about at FAL; the reconciler looks twice a second.
+EXPECTED_SECONDS = 5
+
+
+@pytest.fixture(scope="module")
+def fal_signer() -> FalSigner:
+    return FalSigner()
+
+
+@pytest.fixture(scope="module")
+def keys(fal_signer: FalSigner) -> Iterator[JwksServer]:
+    with JwksServer([fal_signer]) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def api() -> Iterator[FakeBotApi]:
+    with FakeBotApi(TOKEN) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def fal(fal_signer: FalSigner) -> Iterator[FalQueueServer]:
+    with FalQueueServer(FAL_KEY, fal_signer) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def stack(api: FakeBotApi, fal: FalQueueServer, keys: JwksServer) -> Iterator[BotStack]:
+    with BotStack(
+        api,
+        fal,
+        keys.jwks_url,
+        RECONCILE_INTERVAL_SECONDS="0.5",
+        TRAINING_EXPECTED_SECONDS=str(EXPECTED_SECONDS),
+    ) as running:
+        yield running
+
+
+def avatars_of(database_url: str, telegram_id: int) -> list[Avatar]:
+    async def work(session: AsyncSession) -> list[Avatar]:
+        rows = await session.execute(
+            select(Avatar)
+            .join(User, User.id == Avatar.user_id)
+            .where(User.telegram_id == telegram_id)
+            .order_by(Avatar.created_at)
+        )
+        return list(rows.scalars())
+
+    return run(database_url, work)
+
+
+def training_rows(database_url: str, avatar_id: str) -> int:
+    async def work(session: AsyncSession) -> int:
+        rows = await session.execute(
+            select(TrainingData.token).where(TrainingData.avatar_id == avatar_id)
+        )
+        return len(rows.all())
+
+    return run(database_url, work)
+
+
+def events_of(database_url: str, request_id: str) -> list[WebhookEvent]:
+    async def work(session: AsyncSession) -> list[WebhookEvent]:
+        rows = await session.execute(
+            select(WebhookEvent).where(WebhookEvent.request_id == request_id)
+        )
+        return list(rows.scalars())
+
+    return run(database_url, work)
+
+
+def begin_avatar(person: Person, name: str, training_type: str = "portrait") -> None:
+    """/create -> name -> type: the bot then waits for photos."""
+    person.photos = []
+    person.send("/create")
+    person.expect("Как назовём" if person.user["language_code"] != "en" else "call the avatar")
+    person.send(name)
+    person.expect("Аватар" if person.user["language_code"] != "en" else "Avatar")
+    person.press(f"type:{training_type}")
+    person.expect("от 10 до 20" if person.user["language_code"] != "en" else "10 to 20")
+
+
+def start_training(stack: BotStack, person: Person, name: str, photos: int = 10) -> Any:
+    """Create an avatar with `photos` photos and press Start; returns FAL's request."""
+    already = len(stack.fal.requests())
+    begin_avatar(person, name)
+    person.send_photos(photos)
+    person.press("photos:done")
+    person.expect("Проверим")
+    person.press("train:start")
+    person.expect("началось")
+    return stack.fal.wait_submitted(already + 1)[-1]
+
+
+def test_start_greets_records_the_user_and_shows_the_menu(stack: BotStack) -> None:
+    russian, english = Person(stack.api, 7001), Person(stack.api, 7002, "en-GB")
+    russian.send("/start")
+    english.send("/start")
+    greeting = russian.expect("Здравствуйте")
+    assert russian.buttons(greeting) == ["avatar:create", "avatars:list", "help"]
+    assert greeting["sent"]["parse_mode"] == "HTML"
+    assert "Hello" in english.expect("Hello")["text"]
+
+    async def users(session: AsyncSession) -> dict[int, str | None]:
+        rows = await session.execute(select(User.telegram_id, User.language_code))
+        return {row[0]: row[1] for row in rows}
+
+    recorded = run(stack.database_url, users)
+    assert recorded[7001] == "ru" and recorded[7002] == "en-GB"
+    english.press("help")
+    assert "How it works" in english.expect("How it works")["text"]
+
+
+def test_twelve_photos_train_and_the_person_hears_once_that_it_is_ready(
+    stack: BotStack,
+) -> None:
+    person = Person(stack.api, 7101)
+    name = "<b>Ann_2*[x]</b> & Co"
+    person.send("/start")
+    person.expect("Здравствуйте")
+    person.press("avatar:create")
+    person.expect("Как назовём")
+    person.send(name)
+    asked = person.expect("Какой тип")
+    # Rendered literally: what the person reads is the name itself, markup and all.
+    assert name in asked["text"]
+    person.press("type:portrait")
+    person.expect("от 10 до 20")
+    person.send_photos(12)
+    person.press("photos:done")
+    summary = person.expect("Проверим")
+    assert "Фотографий: 12" in summary["text"]
+    person.press("train:start")
+    started = person.expect("началось")
+    assert name in started["text"]
+
+    (request,) = [r for r in stack.fal.requests() if r.arguments.get("trigger_phrase")][-1:]
+    assert request.app_id == PORTRAIT
+    images_url = request.arguments["images_data_url"]
+    assert images_url.startswith(f"{stack.server.url}/api/v1/training-data/")
+    webhook = urlsplit(request.webhook_url or "")
+    (avatar,) = avatars_of(stack.database_url, person.id)
+    assert parse_qs(webhook.query) == {"avatar_id": [avatar.id], "training_type": ["portrait"]}
+    assert avatar.status == "training" and avatar.fal_request_id == request.request_id
+    assert avatar.fal_status_url and avatar.fal_response_url and avatar.fal_cancel_url
+    # FAL fetched a zip holding exactly the twelve photos.
+    downloaded = stack.fal.wait_downloaded(request.request_id)
+    assert downloaded.archive is not None
+    assert sorted(downloaded.archive.values()) == sorted(person.photos)
+
+    assert stack.fal.complete(request.request_id) == 200
+    ready = person.expect("готов")
+    assert name in ready["text"]
+    assert f"avatar:generate:{avatar.id}" in person.buttons(ready)
+    # FAL repeats the callback, and a copy arrives late: still one message.
+    assert stack.fal.deliver(request.request_id) == 200
+    stack.fal.deliver_later(request.request_id, 0.5)
+    settle(1.5)
+    assert len(person.ready_messages()) == 1
+    (done,) = avatars_of(stack.database_url, person.id)
+    assert done.status == "completed" and done.lora_url
+    # The zip was deleted with the training's end, and its URL no longer answers.
+    assert training_rows(stack.database_url, done.id) == 0
+    assert call("GET", images_url).status == 404
+    signed = [e for e in events_of(stack.database_url, request.request_id) if e.signed]
+    assert [e.outcome for e in signed][:1] == ["received"]
+
+
+def test_style_avatar_in_english_is_submitted_to_the_style_trainer(stack: BotStack) -> None:
+    person = Person(stack.api, 7151, "en")
+    begin_avatar(person, "Watercolour", "style")
+    person.send_photos(10)
+    person.press("photos:done")
+    person.expect("Let's check")
+    person.press("train:start")
+    person.expect("has started")
+    request = stack.fal.wait_submitted(len(stack.fal.requests()))[-1]
+    assert request.app_id == STYLE
+    assert request.arguments["is_style"] is True
+    assert request.arguments["trigger_word"].startswith("aibots")
+    stack.fal.fail(request.request_id)
+    failed = person.expect("failed")
+    assert "create the avatar again" in failed["text"]
+    (avatar,) = avatars_of(stack.database_url, person.id)
+    assert avatar.status == "failed" and avatar.error_message
+
+
+def test_cancel_mid_way_keeps_nothing(stack: BotStack) -> None:
+    person = Person(stack.api, 7201)
+    begin_avatar(person, "Half made")
+    person.send_photos(3)
+    person.send("/cancel")
+    person.expect("отменено")
+    assert avatars_of(stack.database_url, person.id) == []
+    # The conversation is over: photos and /cancel are now outside it.
+    person.photo(png(640, 512, seed=1), 640, 512)
+    person.expect("Чтобы создать аватар")
+    person.send("/cancel")
+    person.expect("нечего отменять")
+    # A Start button from before is outdated, not a way back in.
+    person.press("train:start")
+    wait_until(
+        lambda: any(c.params.get("text") for c in stack.api.calls_to("answerCallbackQuery")),
+        5,
+        what="the outdated button's answer",
+    )
+    assert avatars_of(stack.database_url, person.id) == []
+
+
+def test_too_few_photos_cannot_start(stack: BotStack) -> None:
+    person = Person(stack.api, 7301)
+    submitted = len(stack.fal.requests())
+    begin_avatar(person, "Nine")
+    person.send_photos(9)
+    person.send("/done")
+    assert "сейчас 9" in person.expect("Нужно не меньше 10")["text"]
+    person.press("train:start")
+    person.expect("Нужно не меньше 10")
+    settle(0.5)
+    assert avatars_of(stack.database_url, person.id) == []
+    assert len(stack.fal.requests()) == submitted
+    person.send_photos(1, start=9)
+    person.send("/done")
+    person.expect("Проверим")
+
+
+def test_documents_are_checked_by_their_real_content(stack: BotStack) -> None:
+    person = Person(stack.api, 7401)
+    begin_avatar(person, "Files")
+    person.document(b"PK\x03\x04 not really", "application/zip", "photos.zip")
+    person.expect("Это не изображение")
+    person.document(b"hello, I am text pretending", "image/png", "fake.png")
+    person.expect("Это не изображение")
+    person.document(png(800, 600, 5), "image/png", "huge.png", declared_size=15 * 2**20)
+    assert "15.0 МБ" in person.expect("Файл слишком большой")["text"]
+    person.document(png(300, 300, 6), "image/png", "small.png")
+    assert "300×300" in person.expect("слишком маленькое")["text"]
+    good = person.document(png(800, 600, 7), "image/png", "good.png")
+    person.expect("Фото 1 принято")
+    person.document(png(800, 600, 7), "image/png", "good.png", unique_id=good)
+    person.expect("уже есть среди присланных")
+    person.photo(png(400, 300, 8), 400, 300)
+    assert "400×300" in person.expect("слишком маленькое")["text"]
+    person.send("/cancel")
+    person.expect("отменено")
+
+
+def test_fal_refusing_the_submission_leaves_a_draft_that_can_be_retried(
+    stack: BotStack,
+) -> None:
+    person = Person(stack.api, 7501)
+    before = len(stack.fal.requests())
+    begin_avatar(person, "Stubborn")
+    person.send_photos(10)
+    person.press("photos:done")
+    person.expect("Проверим")
+    stack.fal.plan("submit", (401, {"detail": "Invalid key"}))
+    person.press("train:start")
+    refused = person.expect("не принимает наши запросы")
+    (avatar,) = avatars_of(stack.database_url, person.id)
+    assert avatar.status == "draft" and "401" in (avatar.error_message or "")
+    assert person.buttons(refused) == [f"avatar:retry:{avatar.id}", f"avatar:discard:{avatar.id}"]
+    downloads = len(stack.api.calls_to("download"))
+
+    detail = [{"loc": ["body", "images_data_url"], "msg": "images are too dark", "type": "x"}]
+    stack.fal.plan("submit", (422, {"detail": detail}))
+    person.press(f"avatar:retry:{avatar.id}")
+    assert "images_data_url: images are too dark" in person.expect("отклонил")["text"]
+    stack.fal.plan("submit", (503, {"detail": "Service Unavailable"}))
+    person.press(f"avatar:retry:{avatar.id}")
+    person.expect("недоступен")
+    assert avatars_of(stack.database_url, person.id)[0].status == "draft"
+    assert len(stack.fal.requests()) == before
+
+    person.press(f"avatar:retry:{avatar.id}")
+    person.expect("началось")
+    request = stack.fal.wait_submitted(before + 1)[-1]
+    # The zip made for the first attempt is reused: the photos were fetched from Telegram once.
+    assert len(stack.api.calls_to("download")) == downloads
+    assert stack.fal.wait_downloaded(request.request_id).archive is not None
+    assert stack.fal.complete(request.request_id) == 200
+    person.expect("готов")
+    assert avatars_of(stack.database_url, person.id)[0].status == "completed"
+
+
+def test_a_lost_callback_is_recovered_by_the_reconciler(stack: BotStack) -> None:
+    person = Person(stack.api, 7601)
+    request = start_training(stack, person, "Lost")
+    stack.fal.complete(request.request_id, deliver=False)
+    ready = person.expect("готов", timeout=EXPECTED_SECONDS + 10)
+    assert "Lost" in ready["text"]
+    (event,) = events_of(stack.database_url, request.request_id)
+    assert event.signed is False and event.headers == {"x-aibots-source": "reconciler"}
+    # FAL's callback, late after all: recorded, changes nothing, sends nothing.
+    assert stack.fal.deliver(request.request_id) == 200
+    settle(1.0)
+    assert len(person.ready_messages()) == 1
+    outcomes = sorted(e.outcome for e in events_of(stack.database_url, request.request_id))
+    assert outcomes == ["ignored", "received"]
+
+
+def test_one_training_at_a_time_then_refresh_and_cancel_from_my_avatars(
+    stack: BotStack,
+) -> None:
+    person = Person(stack.api, 7701)
+    first = start_training(stack, person, "First")
+    begin_avatar(person, "Second")
+    person.send_photos(10)
+    person.press("photos:done")
+    person.expect("Проверим")
+    person.press("train:start")
+    assert "First" in person.expect("уже обучается")["text"]
+    assert [a.name for a in avatars_of(stack.database_url, person.id)] == ["First"]
+
+    person.send("/avatars")
+    listing = person.expect("Ваши аватары")
+    (first_avatar,) = avatars_of(stack.database_url, person.id)
+    assert f"avatar:refresh:{first_avatar.id}" in person.buttons(listing)
+    person.press(f"avatar:refresh:{first_avatar.id}")
+    person.expect("ждёт в очереди")
+    person.press(f"avatar:cancel:{first_avatar.id}")
+    person.expect("Отменяю")
+    person.expect("отменено")  # from the outbox
+    assert stack.fal.request(first.request_id).cancelled
+
+    # The draft of the second one was kept: the same Start button works now.
+    person.press("train:start")
+    person.expect("началось")
+    names = {a.name: a.status for a in avatars_of(stack.database_url, person.id)}
+    assert names == {"First": "cancelled", "Second": "training"}
+    second = stack.fal.wait_submitted(len(stack.fal.requests()))[-1]
+    stack.fal.complete(second.request_id)
+    person.expect("готов")
+
+
+def test_a_failing_handler_is_logged_with_its_update_and_apologised_for(
+    stack: BotStack,
+) -> None:
+    person = Person(stack.api, 7801)
+    stack.api.plan("sendMessage", [Fault.server_error(500)])
+    update_id = person.send("/help")
+    person.expect("Извините")
+    logged = [
+        json.loads(line)
+        for line in stack.bot.log_text().splitlines()
+        if '"bot_handler_failed"' in line
+    ]
+    assert any(entry.get("update_id") == update_id for entry in logged), logged
+    person.send("/start")
+    person.expect("Здравствуйте")
