@@ -1,0 +1,1099 @@
+"""deploy/nginx/aibots.kz.conf under the real nginx, with TLS from `deploy/certs.sh dev`.
+
+The site file is used as it is, with only paths, listen ports and the upstream address replaced
+by plain string replacement (see `render_site`), inside a minimal nginx.conf that mimics the
+http {} defaults of Debian's. nginx runs from a temporary prefix on free loopback ports and is
+stopped by its PID. Behind it is either a small recording stand-in (for what only nginx
+decides) or the real app: `python -m service serve`, gunicorn with 2 workers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import http.server
+import itertools
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import threading
+import time
+import uuid
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.fakes.fal_keys import FalSigner, JwksServer
+from tests.support.servers import GunicornServer, base_env, free_port, run_cli, wait_until
+from tests.support.webhooks import fal_ok, new_request_id, signed
+
+pytestmark = pytest.mark.nginx
+
+ROOT = Path(__file__).resolve().parents[1]
+SITE = ROOT / "deploy" / "nginx" / "aibots.kz.conf"
+LEGACY = ROOT / "deploy" / "nginx" / "aibots.kz-legacy-http.conf"
+FAL_NETWORKS_SH = ROOT / "deploy" / "fal-networks.sh"
+CERTS_SH = ROOT / "deploy" / "certs.sh"
+LIMIT = 10 * 1024 * 1024  # the webhook body limit, nginx's and the app's
+SEED_TEST_BODY = b'{"request_id": "test_123", "status": "completed", "training_type": "portrait"}'
+
+# The production strings the test replaces, and nothing else.
+LISTEN_V4 = "listen 8443 ssl;"
+LISTEN_V6 = "listen [::]:8443 ssl;"
+CERTS_PATH = "/etc/ssl/aibots/"
+LOGS_PATH = "/var/log/nginx/"
+ALLOW_PATH = "/etc/nginx/aibots.kz.d/"
+UPSTREAM = "server 127.0.0.1:8000;"
+
+
+# --------------------------------------------------------------------------------------------
+# nginx
+
+
+def nginx_binary() -> str:
+    found = shutil.which("nginx") or next(
+        (p for p in ("/usr/sbin/nginx", "/usr/local/sbin/nginx") if os.access(p, os.X_OK)), None
+    )
+    if found is None:
+        if os.environ.get("REQUIRE_NGINX") == "1":
+            pytest.fail("nginx is not installed, and REQUIRE_NGINX=1 makes that a failure")
+        pytest.skip("nginx is not installed (apt-get install nginx); REQUIRE_NGINX=1 fails instead")
+    return found
+
+
+def ipv6_loopback() -> bool:
+    if not socket.has_ipv6:
+        return False
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+def render_site(
+    *, port: int, upstream_port: int, certs: Path, logs: Path, allow: Path, ipv6: bool
+) -> str:
+    """The production site file with only paths, ports and the upstream address replaced."""
+    text = SITE.read_text()
+    for production in (LISTEN_V4, LISTEN_V6, CERTS_PATH, LOGS_PATH, ALLOW_PATH, UPSTREAM):
+        assert production in text, f"{production!r} is gone from {SITE.name}: update this test"
+    # Without IPv6 on loopback (some containers) the IPv6 listener is left out.
+    v6 = f"listen [::1]:{port} ssl;" if ipv6 else "# (no IPv6 loopback here)"
+    text = (
+        text.replace(LISTEN_V4, f"listen 127.0.0.1:{port} ssl;")
+        .replace(LISTEN_V6, v6)
+        .replace(CERTS_PATH, f"{certs}/")
+        .replace(LOGS_PATH, f"{logs}/")
+        .replace(ALLOW_PATH, f"{allow}/")
+        .replace(UPSTREAM, f"server 127.0.0.1:{upstream_port};")
+    )
+    # Nothing of the host may be left in a directive: no port 8443, no system path.
+    for line in text.splitlines():
+        directive = line.split("#", 1)[0]
+        assert "8443" not in directive, line
+        assert "/etc/" not in directive and "/var/" not in directive, line
+    return text
+
+
+WRAPPER = """\
+{user}
+worker_processes 2;
+pid {prefix}/nginx.pid;
+error_log {prefix}/logs/error.log notice;
+events {{ worker_connections 512; }}
+http {{
+    # As in Debian's /etc/nginx/nginx.conf: the site must hold its own against these.
+    sendfile on;
+    tcp_nopush on;
+    types_hash_max_size 2048;
+    {mime_types}
+    default_type application/octet-stream;
+    ssl_protocols TLSv1 TLSv1.1 TLSv1.2 TLSv1.3;
+    ssl_prefer_server_ciphers on;
+    access_log {prefix}/logs/access.log;
+    gzip on;
+    client_body_temp_path {prefix}/tmp/body;
+    proxy_temp_path {prefix}/tmp/proxy;
+    fastcgi_temp_path {prefix}/tmp/fastcgi;
+    uwsgi_temp_path {prefix}/tmp/uwsgi;
+    scgi_temp_path {prefix}/tmp/scgi;
+    include {site};
+}}
+"""
+
+
+@dataclass
+class Nginx:
+    prefix: Path
+    port: int
+    ipv6: bool
+    process: subprocess.Popen[bytes]
+
+    @property
+    def access_log(self) -> Path:
+        return self.prefix / "logs" / "aibots.kz.access.log"
+
+    def entries(self) -> list[dict[str, Any]]:
+        if not self.access_log.exists():
+            return []
+        return [json.loads(line) for line in self.access_log.read_text().splitlines() if line]
+
+    def entry(self, marker: str) -> dict[str, Any]:
+        """The access log line of the one request whose URI holds `marker`."""
+        found: list[dict[str, Any]] = []
+
+        def logged() -> bool:
+            found[:] = [e for e in self.entries() if marker in e["uri"]]
+            return bool(found)
+
+        wait_until(logged, 5, what=f"access log line for {marker}")
+        assert len(found) == 1, found
+        return found[0]
+
+    def stderr(self) -> str:
+        return (self.prefix / "nginx.stderr").read_text(errors="replace")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            os.kill(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.kill(self.process.pid, signal.SIGKILL)
+                self.process.wait(timeout=5)
+
+
+def write_config(
+    prefix: Path, certs: Path, upstream_port: int, allow: Path | None = None
+) -> tuple[Path, int, bool]:
+    for sub in ("logs", "tmp", "allow"):
+        (prefix / sub).mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    ipv6 = ipv6_loopback()
+    site = prefix / "aibots.kz.conf"
+    site.write_text(
+        render_site(
+            port=port,
+            upstream_port=upstream_port,
+            certs=certs,
+            logs=prefix / "logs",
+            allow=allow or prefix / "allow",
+            ipv6=ipv6,
+        )
+    )
+    conf = prefix / "nginx.conf"
+    # As root, nginx's workers would drop to `nobody`, who cannot enter pytest's private
+    # temporary directories (request bodies over 1 MiB are buffered there).
+    user = "user root;" if os.geteuid() == 0 else ""
+    mime = Path("/etc/nginx/mime.types")
+    mime_types = f"include {mime};" if mime.is_file() else ""
+    conf.write_text(WRAPPER.format(user=user, prefix=prefix, site=site, mime_types=mime_types))
+    return conf, port, ipv6
+
+
+def nginx_test(conf: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [nginx_binary(), "-t", "-p", str(conf.parent), "-c", str(conf)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+
+
+@contextlib.contextmanager
+def running_nginx(
+    prefix: Path, certs: Path, upstream_port: int, allow: Path | None = None
+) -> Iterator[Nginx]:
+    conf, port, ipv6 = write_config(prefix, certs, upstream_port, allow)
+    checked = nginx_test(conf)
+    assert checked.returncode == 0, checked.stderr
+    with (prefix / "nginx.stderr").open("wb") as stderr:
+        process = subprocess.Popen(
+            [nginx_binary(), "-p", str(prefix), "-c", str(conf), "-g", "daemon off;"],
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+        )
+    server = Nginx(prefix, port, ipv6, process)
+    try:
+
+        def listening() -> bool:
+            if process.poll() is not None:
+                raise AssertionError(f"nginx exited: {server.stderr()}")
+            with socket.socket() as probe:
+                return probe.connect_ex(("127.0.0.1", port)) == 0
+
+        wait_until(listening, 10, what="nginx")
+        yield server
+    finally:
+        server.stop()
+
+
+# --------------------------------------------------------------------------------------------
+# HTTPS clients (http.client over a TLS socket to 127.0.0.1 with SNI and Host aibots.kz)
+
+
+@dataclass
+class Reply:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+class TLSConnection(http.client.HTTPConnection):
+    """HTTP/1.1 over TLS to a loopback address, from a chosen source address, for aibots.kz."""
+
+    def __init__(
+        self,
+        port: int,
+        context: ssl.SSLContext,
+        source: str = "127.0.0.1",
+        address: str = "127.0.0.1",
+        hostname: str = "aibots.kz",
+    ) -> None:
+        super().__init__(hostname, port, timeout=30)
+        self._context = context
+        self._source = source
+        self._address = address
+        self._hostname = hostname
+
+    def connect(self) -> None:
+        raw = socket.create_connection(
+            (self._address, self.port), timeout=self.timeout, source_address=(self._source, 0)
+        )
+        try:
+            self.sock = self._context.wrap_socket(raw, server_hostname=self._hostname)
+        except BaseException:
+            raw.close()
+            raise
+
+    def call(
+        self,
+        method: str,
+        path: str,
+        body: bytes | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> Reply:
+        self.request(method, path, body=body, headers=headers or {})
+        response = self.getresponse()
+        data = response.read()
+        return Reply(response.status, {k.lower(): v for k, v in response.getheaders()}, data)
+
+
+def probe(path: str) -> tuple[str, str]:
+    """`path` with a unique query marker, to find its access log line; and the marker."""
+    marker = uuid.uuid4().hex
+    separator = "&" if "?" in path else "?"
+    return f"{path}{separator}probe={marker}", marker
+
+
+_sources = itertools.count(10)
+
+
+def fresh_source() -> str:
+    """A loopback source address no other test uses, so rate-limit buckets never mix."""
+    number = next(_sources)
+    assert number < 250
+    return f"127.0.0.{number}"
+
+
+# --------------------------------------------------------------------------------------------
+# Upstreams
+
+
+@dataclass
+class Seen:
+    method: str
+    path: str
+    headers: dict[str, str]
+    length: int
+
+
+@dataclass
+class StandIn:
+    """A tiny recording HTTP/1.1 upstream for what only nginx decides."""
+
+    port: int
+    seen: list[Seen] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def paths(self) -> list[str]:
+        with self.lock:
+            return [s.path for s in self.seen]
+
+    def last(self, marker: str) -> Seen:
+        with self.lock:
+            matches = [s for s in self.seen if marker in s.path]
+        assert len(matches) == 1, matches
+        return matches[0]
+
+
+@contextlib.contextmanager
+def stand_in() -> Iterator[StandIn]:
+    class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+        record: StandIn
+
+        def handle_any(self) -> None:
+            length = int(self.headers.get("Content-Length") or 0)
+            remaining = length
+            while remaining:
+                remaining -= len(self.rfile.read(min(remaining, 1 << 20)))
+            with self.record.lock:
+                self.record.seen.append(
+                    Seen(self.command, self.path, {k.lower(): v for k, v in self.headers.items()},
+                         length)
+                )  # fmt: skip
+            body = json.dumps({"status": "ok", "path": self.path}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(body)
+
+        do_GET = do_POST = do_HEAD = do_PUT = handle_any
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    Handler.record = StandIn(server.server_address[1])
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield Handler.record
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+
+@dataclass
+class Site:
+    """nginx in front of an upstream: the stand-in or the real app."""
+
+    kind: str
+    nginx: Nginx
+    context: ssl.SSLContext
+    app: GunicornServer | None = None
+    stub: StandIn | None = None
+
+    def connection(self, source: str = "127.0.0.1") -> TLSConnection:
+        return TLSConnection(self.nginx.port, self.context, source=source)
+
+    def call(
+        self,
+        method: str,
+        path: str,
+        body: bytes | None = None,
+        headers: dict[str, str] | None = None,
+        source: str = "127.0.0.1",
+    ) -> Reply:
+        connection = self.connection(source)
+        try:
+            return connection.call(method, path, body, headers)
+        finally:
+            connection.close()
+
+    def reached_upstream(self, marker: str) -> bool:
+        return bool(self.nginx.entry(marker)["upstream_addr"])
+
+
+# --------------------------------------------------------------------------------------------
+# Fixtures
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`make dev-certs` output: root CA (ca.crt), intermediate (the bundle), the chain."""
+    nginx_binary()
+    target = tmp_path_factory.mktemp("certs") / "dev"
+    result = subprocess.run(
+        ["bash", str(CERTS_SH), "dev", str(target)], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    return target
+
+
+@pytest.fixture(scope="module")
+def client_context(certs: Path) -> ssl.SSLContext:
+    """A client that trusts the throw-away root only (not the intermediate, not the system)."""
+    return ssl.create_default_context(cafile=str(certs / "ca.crt"))
+
+
+@pytest.fixture(scope="module")
+def fal_signer() -> FalSigner:
+    return FalSigner()
+
+
+@pytest.fixture(scope="module")
+def fal_keys(fal_signer: FalSigner) -> Iterator[JwksServer]:
+    with JwksServer() as server:
+        server.add(fal_signer)
+        yield server
+
+
+@pytest.fixture(scope="module")
+def stub_site(
+    tmp_path_factory: pytest.TempPathFactory, certs: Path, client_context: ssl.SSLContext
+) -> Iterator[Site]:
+    with (
+        stand_in() as stub,
+        running_nginx(tmp_path_factory.mktemp("nginx-stub"), certs, stub.port) as nginx,
+    ):
+        yield Site("stub", nginx, client_context, stub=stub)
+
+
+@contextlib.contextmanager
+def app_behind_nginx(
+    prefix: Path, certs: Path, context: ssl.SSLContext, env: dict[str, str]
+) -> Iterator[Site]:
+    with GunicornServer(env, workers=2) as app, running_nginx(prefix, certs, app.port) as nginx:
+        yield Site("app", nginx, context, app=app)
+
+
+@pytest.fixture(scope="module")
+def app_site(
+    tmp_path_factory: pytest.TempPathFactory,
+    certs: Path,
+    client_context: ssl.SSLContext,
+    fal_keys: JwksServer,
+) -> Iterator[Site]:
+    env = {"FAL_JWKS_URL": fal_keys.jwks_url}
+    with app_behind_nginx(tmp_path_factory.mktemp("nginx-app"), certs, client_context, env) as s:
+        yield s
+
+
+@pytest.fixture(params=["stub", "app"])
+def site(request: pytest.FixtureRequest) -> Site:
+    """The checks of the issue's list that hold for nginx alone and end to end alike."""
+    fixture = "stub_site" if request.param == "stub" else "app_site"
+    value: Site = request.getfixturevalue(fixture)
+    return value
+
+
+# --------------------------------------------------------------------------------------------
+# The configuration itself
+
+
+def test_nginx_t_accepts_the_real_site_file(tmp_path: Path, certs: Path) -> None:
+    conf, _, _ = write_config(tmp_path, certs, upstream_port=free_port())
+    result = nginx_test(conf)
+    assert result.returncode == 0, result.stderr
+    assert "test is successful" in result.stderr
+    assert "[warn]" not in result.stderr, result.stderr
+
+
+def test_nginx_t_fails_on_a_broken_site(tmp_path: Path, certs: Path) -> None:
+    """The check above can fail: a missing certificate and a bad directive are caught."""
+    conf, _, _ = write_config(tmp_path, tmp_path / "no-certs", upstream_port=free_port())
+    assert nginx_test(conf).returncode != 0
+    site = tmp_path / "aibots.kz.conf"
+    conf, _, _ = write_config(tmp_path, certs, upstream_port=free_port())
+    site.write_text(site.read_text().replace("limit_req_status 429;", "limit_req_status 99;"))
+    assert nginx_test(conf).returncode != 0
+
+
+# --------------------------------------------------------------------------------------------
+# TLS
+
+
+def tls_handshake(
+    port: int,
+    context: ssl.SSLContext,
+    hostname: str = "aibots.kz",
+    address: str = "127.0.0.1",
+    session: ssl.SSLSession | None = None,
+) -> tuple[str | None, str | None, bool, ssl.SSLSession | None]:
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    with socket.socket(family) as raw:
+        raw.settimeout(10)
+        raw.connect((address, port))
+        with context.wrap_socket(raw, server_hostname=hostname, session=session) as tls:
+            cipher = tls.cipher()
+            # TLS 1.3 session tickets arrive after the handshake: read a response first.
+            tls.sendall(b"GET /nowhere HTTP/1.1\r\nHost: aibots.kz\r\nConnection: close\r\n\r\n")
+            while tls.recv(65536):
+                pass
+            reused = bool(tls.session_reused)
+            return tls.version(), cipher[0] if cipher else None, reused, tls.session
+
+
+def permissive_client(version: ssl.TLSVersion, ciphers: str | None = None) -> ssl.SSLContext:
+    """A client that would speak `version` (old ones too): no verification, any cipher."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    context.set_ciphers(ciphers or "ALL:@SECLEVEL=0")
+    with warnings.catch_warnings():  # TLS 1.0 and 1.1 are deprecated: that is the point
+        warnings.simplefilter("ignore", DeprecationWarning)
+        context.minimum_version = version
+        context.maximum_version = version
+    return context
+
+
+def test_only_tls_1_2_and_1_3_are_offered(stub_site: Site, certs: Path) -> None:
+    port = stub_site.nginx.port
+    for version, name in ((ssl.TLSVersion.TLSv1_2, "TLSv1.2"), (ssl.TLSVersion.TLSv1_3, "TLSv1.3")):
+        assert tls_handshake(port, permissive_client(version))[0] == name
+
+    # Control: this client can speak TLS 1.1 and 1.0 to a server that offers them ...
+    for old in (ssl.TLSVersion.TLSv1_1, ssl.TLSVersion.TLSv1):
+        server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        server.set_ciphers("ALL:@SECLEVEL=0")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            server.minimum_version = server.maximum_version = old
+        server.load_cert_chain(certs / "aibots_kz.chain.crt", certs / "aibots.kz.key")
+        with socket.socket() as listener:
+            listener.bind(("127.0.0.1", 0))
+            listener.listen(1)
+
+            def serve_one(
+                listener: socket.socket = listener, server: ssl.SSLContext = server
+            ) -> None:
+                conn, _ = listener.accept()
+                with contextlib.suppress(OSError), server.wrap_socket(conn, server_side=True) as s:
+                    s.sendall(b"HTTP/1.1 204 No Content\r\n\r\n")
+                conn.close()
+
+            thread = threading.Thread(target=serve_one, daemon=True)
+            thread.start()
+            try:
+                with socket.create_connection(listener.getsockname(), timeout=10) as raw:
+                    client = permissive_client(old)
+                    with client.wrap_socket(raw, server_hostname="aibots.kz") as tls:
+                        assert tls.version() in ("TLSv1.1", "TLSv1")
+            except ssl.SSLError as exc:
+                pytest.fail(f"the control client cannot speak {old.name} at all: {exc}")
+            finally:
+                thread.join(10)
+        # ... and nginx, though Debian's http {} defaults list them, refuses them.
+        with pytest.raises(ssl.SSLError):
+            tls_handshake(port, permissive_client(old))
+
+
+def test_only_forward_secret_aead_ciphers_with_tls_1_2(stub_site: Site) -> None:
+    port = stub_site.nginx.port
+    tls12 = ssl.TLSVersion.TLSv1_2
+    for good in ("ECDHE-RSA-AES128-GCM-SHA256", "ECDHE-RSA-AES256-GCM-SHA384",
+                 "ECDHE-RSA-CHACHA20-POLY1305"):  # fmt: skip
+        assert tls_handshake(port, permissive_client(tls12, good))[1] == good
+    for bad in ("AES128-SHA", "AES256-GCM-SHA384", "ECDHE-RSA-AES128-SHA", "DHE-RSA-AES128-SHA"):
+        with pytest.raises(ssl.SSLError):
+            tls_handshake(port, permissive_client(tls12, bad))
+
+
+def test_the_chain_is_served_and_the_name_aibots_kz_verifies(
+    stub_site: Site, certs: Path, client_context: ssl.SSLContext
+) -> None:
+    port = stub_site.nginx.port
+    # The root alone cannot verify the certificate: the intermediate must come from nginx.
+    alone = subprocess.run(
+        ["openssl", "verify", "-CAfile", str(certs / "ca.crt"), str(certs / "aibots_kz.crt")],
+        capture_output=True,
+        text=True,
+    )
+    assert alone.returncode != 0
+    version, _, _, _ = tls_handshake(port, client_context, hostname="aibots.kz")
+    assert version in ("TLSv1.2", "TLSv1.3")
+    if stub_site.nginx.ipv6:
+        assert tls_handshake(port, client_context, address="::1")[0] is not None
+
+    # The same client refuses another name, and a client of the public trust store refuses
+    # the throw-away CA: the verification above is real.
+    with pytest.raises(ssl.SSLCertVerificationError):
+        tls_handshake(port, client_context, hostname="evil.example")
+    with pytest.raises(ssl.SSLCertVerificationError):
+        tls_handshake(port, ssl.create_default_context(), hostname="aibots.kz")
+
+
+def test_tls_sessions_are_resumed_from_the_server_cache(stub_site: Site) -> None:
+    context = permissive_client(ssl.TLSVersion.TLSv1_2, "ECDHE-RSA-AES128-GCM-SHA256")
+    _, _, reused, session = tls_handshake(stub_site.nginx.port, context)
+    assert not reused and session is not None
+    _, _, reused, _ = tls_handshake(stub_site.nginx.port, context, session=session)
+    assert reused
+
+
+# --------------------------------------------------------------------------------------------
+# What nginx does by itself (the stand-in upstream records what reaches it)
+
+
+def test_proxy_headers_carry_the_real_client_and_drop_forged_ones(stub_site: Site) -> None:
+    source = fresh_source()
+    path, marker = probe("/api/v1/webhook/status")
+    reply = stub_site.call(
+        "GET",
+        path,
+        headers={"X-Forwarded-For": "203.0.113.9", "Forwarded": "for=203.0.113.9"},
+        source=source,
+    )
+    assert reply.status == 200
+    assert reply.headers["strict-transport-security"] == "max-age=63072000"
+    assert stub_site.stub is not None
+    seen = stub_site.stub.last(marker).headers
+    assert seen["x-forwarded-for"] == source
+    assert seen["x-forwarded-proto"] == "https"
+    assert seen["host"] == "aibots.kz"
+    assert "forwarded" not in seen
+    assert len(seen["x-request-id"]) == 32
+    assert stub_site.nginx.entry(marker)["request_id"] == seen["x-request-id"]
+
+
+def test_only_the_service_paths_are_exposed(stub_site: Site) -> None:
+    source = fresh_source()
+    for path in ("/", "/api", "/health/", "/healthz", "/.env", "/index.html", "/metrics/",
+                 "/static/app.js", "/server-status"):  # fmt: skip
+        target, marker = probe(path)
+        reply = stub_site.call("GET", target, source=source)
+        assert reply.status == 404, (path, reply)
+        assert reply.headers["content-type"] == "application/json"
+        assert reply.json()["error"] == "not_found"
+        assert not stub_site.reached_upstream(marker), path
+    for path in ("/health", "/api/v1/webhook/status", "/api/v1/openapi.json", "/api/anything"):
+        target, marker = probe(path)
+        assert stub_site.call("GET", target, source=source).status == 200, path
+        assert stub_site.reached_upstream(marker), path
+
+
+def test_metrics_only_from_the_host(stub_site: Site) -> None:
+    target, marker = probe("/metrics")
+    reply = stub_site.call("GET", target, source=fresh_source())
+    assert reply.status == 403
+    assert reply.json() == {
+        "error": "forbidden",
+        "detail": "This client may not use this resource.",
+    }
+    assert not stub_site.reached_upstream(marker)
+    target, marker = probe("/metrics")
+    assert stub_site.call("GET", target, source="127.0.0.1").status == 200
+    assert stub_site.reached_upstream(marker)
+
+
+def test_a_dead_upstream_gives_json_502(
+    tmp_path: Path, certs: Path, client_context: ssl.SSLContext
+) -> None:
+    with running_nginx(tmp_path, certs, upstream_port=free_port()) as nginx:
+        site = Site("none", nginx, client_context)
+        for path in ("/health", "/api/v1/avatar/status_update"):
+            reply = site.call("POST" if "avatar" in path else "GET", path, body=b"{}")
+            assert reply.status == 502, reply
+            assert reply.json()["error"] == "upstream_unavailable"
+
+
+def test_fal_allow_list_from_the_published_ranges(
+    tmp_path: Path, certs: Path, client_context: ssl.SSLContext
+) -> None:
+    """deploy/fal-networks.sh fills the template from FAL's meta document; nginx enforces it."""
+
+    class Meta(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            if self.path != "/v1/meta":
+                self.send_error(404)
+                return
+            body = json.dumps({"webhook_ip_ranges": ["127.0.0.3/32", "2001:db8:fa1::/48"]})
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body.encode())
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    allow = tmp_path / "aibots.kz.d"
+    allow.mkdir()
+    meta = http.server.HTTPServer(("127.0.0.1", 0), Meta)
+    thread = threading.Thread(target=meta.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{meta.server_address[1]}/v1/meta"
+        made = subprocess.run(
+            ["bash", str(FAL_NETWORKS_SH), "--meta-url", url, "--output",
+             str(allow / "fal-networks.conf")],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert made.returncode == 0, made.stderr
+        refused = subprocess.run(
+            ["bash", str(FAL_NETWORKS_SH), "--meta-url", url + "/missing"],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert refused.returncode != 0 and "cannot read" in refused.stderr
+    finally:
+        meta.shutdown()
+        meta.server_close()
+        thread.join(5)
+    text = (allow / "fal-networks.conf").read_text()
+    assert "allow 127.0.0.3/32;" in text and "allow 2001:db8:fa1::/48;" in text
+
+    with stand_in() as stub, running_nginx(tmp_path / "nginx", certs, stub.port, allow) as nginx:
+        site = Site("stub", nginx, client_context, stub=stub)
+        for source, admitted in (("127.0.0.3", True), ("127.0.0.1", True), ("127.0.0.4", False)):
+            for path in ("/api/v1/avatar/status_update", "/api/avatar/status_update"):
+                target, marker = probe(path)
+                reply = site.call("POST", target, body=b"{}", source=source)
+                assert (reply.status == 200) is admitted, (source, path, reply)
+                if not admitted:
+                    assert reply.status == 403 and reply.json()["error"] == "forbidden"
+                assert site.reached_upstream(marker) is admitted
+        # The allow-list guards the webhook only.
+        assert site.call("GET", "/health", source="127.0.0.4").status == 200
+
+
+def test_a_body_at_the_limit_passes_on_the_webhook_only(site: Site) -> None:
+    source = fresh_source()
+    target, marker = probe("/api/v1/avatar/status_update")
+    reply = site.call("POST", target, body=b"x" * LIMIT, source=source)
+    assert site.reached_upstream(marker)
+    if site.stub is not None:
+        assert reply.status == 200
+        assert site.stub.last(marker).length == LIMIT
+    else:
+        # Unsigned garbage, so the app refuses it, but not as too large: its limit is the same.
+        assert reply.status in (400, 401), reply
+        assert reply.json()["error"] != "payload_too_large"
+    # Elsewhere nginx's default of 1 MiB holds.
+    target, marker = probe("/api/v1/other")
+    reply = site.call("POST", target, body=b"x" * (1024 * 1024 + 1), source=source)
+    assert reply.status == 413
+    assert not site.reached_upstream(marker)
+
+
+def test_limits_agree_with_the_apps_gunicorn_settings() -> None:
+    """gunicorn must keep idle connections longer than nginx reuses them (else a POST after a
+    lull meets a closed connection), and the body limits must be the same."""
+    from service.server import KEEPALIVE_SECONDS
+    from service.settings import MAX_BODY_BYTES
+
+    text = SITE.read_text()
+    upstream = re.search(r"upstream aibots_kz_app \{(.*?)\n\}", text, re.S)
+    assert upstream
+    nginx_keepalive = re.search(r"^\s*keepalive_timeout (\d+)s;", upstream.group(1), re.M)
+    assert nginx_keepalive
+    assert int(nginx_keepalive.group(1)) < KEEPALIVE_SECONDS
+    for path in ("/api/v1/avatar/status_update", "/api/avatar/status_update"):
+        block = re.search(rf"location = {re.escape(path)} \{{(.*?)\}}", text, re.S)
+        assert block, path
+        size = re.search(r"client_max_body_size (\d+)m;", block.group(1))
+        assert size and int(size.group(1)) * 1024 * 1024 == MAX_BODY_BYTES == LIMIT
+
+
+def test_the_optional_legacy_http_site_serves_the_old_path_only(
+    tmp_path: Path, certs: Path, client_context: ssl.SSLContext
+) -> None:
+    """aibots.kz-legacy-http.conf, beside the main site: the old URL over plain HTTP."""
+    legacy_port = free_port()
+    text = LEGACY.read_text()
+    for production in ("listen 80;", "listen [::]:80;", LOGS_PATH, ALLOW_PATH):
+        assert production in text, f"{production!r} is gone from {LEGACY.name}: update this test"
+    v6 = f"listen [::1]:{legacy_port};" if ipv6_loopback() else ""
+    text = (
+        text.replace("listen 80;", f"listen 127.0.0.1:{legacy_port};")
+        .replace("listen [::]:80;", v6)
+        .replace(LOGS_PATH, f"{tmp_path / 'nginx' / 'logs'}/")
+        .replace(ALLOW_PATH, f"{tmp_path / 'nginx' / 'allow'}/")
+    )
+    with stand_in() as stub, running_nginx(tmp_path / "nginx", certs, stub.port) as nginx:
+        # Beside the main site, as in sites-enabled/, then a reload.
+        site = tmp_path / "nginx" / "aibots.kz.conf"
+        site.write_text(site.read_text() + "\n" + text)
+        checked = nginx_test(tmp_path / "nginx" / "nginx.conf")
+        assert checked.returncode == 0, checked.stderr
+        os.kill(nginx.process.pid, signal.SIGHUP)
+
+        def answers(method: str, path: str) -> int:
+            connection = http.client.HTTPConnection("127.0.0.1", legacy_port, timeout=10)
+            try:
+                connection.request(method, path, body=b"{}" if method == "POST" else None,
+                                   headers={"Host": "aibots.kz"})  # fmt: skip
+                response = connection.getresponse()
+                response.read()
+                return response.status
+            except OSError:
+                return 0
+            finally:
+                connection.close()
+
+        wait_until(lambda: answers("GET", "/x") == 404, 10, what="the legacy server")
+        target, marker = probe("/api/avatar/status_update")
+        assert answers("POST", target) == 200
+        assert stub.last(marker).headers["x-forwarded-proto"] == "http"
+        for method, path in (("POST", "/api/v1/avatar/status_update"), ("GET", "/health"),
+                             ("GET", "/metrics"), ("GET", "/")):  # fmt: skip
+            assert answers(method, path) == 404, path
+
+
+# --------------------------------------------------------------------------------------------
+# The issue's list, through nginx to the stand-in and to the real app
+
+
+def test_a_body_over_the_limit_gets_413_from_nginx(site: Site) -> None:
+    source = fresh_source()
+    target, marker = probe("/api/v1/avatar/status_update")
+    connection = site.connection(source)
+    try:
+        # Announced length over the limit: nginx answers before any of the body is sent.
+        connection.putrequest("POST", target)
+        connection.putheader("Content-Type", "application/json")
+        connection.putheader("Content-Length", str(LIMIT + 1))
+        connection.endheaders()
+        response = connection.getresponse()
+        body = response.read()
+    finally:
+        connection.close()
+    assert response.status == 413
+    assert json.loads(body)["error"] == "payload_too_large"
+    assert not site.reached_upstream(marker)
+
+    # Chunked, so nginx only learns the size while reading.
+    target, marker = probe("/api/avatar/status_update")
+
+    def chunks() -> Iterator[bytes]:
+        for _ in range(11):
+            yield b"x" * (1024 * 1024)
+
+    connection = site.connection(source)
+    try:
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError, ssl.SSLError):
+            connection.request("POST", target, body=chunks(), encode_chunked=True,
+                               headers={"Transfer-Encoding": "chunked"})  # fmt: skip
+        response = connection.getresponse()
+        response.read()
+    finally:
+        connection.close()
+    assert response.status == 413
+    assert not site.reached_upstream(marker)
+
+
+def test_the_webhook_path_never_redirects(site: Site) -> None:
+    source = fresh_source()
+    body = json.dumps({"request_id": f"probe-{uuid.uuid4()}", "status": "completed"}).encode()
+    attempts = [
+        ("POST", "/api/v1/avatar/status_update"),
+        ("POST", "/api/v1/avatar/status_update/"),
+        ("POST", "/api/v1/avatar/status_update?avatar_id=a1&training_type=portrait"),
+        ("POST", "//api/v1/avatar/status_update"),
+        ("POST", "/api/v1/avatar/../avatar/status_update"),
+        ("POST", "/api/v1/avatar/status_update/."),
+        ("POST", "/api/avatar/status_update"),
+        ("POST", "/api/avatar/status_update/"),
+        ("POST", "/API/v1/avatar/status_update"),
+        ("GET", "/api/v1/avatar/status_update"),
+        ("GET", "/api/v1/avatar/status_update/"),
+        ("HEAD", "/api/v1/avatar/status_update"),
+        ("PUT", "/api/v1/avatar/status_update"),
+        ("GET", "/api"),
+        ("GET", "/api/"),
+        ("GET", "/api/v1"),
+        ("GET", "/api/v1/"),
+        ("GET", "/api/v1/avatar"),
+        ("GET", "/health/"),
+        ("GET", "/"),
+    ]
+    for method, path in attempts:
+        connection = site.connection(source)
+        try:
+            connection.request(
+                method, path, body=body if method in ("POST", "PUT") else None,
+                headers={"Content-Type": "application/json"},
+            )  # fmt: skip
+            response = connection.getresponse()
+            response.read()
+        finally:
+            connection.close()
+        assert not 300 <= response.status < 400, (method, path, response.status)
+        assert response.getheader("Location") is None, (method, path)
+        time.sleep(0.02)
+
+
+def test_plain_http_on_the_tls_port_does_not_reach_the_app(site: Site) -> None:
+    body = json.dumps({"request_id": f"probe-{uuid.uuid4()}", "status": "completed"}).encode()
+    for request in (
+        b"GET /health?probe={m} HTTP/1.1\r\nHost: aibots.kz\r\nConnection: close\r\n\r\n",
+        b"POST /api/v1/avatar/status_update?probe={m} HTTP/1.1\r\nHost: aibots.kz:8443\r\n"
+        b"Content-Type: application/json\r\nContent-Length: %d\r\nConnection: close\r\n\r\n"
+        % len(body)
+        + body,
+    ):
+        marker = uuid.uuid4().hex
+        with socket.create_connection(("127.0.0.1", site.nginx.port), timeout=10) as raw:
+            raw.sendall(request.replace(b"{m}", marker.encode()))
+            answer = b""
+            while chunk := raw.recv(65536):
+                answer += chunk
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 400 "), head
+        assert json.loads(body)["error"] == "https_required"
+        assert b"\r\nlocation:" not in head.lower()
+        assert not site.reached_upstream(marker)
+
+
+def burst(site: Site, source: str, count: int, path: str = "/health") -> list[int]:
+    """`count` requests back to back on one keep-alive connection; their statuses."""
+    connection = site.connection(source)
+    statuses = []
+    try:
+        for _ in range(count):
+            statuses.append(connection.call("GET", path).status)
+    finally:
+        connection.close()
+    return statuses
+
+
+def test_a_flood_from_one_client_gets_429(site: Site) -> None:
+    statuses = burst(site, fresh_source(), 150)
+    assert set(statuses) <= {200, 429}, statuses
+    assert 429 not in statuses[:45], "the burst allowance (50) must pass first"
+    assert statuses.count(429) >= 40, statuses
+    reply = site.call("GET", "/health", source=fresh_source())
+    assert reply.status == 200, "another client is not affected"
+
+
+def test_a_paced_client_and_a_burst_from_a_few_addresses_pass(site: Site) -> None:
+    # FAL-like: three addresses, 30 callbacks each, all at once.
+    sources = [fresh_source() for _ in range(3)]
+    results: dict[str, list[int]] = {}
+
+    def send(source: str) -> None:
+        results[source] = burst(site, source, 30, "/api/v1/webhook/status")
+
+    threads = [threading.Thread(target=send, args=(s,)) for s in sources]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert all(results[s] == [200] * 30 for s in sources), results
+
+    # A steady client at 5 requests/s, well past the burst allowance.
+    connection = site.connection(fresh_source())
+    statuses = []
+    try:
+        for _ in range(70):
+            started = time.monotonic()
+            statuses.append(connection.call("GET", "/health").status)
+            time.sleep(max(0.0, 0.2 - (time.monotonic() - started)))
+    finally:
+        connection.close()
+    assert statuses == [200] * 70, statuses
+
+
+# --------------------------------------------------------------------------------------------
+# End to end with the real app
+
+
+def test_the_seed_checks_over_https(app_site: Site) -> None:
+    health = app_site.call("GET", "/health")
+    assert health.status == 200
+    assert health.json()["status"] == "ok" and health.json()["database"] == "ok"
+
+    status = app_site.call("GET", "/api/v1/webhook/status")
+    assert status.status == 200
+    assert isinstance(status.json(), dict)
+
+    # The first delivery of the seed's test body is stored as unmatched (no such training);
+    # the same bytes again, on the old path, are a duplicate.
+    answers = []
+    for path in ("/api/v1/avatar/status_update", "/api/avatar/status_update"):
+        reply = app_site.call(
+            "POST", path, body=SEED_TEST_BODY, headers={"Content-Type": "application/json"}
+        )
+        assert reply.status == 200, reply
+        answers.append(reply.json())
+    assert answers == [
+        {"status": "unmatched", "request_id": "test_123"},
+        {"status": "duplicate", "request_id": "test_123"},
+    ]
+    assert app_site.call("GET", "/metrics").status == 200
+
+
+def test_a_signed_fal_completion_is_accepted_and_recorded(
+    app_site: Site, fal_signer: FalSigner
+) -> None:
+    assert app_site.app is not None
+    env = base_env(DATABASE_URL=app_site.app.database_url)
+    request_id = new_request_id()
+    attached = run_cli(
+        "avatars", "attach", "--telegram-id", "424242", "--name", "Anna",
+        "--training-type", "portrait", "--request-id", request_id, env=env,
+    )  # fmt: skip
+    assert json.loads(attached.stdout)["status"] == "training"
+
+    body = fal_ok(request_id)
+    source = fresh_source()  # any client: the signature is what counts
+    target, marker = probe("/api/v1/avatar/status_update")
+    reply = app_site.call("POST", target, body=body, headers=signed(fal_signer, body),
+                          source=source)  # fmt: skip
+    assert reply.status == 200, reply
+    assert reply.json() == {"status": "received", "request_id": request_id}
+    entry = app_site.nginx.entry(marker)
+    assert entry["fal_request_id"] == request_id and entry["upstream_status"] == "200"
+
+    shown = run_cli("avatars", "show", "--request-id", request_id, "--json", env=env)
+    avatar = json.loads(shown.stdout)
+    assert avatar["status"] == "completed"
+    assert avatar["lora_url"] == "https://fal.media/files/lora.safetensors"
+
+    # FAL's retry of the same delivery (signed anew) is a duplicate, through nginx too.
+    again = app_site.call("POST", "/api/v1/avatar/status_update", body=body,
+                          headers=signed(fal_signer, body), source=source)  # fmt: skip
+    assert again.status == 200 and again.json()["status"] == "duplicate"
+
+
+def test_an_unsigned_webhook_from_another_client_is_refused(app_site: Site) -> None:
+    """nginx connects from loopback, but the app judges by the client nginx saw."""
+    for source in ("127.0.0.2", fresh_source()):
+        reply = app_site.call(
+            "POST",
+            "/api/v1/avatar/status_update",
+            body=SEED_TEST_BODY,
+            headers={"Content-Type": "application/json", "X-Forwarded-For": "127.0.0.1"},
+            source=source,
+        )
+        assert reply.status == 401, (source, reply)
+        assert set(reply.json()) == {"error", "detail"}
+
+
+def test_the_app_sees_the_real_client_address(
+    tmp_path_factory: pytest.TempPathFactory,
+    certs: Path,
+    client_context: ssl.SSLContext,
+    fal_keys: JwksServer,
+    fal_signer: FalSigner,
+) -> None:
+    env = {"FAL_JWKS_URL": fal_keys.jwks_url, "ALLOWED_IPS": "127.0.0.2/32"}
+    prefix = tmp_path_factory.mktemp("nginx-allowed-ips")
+    with app_behind_nginx(prefix, certs, client_context, env) as site:
+
+        def post(source: str, headers: dict[str, str] | None = None) -> Reply:
+            body = fal_ok(new_request_id())
+            return site.call("POST", "/api/v1/avatar/status_update", body=body,
+                             headers={**signed(fal_signer, body), **(headers or {})},
+                             source=source)  # fmt: skip
+
+        admitted = post("127.0.0.2")
+        assert admitted.status == 200, admitted
+        assert admitted.json()["status"] == "unmatched"
+        # A client elsewhere claiming to be 127.0.0.2: from the host itself (an address the
+        # app trusts as a proxy) and from another address.
+        for source in ("127.0.0.1", "127.0.0.3"):
+            forged = post(source, {"X-Forwarded-For": "127.0.0.2"})
+            assert forged.status == 403, (source, forged)
+            assert set(forged.json()) == {"error", "detail"}
+            forged = post(source, {"X-Forwarded-For": "127.0.0.2, 127.0.0.1"})
+            assert forged.status == 403, (source, forged)
