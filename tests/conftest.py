@@ -31,12 +31,8 @@ def sqlite_url(tmp_path: Path) -> str:
 @pytest.fixture
 def postgres_url() -> Iterator[str]:
     """A fresh, empty database on the shared PostgreSQL server, dropped afterwards."""
-    postgres.require()
-    url = postgres.create_database()
-    try:
+    with postgres.fresh_database() as url:
         yield url
-    finally:
-        postgres.drop_database(url)
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -45,9 +41,5 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path}/test.db"
         return
-    postgres.require()
-    url = postgres.create_database()
-    try:
+    with postgres.fresh_database() as url:
         yield url
-    finally:
-        postgres.drop_database(url)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
 import tempfile
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
@@ -45,6 +47,17 @@ def drop_database(url: str) -> None:
     name = url.rsplit("/", 1)[1]
     with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@contextlib.contextmanager
+def fresh_database() -> Iterator[str]:
+    """A new empty database (PostgreSQL required, see require()), dropped afterwards."""
+    require()
+    url = create_database()
+    try:
+        yield url
+    finally:
+        drop_database(url)
 
 
 def _pg_bin(name: str) -> str:
