@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 from collections.abc import Iterator
@@ -59,17 +60,11 @@ def stack(
         "ALLOWED_IPS": "127.0.0.0/29,::1",
         "WEBHOOK_UNSIGNED_FROM": "127.0.0.1/32",
     }
-    database = None
-    if request.param == "postgres":
-        postgres.require()
-        database = postgres.create_database()
-        env["DATABASE_URL"] = database
-    try:
-        with GunicornServer(env, workers=2) as server:
-            yield Stack(server, module_signer)
-    finally:
-        if database:
-            postgres.drop_database(database)
+    with contextlib.ExitStack() as resources:
+        if request.param == "postgres":
+            env["DATABASE_URL"] = resources.enter_context(postgres.fresh_database())
+        server = resources.enter_context(GunicornServer(env, workers=2))
+        yield Stack(server, module_signer)
 
 
 def test_seed_checks_answer_on_loopback(stack: Stack) -> None:

@@ -98,9 +98,7 @@ def test_failure_message_says_what_to_do_in_english_for_english_users(
 def test_twenty_concurrent_duplicates_with_two_dispatchers_send_one_message(
     api: FakeBotApi, jwks: JwksServer, signer: FalSigner
 ) -> None:
-    postgres.require()
-    database = postgres.create_database()
-    try:
+    with postgres.fresh_database() as database:
         env = service_env(api, jwks, DATABASE_URL=database)
         with GunicornServer(env, workers=2) as one, GunicornServer(env, workers=2) as two:
             rid = new_request_id()
@@ -119,8 +117,6 @@ def test_twenty_concurrent_duplicates_with_two_dispatchers_send_one_message(
             api.wait_for_messages(1, timeout=5)
             time.sleep(1.5)
             assert len(api.sent_messages()) == 1
-    finally:
-        postgres.drop_database(database)
 
 
 def test_429_waits_retry_after_then_delivers(
