@@ -222,13 +222,15 @@ def test_cancel_mid_way_keeps_nothing(stack: BotStack) -> None:
     person.expect("Чтобы создать аватар")
     person.send("/cancel")
     person.expect("нечего отменять")
+
     # A Start button from before is outdated, not a way back in.
+    def outdated() -> int:
+        answers = stack.api.calls_to("answerCallbackQuery")
+        return sum(1 for c in answers if c.params.get("text") == "Эта кнопка устарела.")
+
+    before = outdated()
     person.press("train:start")
-    wait_until(
-        lambda: any(c.params.get("text") for c in stack.api.calls_to("answerCallbackQuery")),
-        5,
-        what="the outdated button's answer",
-    )
+    wait_until(lambda: outdated() > before, 5, what="the outdated button's answer")
     assert avatars_of(stack.database_url, person.id) == []
 
 
@@ -306,6 +308,31 @@ def test_fal_refusing_the_submission_leaves_a_draft_that_can_be_retried(
     assert stack.fal.complete(request.request_id) == 200
     person.expect("готов")
     assert avatars_of(stack.database_url, person.id)[0].status == "completed"
+    person.press(f"avatar:retry:{avatar.id}")
+    person.expect("уже не черновик")
+
+
+def test_a_draft_can_be_deleted_and_nobody_else_can_touch_it(stack: BotStack) -> None:
+    owner, stranger = Person(stack.api, 7551), Person(stack.api, 7552)
+    begin_avatar(owner, "Mine")
+    owner.send_photos(10)
+    owner.press("photos:done")
+    owner.expect("Проверим")
+    stack.fal.plan("submit", (500, {"detail": "Internal Server Error"}))
+    owner.press("train:start")
+    owner.expect("недоступен")
+    (draft,) = avatars_of(stack.database_url, owner.id)
+    # Callback data is written by the client: someone else's id gets nowhere.
+    for action in ("retry", "discard", "refresh", "cancel", "generate"):
+        stranger.press(f"avatar:{action}:{draft.id}")
+        stranger.expect("не найден")
+    assert avatars_of(stack.database_url, owner.id)[0].status == "draft"
+    owner.press(f"avatar:discard:{draft.id}")
+    owner.expect("удалён")
+    assert avatars_of(stack.database_url, owner.id) == []
+    assert training_rows(stack.database_url, draft.id) == 0
+    owner.press(f"avatar:retry:{draft.id}")
+    owner.expect("не найден")
 
 
 def test_a_lost_callback_is_recovered_by_the_reconciler(stack: BotStack) -> None:

@@ -120,6 +120,10 @@ def build_application(settings: Settings) -> BotApplication:
         .base_url(f"{api}/bot")
         .base_file_url(f"{api}/file/bot")
         .defaults(Defaults(parse_mode=ParseMode.HTML))
+        # Photos sent as files may be up to 10 MB: downloads need more than the 5 s default.
+        .read_timeout(30)
+        .write_timeout(30)
+        .connect_timeout(10)
         # Waits out a 429 for the bot's own replies; the outbox paces notifications itself.
         .rate_limiter(AIORateLimiter(max_retries=2))
         .post_init(_post_init)

@@ -96,9 +96,7 @@ async def avatar_action(update: Update, context: ContextTypes.DEFAULT_TYPE) -> N
         except training.NotFound:
             text = t(language, "not_found")
         except training.NotDraft as exc:
-            text = t(
-                language, "not_training", name=exc.name, status=status_name(language, exc.status)
-            )
+            text = t(language, "not_draft", name=exc.name, status=status_name(language, exc.status))
         else:
             text = t(language, "discarded", name=name)
         await chat.send_message(text)
@@ -182,7 +180,7 @@ async def _retry(
         return
     except training.NotDraft as exc:
         status = status_name(language, exc.status)
-        await chat.send_message(t(language, "not_training", name=exc.name, status=status))
+        await chat.send_message(t(language, "not_draft", name=exc.name, status=status))
         return
     except training.AlreadyTraining as exc:
         key = "already_training" if exc.name else "already_training_unnamed"

@@ -93,6 +93,7 @@ _RU: dict[str, str] = {
     "придёт через несколько секунд.",
     "refresh_failed": "Не удалось узнать, как идёт обучение. {reason} Попробуйте позже.",
     "not_training": "Аватар <b>{name}</b> сейчас не обучается ({status}).",
+    "not_draft": "Аватар <b>{name}</b> уже не черновик ({status}).",
     "not_submitted": "Обучение аватара <b>{name}</b> ещё запускается. Попробуйте через минуту.",
     "cancel_requested": "Отменяю обучение аватара <b>{name}</b>…",
     "cancel_too_late": "Обучение аватара <b>{name}</b> уже закончилось — результат придёт "
@@ -208,6 +209,7 @@ _EN: dict[str, str] = {
     "refresh_failed": "Could not find out how the training is going. {reason} Please try "
     "again later.",
     "not_training": "Avatar <b>{name}</b> is not training ({status}).",
+    "not_draft": "Avatar <b>{name}</b> is no longer a draft ({status}).",
     "not_submitted": "Training of <b>{name}</b> is still starting. Please try again in a minute.",
     "cancel_requested": "Cancelling the training of <b>{name}</b>…",
     "cancel_too_late": "Training of <b>{name}</b> has already finished — the result will "
