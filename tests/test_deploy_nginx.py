@@ -1,10 +1,11 @@
 """deploy/nginx/aibots.kz.conf under the real nginx, with TLS from `deploy/certs.sh dev`.
 
 The site file is used as it is, with only paths, listen ports and the upstream address replaced
-by plain string replacement (see `render_site`), inside a minimal nginx.conf that mimics the
-http {} defaults of Debian's. nginx runs from a temporary prefix on free loopback ports and is
-stopped by its PID. Behind it is either a small recording stand-in (for what only nginx
-decides) or the real app: `python -m service serve`, gunicorn with 2 workers.
+by plain string replacement (see `render_site` in tests/support/nginx.py), inside a minimal
+nginx.conf that mimics the http {} defaults of Debian's. nginx runs from a temporary prefix on
+free loopback ports and is stopped by its PID. Behind it is either a small recording stand-in
+(for what only nginx decides) or the real app: `python -m service serve`, gunicorn with 2
+workers.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ import itertools
 import json
 import os
 import re
-import shutil
 import signal
 import socket
 import ssl
@@ -33,264 +33,33 @@ from typing import Any
 import pytest
 
 from tests.fakes.fal_keys import FalSigner, JwksServer
+from tests.support.nginx import (
+    ALLOW_PATH,
+    LOGS_PATH,
+    SITE,
+    Nginx,
+    Reply,
+    TLSConnection,
+    dev_certs,
+    ipv6_loopback,
+    nginx_binary,
+    nginx_test,
+    running_nginx,
+    write_config,
+)
 from tests.support.servers import GunicornServer, base_env, free_port, run_cli, wait_until
 from tests.support.webhooks import fal_ok, new_request_id, signed
 
 pytestmark = pytest.mark.nginx
 
 ROOT = Path(__file__).resolve().parents[1]
-SITE = ROOT / "deploy" / "nginx" / "aibots.kz.conf"
 LEGACY = ROOT / "deploy" / "nginx" / "aibots.kz-legacy-http.conf"
 FAL_NETWORKS_SH = ROOT / "deploy" / "fal-networks.sh"
-CERTS_SH = ROOT / "deploy" / "certs.sh"
 LIMIT = 10 * 1024 * 1024  # the webhook body limit, nginx's and the app's
 SEED_TEST_BODY = b'{"request_id": "test_123", "status": "completed", "training_type": "portrait"}'
 
-# The production strings the test replaces, and nothing else.
-LISTEN_V4 = "listen 8443 ssl;"
-LISTEN_V6 = "listen [::]:8443 ssl;"
-CERTS_PATH = "/etc/ssl/aibots/"
-LOGS_PATH = "/var/log/nginx/"
-ALLOW_PATH = "/etc/nginx/aibots.kz.d/"
-UPSTREAM = "server 127.0.0.1:8000;"
-
-
 # --------------------------------------------------------------------------------------------
-# nginx
-
-
-def nginx_binary() -> str:
-    found = shutil.which("nginx") or next(
-        (p for p in ("/usr/sbin/nginx", "/usr/local/sbin/nginx") if os.access(p, os.X_OK)), None
-    )
-    if found is None:
-        if os.environ.get("REQUIRE_NGINX") == "1":
-            pytest.fail("nginx is not installed, and REQUIRE_NGINX=1 makes that a failure")
-        pytest.skip("nginx is not installed (apt-get install nginx); REQUIRE_NGINX=1 fails instead")
-    return found
-
-
-def ipv6_loopback() -> bool:
-    if not socket.has_ipv6:
-        return False
-    try:
-        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as probe:
-            probe.bind(("::1", 0))
-    except OSError:
-        return False
-    return True
-
-
-def render_site(
-    *, port: int, upstream_port: int, certs: Path, logs: Path, allow: Path, ipv6: bool
-) -> str:
-    """The production site file with only paths, ports and the upstream address replaced."""
-    text = SITE.read_text()
-    for production in (LISTEN_V4, LISTEN_V6, CERTS_PATH, LOGS_PATH, ALLOW_PATH, UPSTREAM):
-        assert production in text, f"{production!r} is gone from {SITE.name}: update this test"
-    # Without IPv6 on loopback (some containers) the IPv6 listener is left out.
-    v6 = f"listen [::1]:{port} ssl;" if ipv6 else "# (no IPv6 loopback here)"
-    text = (
-        text.replace(LISTEN_V4, f"listen 127.0.0.1:{port} ssl;")
-        .replace(LISTEN_V6, v6)
-        .replace(CERTS_PATH, f"{certs}/")
-        .replace(LOGS_PATH, f"{logs}/")
-        .replace(ALLOW_PATH, f"{allow}/")
-        .replace(UPSTREAM, f"server 127.0.0.1:{upstream_port};")
-    )
-    # Nothing of the host may be left in a directive: no port 8443, no system path.
-    for line in text.splitlines():
-        directive = line.split("#", 1)[0]
-        assert "8443" not in directive, line
-        assert "/etc/" not in directive and "/var/" not in directive, line
-    return text
-
-
-WRAPPER = """\
-{user}
-worker_processes 2;
-pid {prefix}/nginx.pid;
-error_log {prefix}/logs/error.log notice;
-events {{ worker_connections 512; }}
-http {{
-    # As in Debian's /etc/nginx/nginx.conf: the site must hold its own against these.
-    sendfile on;
-    tcp_nopush on;
-    types_hash_max_size 2048;
-    {mime_types}
-    default_type application/octet-stream;
-    ssl_protocols TLSv1 TLSv1.1 TLSv1.2 TLSv1.3;
-    ssl_prefer_server_ciphers on;
-    access_log {prefix}/logs/access.log;
-    gzip on;
-    client_body_temp_path {prefix}/tmp/body;
-    proxy_temp_path {prefix}/tmp/proxy;
-    fastcgi_temp_path {prefix}/tmp/fastcgi;
-    uwsgi_temp_path {prefix}/tmp/uwsgi;
-    scgi_temp_path {prefix}/tmp/scgi;
-    include {site};
-}}
-"""
-
-
-@dataclass
-class Nginx:
-    prefix: Path
-    port: int
-    ipv6: bool
-    process: subprocess.Popen[bytes]
-
-    @property
-    def access_log(self) -> Path:
-        return self.prefix / "logs" / "aibots.kz.access.log"
-
-    def entries(self) -> list[dict[str, Any]]:
-        if not self.access_log.exists():
-            return []
-        return [json.loads(line) for line in self.access_log.read_text().splitlines() if line]
-
-    def entry(self, marker: str) -> dict[str, Any]:
-        """The access log line of the one request whose URI holds `marker`."""
-        found: list[dict[str, Any]] = []
-
-        def logged() -> bool:
-            found[:] = [e for e in self.entries() if marker in e["uri"]]
-            return bool(found)
-
-        wait_until(logged, 5, what=f"access log line for {marker}")
-        assert len(found) == 1, found
-        return found[0]
-
-    def stderr(self) -> str:
-        return (self.prefix / "nginx.stderr").read_text(errors="replace")
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            os.kill(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.kill(self.process.pid, signal.SIGKILL)
-                self.process.wait(timeout=5)
-
-
-def write_config(
-    prefix: Path, certs: Path, upstream_port: int, allow: Path | None = None
-) -> tuple[Path, int, bool]:
-    for sub in ("logs", "tmp", "allow"):
-        (prefix / sub).mkdir(parents=True, exist_ok=True)
-    port = free_port()
-    ipv6 = ipv6_loopback()
-    site = prefix / "aibots.kz.conf"
-    site.write_text(
-        render_site(
-            port=port,
-            upstream_port=upstream_port,
-            certs=certs,
-            logs=prefix / "logs",
-            allow=allow or prefix / "allow",
-            ipv6=ipv6,
-        )
-    )
-    conf = prefix / "nginx.conf"
-    # As root, nginx's workers would drop to `nobody`, who cannot enter pytest's private
-    # temporary directories (request bodies over 1 MiB are buffered there).
-    user = "user root;" if os.geteuid() == 0 else ""
-    mime = Path("/etc/nginx/mime.types")
-    mime_types = f"include {mime};" if mime.is_file() else ""
-    conf.write_text(WRAPPER.format(user=user, prefix=prefix, site=site, mime_types=mime_types))
-    return conf, port, ipv6
-
-
-def nginx_test(conf: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [nginx_binary(), "-t", "-p", str(conf.parent), "-c", str(conf)],
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
-
-
-@contextlib.contextmanager
-def running_nginx(
-    prefix: Path, certs: Path, upstream_port: int, allow: Path | None = None
-) -> Iterator[Nginx]:
-    conf, port, ipv6 = write_config(prefix, certs, upstream_port, allow)
-    checked = nginx_test(conf)
-    assert checked.returncode == 0, checked.stderr
-    with (prefix / "nginx.stderr").open("wb") as stderr:
-        process = subprocess.Popen(
-            [nginx_binary(), "-p", str(prefix), "-c", str(conf), "-g", "daemon off;"],
-            stdout=subprocess.DEVNULL,
-            stderr=stderr,
-        )
-    server = Nginx(prefix, port, ipv6, process)
-    try:
-
-        def listening() -> bool:
-            if process.poll() is not None:
-                raise AssertionError(f"nginx exited: {server.stderr()}")
-            with socket.socket() as probe:
-                return probe.connect_ex(("127.0.0.1", port)) == 0
-
-        wait_until(listening, 10, what="nginx")
-        yield server
-    finally:
-        server.stop()
-
-
-# --------------------------------------------------------------------------------------------
-# HTTPS clients (http.client over a TLS socket to 127.0.0.1 with SNI and Host aibots.kz)
-
-
-@dataclass
-class Reply:
-    status: int
-    headers: dict[str, str]
-    body: bytes
-
-    def json(self) -> Any:
-        return json.loads(self.body)
-
-
-class TLSConnection(http.client.HTTPConnection):
-    """HTTP/1.1 over TLS to a loopback address, from a chosen source address, for aibots.kz."""
-
-    def __init__(
-        self,
-        port: int,
-        context: ssl.SSLContext,
-        source: str = "127.0.0.1",
-        address: str = "127.0.0.1",
-        hostname: str = "aibots.kz",
-    ) -> None:
-        super().__init__(hostname, port, timeout=30)
-        self._context = context
-        self._source = source
-        self._address = address
-        self._hostname = hostname
-
-    def connect(self) -> None:
-        raw = socket.create_connection(
-            (self._address, self.port), timeout=self.timeout, source_address=(self._source, 0)
-        )
-        try:
-            self.sock = self._context.wrap_socket(raw, server_hostname=self._hostname)
-        except BaseException:
-            raw.close()
-            raise
-
-    def call(
-        self,
-        method: str,
-        path: str,
-        body: bytes | None = None,
-        headers: dict[str, str] | None = None,
-    ) -> Reply:
-        self.request(method, path, body=body, headers=headers or {})
-        response = self.getresponse()
-        data = response.read()
-        return Reply(response.status, {k.lower(): v for k, v in response.getheaders()}, data)
+# Requests that can be found again in the access log, from addresses of their own
 
 
 def probe(path: str) -> tuple[str, str]:
@@ -422,12 +191,7 @@ class Site:
 def certs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """`make dev-certs` output: root CA (ca.crt), intermediate (the bundle), the chain."""
     nginx_binary()
-    target = tmp_path_factory.mktemp("certs") / "dev"
-    result = subprocess.run(
-        ["bash", str(CERTS_SH), "dev", str(target)], capture_output=True, text=True, timeout=120
-    )
-    assert result.returncode == 0, result.stderr
-    return target
+    return dev_certs(tmp_path_factory.mktemp("certs") / "dev")
 
 
 @pytest.fixture(scope="module")
@@ -492,7 +256,7 @@ def site(request: pytest.FixtureRequest) -> Site:
 
 
 def test_nginx_t_accepts_the_real_site_file(tmp_path: Path, certs: Path) -> None:
-    conf, _, _ = write_config(tmp_path, certs, upstream_port=free_port())
+    conf, _, _ = write_config(tmp_path, certs, upstream=free_port())
     result = nginx_test(conf)
     assert result.returncode == 0, result.stderr
     assert "test is successful" in result.stderr
@@ -501,10 +265,10 @@ def test_nginx_t_accepts_the_real_site_file(tmp_path: Path, certs: Path) -> None
 
 def test_nginx_t_fails_on_a_broken_site(tmp_path: Path, certs: Path) -> None:
     """The check above can fail: a missing certificate and a bad directive are caught."""
-    conf, _, _ = write_config(tmp_path, tmp_path / "no-certs", upstream_port=free_port())
+    conf, _, _ = write_config(tmp_path, tmp_path / "no-certs", upstream=free_port())
     assert nginx_test(conf).returncode != 0
     site = tmp_path / "aibots.kz.conf"
-    conf, _, _ = write_config(tmp_path, certs, upstream_port=free_port())
+    conf, _, _ = write_config(tmp_path, certs, upstream=free_port())
     site.write_text(site.read_text().replace("limit_req_status 429;", "limit_req_status 99;"))
     assert nginx_test(conf).returncode != 0
 
@@ -689,7 +453,7 @@ def test_metrics_only_from_the_host(stub_site: Site) -> None:
 def test_a_dead_upstream_gives_json_502(
     tmp_path: Path, certs: Path, client_context: ssl.SSLContext
 ) -> None:
-    with running_nginx(tmp_path, certs, upstream_port=free_port()) as nginx:
+    with running_nginx(tmp_path, certs, upstream=free_port()) as nginx:
         site = Site("none", nginx, client_context)
         for path in ("/health", "/api/v1/avatar/status_update"):
             reply = site.call("POST" if "avatar" in path else "GET", path, body=b"{}")
