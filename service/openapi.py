@@ -76,6 +76,7 @@ def _webhook_operation(summary: str) -> dict[str, Any]:
             "400": _json(_ERROR, "Malformed body or no request id; will never succeed"),
             "401": _json(_ERROR, "Signature missing, invalid or stale"),
             "403": _json(_ERROR, "Client address not allowed"),
+            "409": _json(_ERROR, "The event contradicts the stored state; nothing recorded"),
             "413": _json(_ERROR, "Body over 10 MiB"),
             "503": _json(_ERROR, "Database or FAL's key set unavailable; retry later"),
         },

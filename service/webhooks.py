@@ -6,6 +6,7 @@ import time
 from typing import Any
 
 import structlog
+from sqlalchemy.exc import IntegrityError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
@@ -95,6 +96,13 @@ async def _handle(
     except DatabaseUnavailable as exc:
         fields["db_error"] = str(exc)
         raise RequestRefused(503, "database_unavailable", "the database is unavailable") from exc
+    except IntegrityError as exc:
+        # The event would break a rule of the stored data (one bot training per person, for
+        # an old-style progress event about a draft): nothing was written; retrying won't help.
+        fields["db_error"] = str(exc.orig).splitlines()[0]
+        raise RequestRefused(
+            409, "conflict", "the event contradicts the stored state and was not recorded"
+        ) from exc
     if result.notification_enqueued:
         runtime.wake_dispatcher()
     fields.update(

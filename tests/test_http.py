@@ -10,9 +10,13 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from sqlalchemy.ext.asyncio import AsyncSession
 
+from service.models import Avatar
+from service.operations import ensure_user
 from tests.fakes.fal_keys import FalSigner, JwksServer
 from tests.support import postgres
+from tests.support.db import run
 from tests.support.http import call, post
 from tests.support.servers import GunicornServer, run_cli
 from tests.support.webhooks import fal_ok, legacy, new_request_id, signed
@@ -266,3 +270,30 @@ def test_service_refuses_to_start_on_an_unmigrated_database(tmp_path: Path) -> N
         assert "python -m service migrate" in server.log_text()
     finally:
         server.close()
+
+
+def test_event_breaking_a_stored_rule_gets_409_not_500(stack: Stack) -> None:
+    # One bot training per person: an old-style progress event for the same person's draft
+    # would start a second one.
+    async def person_with_training_and_draft(session: AsyncSession) -> str:
+        user = await ensure_user(session, 5999)
+        running = Avatar(
+            user_id=user.id,
+            name="Running",
+            training_type="portrait",
+            status="training",
+            started_by="bot",
+            fal_request_id=new_request_id(),
+        )
+        draft = Avatar(user_id=user.id, name="Draft", training_type="portrait",
+                       status="draft", started_by="bot")  # fmt: skip
+        session.add_all([running, draft])
+        await session.flush()
+        return draft.id
+
+    draft_id = run(stack.server.database_url, person_with_training_and_draft)
+    body = legacy(new_request_id(), "in_progress", progress=10)
+    answer = post(f"{stack.url}{WEBHOOK}?avatar_id={draft_id}", body)
+    assert answer.status == 409
+    assert answer.json()["error"] == "conflict"
+    assert call("GET", f"{stack.url}/health").status == 200
