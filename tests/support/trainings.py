@@ -1,0 +1,74 @@
+"""Many trainings at once, for load: one person (one chat) per avatar, all in `training`.
+
+`avatars attach` registers one training per call and looks for stored events each time; the
+benchmark and the torture suite need thousands, so this writes the same rows through the
+service's own tables in a few multi-row INSERTs instead.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from typing import Any, cast
+
+from sqlalchemy import Table, insert, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from service.models import Avatar, User, new_id, utcnow
+from service.states import AvatarStatus
+from tests.support.db import run
+
+_BATCH = 2000
+
+
+@dataclass(frozen=True)
+class Training:
+    chat_id: int
+    request_id: str
+    avatar_id: str
+    name: str
+
+
+def seed_trainings(
+    database_url: str, count: int, first_chat: int, name: str = "Load"
+) -> list[Training]:
+    """Register `count` trainings for the chats first_chat, first_chat + 1, ..."""
+    users = cast(Table, User.__table__)
+    avatars = cast(Table, Avatar.__table__)
+    planned = [
+        Training(first_chat + i, str(uuid.uuid4()), new_id(), f"{name} {i}") for i in range(count)
+    ]
+
+    async def work(session: AsyncSession) -> None:
+        now = utcnow()
+        for start in range(0, count, _BATCH):
+            batch = planned[start : start + _BATCH]
+            await session.execute(
+                insert(users),
+                [{"telegram_id": t.chat_id, "created_at": now, "updated_at": now} for t in batch],
+            )
+            found = await session.execute(
+                select(users.c.telegram_id, users.c.id).where(
+                    users.c.telegram_id.in_([t.chat_id for t in batch])
+                )
+            )
+            ids = {telegram_id: user_id for telegram_id, user_id in found}
+            rows: list[dict[str, Any]] = [
+                {
+                    "id": t.avatar_id,
+                    "user_id": ids[t.chat_id],
+                    "name": t.name,
+                    "training_type": "portrait",
+                    "status": AvatarStatus.TRAINING.value,
+                    "progress": 0,
+                    "fal_request_id": t.request_id,
+                    "created_at": now,
+                    "updated_at": now,
+                    "training_started_at": now,
+                }
+                for t in batch
+            ]
+            await session.execute(insert(avatars), rows)
+
+    run(database_url, work)
+    return planned

@@ -1,0 +1,71 @@
+"""What the scenarios share: their sizes, the service's settings, the ledgers kept for the
+summary, and waiting for the outbox to drain."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import psycopg
+
+from tests.fakes.fal_keys import JwksServer
+from tests.fakes.telegram_api import FakeBotApi
+from tests.torture.ledger import Ledger
+
+FULL = os.environ.get("TORTURE") == "full"
+TOKEN = "123456:TORTURE-token-for-the-local-bot-api"
+
+LEDGERS: list[Ledger] = []
+
+
+def size(quick: int, full: int) -> int:
+    """The scenario's size: the issue's under TORTURE=full, a quick one otherwise."""
+    return full if FULL else quick
+
+
+def record(ledger: Ledger) -> Ledger:
+    """Keep the ledger for the summary at the end of the run (printed even when it fails)."""
+    LEDGERS.append(ledger)
+    return ledger
+
+
+def service_env(
+    api: FakeBotApi, jwks: JwksServer, database_url: str, **extra: str
+) -> dict[str, str]:
+    """The service's settings for a scenario: the local servers, and Telegram's pacing lifted
+    to the local server's pace unless a scenario says otherwise (30/s would make thousands of
+    messages take minutes, measuring the pacer instead of the pipeline)."""
+    return {
+        "DATABASE_URL": database_url,
+        "TELEGRAM_TOKEN": TOKEN,
+        "TELEGRAM_API_URL": api.url,
+        "FAL_JWKS_URL": jwks.jwks_url,
+        "TELEGRAM_RATE_PER_SECOND": "1000",
+        # A dispatcher killed holding rows gives them up after this; production keeps 120 s.
+        "OUTBOX_LEASE_SECONDS": "5",
+        **extra,
+    }
+
+
+def delivered(api: FakeBotApi) -> list[tuple[int, float]]:
+    """(chat_id, monotonic time) of every sendMessage the local server accepted."""
+    return [(int(c.params["chat_id"]), c.at) for c in api.calls_to("sendMessage") if c.ok]
+
+
+def outbox_open(database_url: str) -> int:
+    """Notifications not yet in a final state."""
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM notifications WHERE state IN ('pending', 'sending')"
+        ).fetchone()
+    return int(row[0]) if row else 0
+
+
+def drain(database_url: str, timeout: float, quiet: float = 1.0) -> None:
+    """Wait until the outbox is empty, then `quiet` seconds more for stragglers to show."""
+    deadline = time.monotonic() + timeout
+    while outbox_open(database_url):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"outbox still has {outbox_open(database_url)} open rows")
+        time.sleep(0.2)
+    time.sleep(quiet)

@@ -1,0 +1,94 @@
+"""Crashes: signed completions at full speed through nginx while a gunicorn worker is killed
+with SIGKILL every 2 s, and the dispatcher (the worker holding the leader lock) twice."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import ssl
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.fakes.fal_keys import FalSigner, JwksServer
+from tests.fakes.telegram_api import FakeBotApi
+from tests.support.sender import Background, Sender, Webhook, sources
+from tests.support.stack import running_stack
+from tests.support.trainings import seed_trainings
+from tests.support.webhooks import fal_ok
+from tests.torture.ledger import Kill, tally
+from tests.torture.runs import delivered, drain, record, service_env, size
+
+pytestmark = [pytest.mark.torture, pytest.mark.postgres, pytest.mark.nginx]
+
+KILL_EVERY_SECONDS = 2.0
+DISPATCHER_KILLS = 2
+# Each source address sends at most this many webhooks, well inside nginx's burst of 50.
+PER_SOURCE = 25
+
+
+def test_killed_workers_and_dispatchers_lose_nothing_and_send_once(
+    tmp_path: Path,
+    certs: Path,
+    client_context: ssl.SSLContext,
+    api: FakeBotApi,
+    jwks: JwksServer,
+    signer: FalSigner,
+    database: str,
+) -> None:
+    count = size(quick=1500, full=5000)
+    env = service_env(api, jwks, database)
+    with running_stack(tmp_path / "nginx", certs, client_context, env) as stack:
+        trainings = seed_trainings(database, count, first_chat=2_000_000, name="Crash")
+        addresses = sources(count // PER_SOURCE + 1)
+        webhooks = [
+            Webhook(t.request_id, fal_ok(t.request_id), addresses[i // PER_SOURCE])
+            for i, t in enumerate(trainings)
+        ]
+        # FAL retries a delivery that got no 2xx; so does this sender, up to ~30 s.
+        sender = Sender(stack.port, client_context, signer, attempts=25, retry_delay=0.3)
+        started = time.monotonic()
+        run = Background(sender, webhooks, concurrency=16, rate=None)
+        kills: list[Kill] = []
+        chooser = random.Random(6)
+        while run.running() or sum(k.leader for k in kills) < DISPATCHER_KILLS:
+            time.sleep(KILL_EVERY_SECONDS)
+            assert time.monotonic() - started < 240, f"the run does not end: {kills}"
+            leader = stack.leader()
+            others = [pid for pid in stack.workers() if pid != leader]
+            # Every other tick the dispatcher, until it has been killed twice; else a worker
+            # that is not the dispatcher.
+            if leader and len(kills) % 2 == 0 and sum(k.leader for k in kills) < DISPATCHER_KILLS:
+                victim = leader
+            elif others:
+                victim = chooser.choice(others)
+            else:
+                continue
+            os.kill(victim, signal.SIGKILL)
+            kills.append(Kill(time.monotonic(), victim, victim == leader))
+        deliveries = run.result(timeout=120)
+        sending_seconds = time.monotonic() - started
+        drain(database, timeout=60)
+        ledger = record(tally("crashes", deliveries, trainings, database, delivered(api), kills))
+        ledger.notes.update(
+            {
+                "sending took s": round(sending_seconds, 1),
+                "workers killed": len(kills),
+                "of them the dispatcher": sum(k.leader for k in kills),
+                "requests nginx retried on the upstream": stack.retried_by_nginx(),
+                "nginx answers": dict(stack.access_statuses()),
+            }
+        )
+        assert "unhandled_error" not in stack.logs()
+
+    ledger.check()
+    # Every delivery was acknowledged in the end (FAL's retries), and each outcome enqueued once.
+    assert ledger.acknowledged == ledger.sent == count, ledger
+    assert ledger.notifications_enqueued == count, ledger
+    assert ledger.messages_received == count + ledger.crash_window_duplicates, ledger
+    assert sum(k.leader for k in kills) == DISPATCHER_KILLS
+    assert len(kills) >= 3, kills
+    # "Rare": at most what was in flight with the dispatcher each time it was killed.
+    assert ledger.crash_window_duplicates <= 16 * DISPATCHER_KILLS, ledger

@@ -1,0 +1,128 @@
+"""Database outage: a private PostgreSQL cluster stopped in the middle of a steady stream of
+signed completions. 503s while it is down, /health degraded, recovery within 5 s of its
+return, and nothing acknowledged lost."""
+
+from __future__ import annotations
+
+import ssl
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.fakes.fal_keys import FalSigner, JwksServer
+from tests.fakes.telegram_api import FakeBotApi
+from tests.support import postgres
+from tests.support.nginx import Reply
+from tests.support.sender import Background, Sender, Webhook, sources
+from tests.support.stack import Stack, running_stack
+from tests.support.trainings import seed_trainings
+from tests.support.webhooks import fal_ok, new_request_id, signed
+from tests.torture.ledger import tally
+from tests.torture.runs import delivered, drain, record, service_env, size
+
+pytestmark = [pytest.mark.torture, pytest.mark.postgres, pytest.mark.nginx]
+
+RATE = 25  # webhooks per second
+# Few webhooks per source address: their retries during the outage stay under nginx's
+# per-client limit (10 r/s), so what the sender sees is the service's answer.
+PER_SOURCE = 5
+RECOVERY_SECONDS = 5.0
+
+
+@pytest.fixture
+def cluster() -> Iterator[postgres.PrivateCluster]:
+    postgres.require()
+    cluster = postgres.PrivateCluster()
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.destroy()
+
+
+def first_ok_after(stack: Stack, since: float, request: tuple[str, str]) -> float:
+    """Seconds from `since` until GET `request` (from the host) first answers 200."""
+    method, path = request
+    deadline = since + 30
+    while time.monotonic() < deadline:
+        try:
+            if stack.call(method, path).status == 200:
+                return time.monotonic() - since
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise AssertionError(f"{path} did not recover within 30 s")
+
+
+def test_a_stopped_database_gives_503_then_recovers_and_loses_nothing(
+    tmp_path: Path,
+    certs: Path,
+    client_context: ssl.SSLContext,
+    api: FakeBotApi,
+    jwks: JwksServer,
+    signer: FalSigner,
+    cluster: postgres.PrivateCluster,
+) -> None:
+    seconds, outage = size(quick=16, full=30), 10.0
+    count = seconds * RATE
+    env = service_env(api, jwks, cluster.url)
+    with running_stack(tmp_path / "nginx", certs, client_context, env) as stack:
+        trainings = seed_trainings(cluster.url, count, first_chat=3_000_000, name="Outage")
+        addresses = sources(count // PER_SOURCE + 1)
+        webhooks = [
+            Webhook(t.request_id, fal_ok(t.request_id), addresses[i // PER_SOURCE])
+            for i, t in enumerate(trainings)
+        ]
+        # FAL keeps retrying a 503; this sender does for about a minute.
+        sender = Sender(stack.port, client_context, signer, attempts=60, retry_delay=0.25)
+        run = Background(sender, webhooks, concurrency=16, rate=RATE)
+        time.sleep(3)
+
+        cluster.stop()
+        down_at = time.monotonic()
+        time.sleep(1)
+        health = stack.call("GET", "/health")
+        body = fal_ok(new_request_id())
+        probe = stack.call("POST", "/api/v1/avatar/status_update", body, signed(signer, body))
+        status = stack.call("GET", "/api/v1/webhook/status")
+        time.sleep(max(0.0, down_at + outage - time.monotonic()))
+        # The cluster accepts connections a little before start() returns.
+        restarting_at = time.monotonic()
+        cluster.start()
+        up_at = time.monotonic()
+        health_back = first_ok_after(stack, up_at, ("GET", "/health"))
+
+        deliveries = run.result(timeout=180)
+        drain(cluster.url, timeout=60)
+        ledger = record(
+            tally("database outage", deliveries, trainings, cluster.url, delivered(api))
+        )
+        during = [s for d in deliveries for t, s in d.attempts if down_at + 0.5 < t < restarting_at]
+        acks_after = sorted(d.acknowledged_at for d in deliveries if d.acknowledged_at)
+        first_ack_after = next(t for t in acks_after if t > up_at) - up_at
+        ledger.notes = {
+            "outage s": outage,
+            "answers during the outage": {s: during.count(s) for s in sorted(set(during))},
+            "/health back after s": round(health_back, 2),
+            "first webhook acknowledged after s": round(first_ack_after, 2),
+        }
+        assert "unhandled_error" not in stack.logs()
+
+    assert_unavailable(health, probe, status)
+    ledger.check()
+    assert ledger.acknowledged == ledger.sent == count, ledger
+    assert set(ledger.answers) == {200, 503}, ledger
+    assert during and set(during) == {503}, during
+    assert health_back <= RECOVERY_SECONDS, ledger.notes
+    assert first_ack_after <= RECOVERY_SECONDS, ledger.notes
+    assert ledger.messages_received == count, ledger
+
+
+def assert_unavailable(health: Reply, probe: Reply, status: Reply) -> None:
+    assert health.status == 503, health
+    assert health.json()["status"] == "degraded" and health.json()["database"] == "error"
+    assert probe.status == 503, probe
+    assert probe.json()["error"] == "database_unavailable", probe
+    assert status.status == 503 and status.json()["database"] == "error", status
