@@ -146,7 +146,11 @@ class Dispatcher:
         """Sleep until woken by a commit, a finished send, or the poll interval."""
         waiters: list[asyncio.Task[Any]] = [asyncio.create_task(self.wakeup.wait())]
         if self.in_flight:
-            waiters.append(asyncio.create_task(asyncio.wait(set(self.in_flight))))
+            waiters.append(
+                asyncio.create_task(
+                    asyncio.wait(set(self.in_flight), return_when=asyncio.FIRST_COMPLETED)
+                )
+            )
         try:
             await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
         finally:
