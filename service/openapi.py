@@ -73,7 +73,12 @@ def _webhook_operation(summary: str) -> dict[str, Any]:
         },
         "responses": {
             "200": _json(_ACK, "Recorded (or recognised as a repeat) and committed"),
-            "400": _json(_ERROR, "Malformed body or no request id; will never succeed"),
+            "400": {
+                "description": "Malformed body or no request id; will never succeed. A request "
+                "the HTTP server cannot parse at all (for example a control character in a "
+                "header value) is refused before it reaches the app, in plain text.",
+                "content": {"application/json": {"schema": _ERROR}, "text/plain": {}},
+            },
             "401": _json(_ERROR, "Signature missing, invalid or stale"),
             "403": _json(_ERROR, "Client address not allowed"),
             "409": _json(_ERROR, "The event contradicts the stored state; nothing recorded"),
@@ -112,7 +117,10 @@ DOCUMENT: dict[str, Any] = {
         "/metrics": {
             "get": {
                 "summary": "Prometheus metrics",
-                "responses": {"200": {"description": "Text format", "content": {"text/plain": {}}}},
+                "responses": {
+                    "200": {"description": "Text format", "content": {"text/plain": {}}},
+                    "403": _json(_ERROR, "Through nginx, from anywhere but the host itself"),
+                },
             }
         },
         "/api/v1/openapi.json": {

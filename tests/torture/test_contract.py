@@ -1,0 +1,191 @@
+"""Contract fuzzing: schemathesis generates requests from the OpenAPI document the service
+serves at /api/v1/openapi.json and sends them to the live service through nginx and TLS; no
+answer may be a 5xx, and every answer must match the document (status, content type, body).
+
+Half of the generated webhook bodies are signed with FAL's key, so that they get past the
+signature check and reach the parser and the database; the rest meet the check itself. The
+requests come from many loopback addresses: what is tested is the contract, not nginx's
+per-client rate limit (whose 429 the document rightly does not promise).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import ssl
+import uuid
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+import requests
+import schemathesis
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from hypothesis.errors import Unsatisfiable
+from requests.adapters import HTTPAdapter
+from schemathesis import GenerationMode
+
+from tests.fakes.fal_keys import FalSigner, JwksServer
+from tests.fakes.telegram_api import FakeBotApi
+from tests.support.sender import sources
+from tests.support.stack import running_stack
+from tests.torture.ledger import Ledger
+from tests.torture.runs import delivered, record, service_env, size
+
+pytestmark = [pytest.mark.torture, pytest.mark.postgres, pytest.mark.nginx]
+
+CHECKS = [
+    schemathesis.checks.not_a_server_error,
+    schemathesis.checks.status_code_conformance,
+    schemathesis.checks.content_type_conformance,
+    schemathesis.checks.response_schema_conformance,
+    schemathesis.checks.response_headers_conformance,
+]
+
+
+class _SourceAdapter(HTTPAdapter):
+    """Connects from one loopback address, verifying the certificate as aibots.kz."""
+
+    def __init__(self, source: str) -> None:
+        self._source = source
+        super().__init__(max_retries=0)
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.update(
+            source_address=(self._source, 0),
+            server_hostname="aibots.kz",
+            assert_hostname="aibots.kz",
+        )
+        super().init_poolmanager(*args, **kwargs)
+
+
+class SpreadSession(requests.Session):
+    """A session whose requests take turns among source addresses."""
+
+    def __init__(self, addresses: list[str], ca: Path) -> None:
+        super().__init__()
+        # Only the test CA: REQUESTS_CA_BUNDLE in the environment would override `verify`.
+        self.trust_env = False
+        self.verify = str(ca)
+        self._spread = [_SourceAdapter(a) for a in addresses]
+        self._turns = itertools.cycle(self._spread)
+
+    def get_adapter(self, url: str) -> HTTPAdapter:
+        return next(self._turns)
+
+    def close(self) -> None:
+        for adapter in self._spread:
+            adapter.close()
+        super().close()
+
+
+def sign(kwargs: dict[str, Any], signer: FalSigner) -> None:
+    """Send the generated body as the exact bytes FAL would sign, with FAL's headers."""
+    body = kwargs.pop("json", None)
+    raw = json.dumps(body).encode() if body is not None else kwargs.pop("data", b"") or b""
+    if isinstance(raw, str):
+        raw = raw.encode()
+    rid = body.get("request_id") if isinstance(body, dict) else None
+    # The body's request id where a header can carry it at all (no line breaks, no edge
+    # blanks); UTF-8 bytes are sent as they are, control characters too.
+    if not (isinstance(rid, str) and rid and rid == rid.strip() and not set(rid) & set("\r\n\0")):
+        rid = str(uuid.uuid4())
+    headers = {name: value.encode() for name, value in signer.headers(raw, rid).items()}
+    kwargs["data"] = raw
+    kwargs["headers"] = {**kwargs["headers"], **headers, "Content-Type": "application/json"}
+
+
+def fuzz(
+    operation: schemathesis.APIOperation,
+    mode: GenerationMode,
+    examples: int,
+    one: Callable[[schemathesis.Case, bool], None],
+) -> None:
+    """`examples` generated cases of one operation, each sent (signed or not) and checked."""
+
+    @settings(
+        max_examples=examples, deadline=None, database=None, suppress_health_check=list(HealthCheck)
+    )
+    @given(case=operation.as_strategy(generation_mode=mode), signed=st.booleans())
+    def call(case: schemathesis.Case, signed: bool) -> None:
+        one(case, signed)
+
+    call()
+
+
+def test_every_answer_matches_the_openapi_document(
+    tmp_path: Path,
+    certs: Path,
+    client_context: ssl.SSLContext,
+    api: FakeBotApi,
+    jwks: JwksServer,
+    signer: FalSigner,
+    database: str,
+) -> None:
+    examples = size(quick=100, full=1000)
+    env = service_env(api, jwks, database)
+    answers: Counter[int] = Counter()
+    answers_signed: Counter[int] = Counter()
+    with (
+        running_stack(tmp_path / "nginx", certs, client_context, env) as stack,
+        SpreadSession(sources(200, network=7), certs / "ca.crt") as session,
+    ):
+        base = f"https://127.0.0.1:{stack.port}"
+        document = session.get(f"{base}/api/v1/openapi.json", timeout=10).json()
+        schema = schemathesis.openapi.from_dict(document)
+        operations = [result.ok() for result in schema.get_all_operations()]
+        assert len(operations) >= 7, operations
+
+        def one(case: schemathesis.Case, signed: bool) -> None:
+            kwargs = case.as_transport_kwargs(base_url=base, headers={"Host": "aibots.kz"})
+            signed = signed and case.method.upper() == "POST"
+            if signed:
+                sign(kwargs, signer)
+            response = session.request(**kwargs, timeout=30)
+            answers[response.status_code] += 1
+            if signed:
+                answers_signed[response.status_code] += 1
+            case.validate_response(response, checks=CHECKS, headers=kwargs["headers"])
+
+        nothing_to_negate = []
+        for operation in operations:
+            fuzz(operation, GenerationMode.POSITIVE, examples, one)
+            try:
+                fuzz(operation, GenerationMode.NEGATIVE, examples, one)
+            except Unsatisfiable:
+                # No parameters and no body: no request violates its schema.
+                nothing_to_negate.append(operation.label)
+
+        with psycopg.connect(database, autocommit=True) as conn:
+            rows = conn.execute("SELECT count(*) FROM webhook_events").fetchone()
+            enqueued = conn.execute("SELECT count(*) FROM notifications").fetchone()
+        record(
+            Ledger(
+                scenario="contract fuzzing",
+                sent=sum(answers.values()),
+                attempts=sum(answers.values()),
+                acknowledged=sum(n for status, n in answers.items() if 200 <= status < 300),
+                answers=dict(answers),
+                rows_recorded=int(rows[0]) if rows else 0,
+                notifications_enqueued=int(enqueued[0]) if enqueued else 0,
+                messages_received=len(delivered(api)),
+                duplicates=0,
+                crash_window_duplicates=0,
+                notes={
+                    "operations": len(operations),
+                    "examples per operation and mode": examples,
+                    "no negative cases (nothing to violate)": nothing_to_negate,
+                    "answers to signed webhooks": dict(answers_signed),
+                },
+            )
+        )
+        assert "unhandled_error" not in stack.logs()
+    assert not [status for status in answers if status >= 500], answers
+    assert all(label.startswith("GET ") for label in nothing_to_negate), nothing_to_negate
+    # Signed bodies got past the signature check to the parser (and the database, for those
+    # that parsed).
+    assert sum(n for status, n in answers_signed.items() if status != 401) > 0, answers_signed
