@@ -26,7 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from service import metrics, outbox
 from service.db import DatabaseUnavailable, run_transaction, sqlite_path, sync_url
-from service.ingest import OUTBOX_CHANNEL
+from service.ingest_sql import OUTBOX_CHANNEL
 from service.models import utcnow
 from service.runtime import Runtime
 from service.settings import Settings

@@ -2,34 +2,24 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import enum
 import hashlib
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 from urllib.parse import parse_qsl
 
 import structlog
-from sqlalchemy import Table, Text, bindparam, delete, func, select, update
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from service import ingest_sql as sql
 from service.fal.payload import Event, PayloadError, parse_body, parse_event
 from service.messages import render_outcome
-from service.models import (
-    Avatar,
-    Notification,
-    TrainingData,
-    User,
-    UTCDateTime,
-    WebhookEvent,
-    utcnow,
-)
+from service.models import Avatar, utcnow
 from service.states import AvatarStatus, Change, EventStatus, transition
 
 log = structlog.get_logger(__name__)
-
-# Woken on commit; the dispatcher LISTENs on it (PostgreSQL only; SQLite polls).
-OUTBOX_CHANNEL = "outbox"
 
 
 class Outcome(enum.StrEnum):
@@ -64,75 +54,6 @@ class Result:
     avatar_id: str | None = None
     transition: str | None = None
     notification_enqueued: bool = False
-
-
-# The statements of the hot path are built once, with bound parameters: SQLAlchemy then reuses
-# their compiled form and cache key instead of rebuilding both for every webhook.
-_avatars = cast(Table, Avatar.__table__)
-_users = cast(Table, User.__table__)
-_events = cast(Table, WebhookEvent.__table__)
-_notifications = cast(Table, Notification.__table__)
-_training_data = cast(Table, TrainingData.__table__)
-
-_TARGET = (
-    select(
-        _avatars.c.id,
-        _avatars.c.name,
-        _avatars.c.training_type,
-        _avatars.c.status,
-        _avatars.c.progress,
-        _avatars.c.fal_request_id,
-        _users.c.telegram_id,
-        _users.c.language_code,
-    )
-    .select_from(_avatars.join(_users, _users.c.id == _avatars.c.user_id))
-    # Concurrent events for one avatar queue here; only the avatar's row is locked.
-    .with_for_update(of=_avatars)
-)
-_TARGET_BY_REQUEST = _TARGET.where(_avatars.c.fal_request_id == bindparam("key"))
-_TARGET_BY_ID = _TARGET.where(_avatars.c.id == bindparam("key"))
-
-
-def _text(name: str) -> Any:
-    return bindparam(name, type_=Text)
-
-
-_UPDATE_AVATAR = (
-    update(_avatars)
-    .where(_avatars.c.id == bindparam("target_id"))
-    .values(
-        status=bindparam("new_status"),
-        progress=bindparam("new_progress"),
-        updated_at=bindparam("now", type_=UTCDateTime),
-        fal_request_id=func.coalesce(_avatars.c.fal_request_id, _text("new_request_id")),
-        training_started_at=func.coalesce(
-            _avatars.c.training_started_at, bindparam("now", type_=UTCDateTime)
-        ),
-        finished_at=func.coalesce(
-            bindparam("new_finished_at", type_=UTCDateTime), _avatars.c.finished_at
-        ),
-        lora_url=func.coalesce(_text("new_lora_url"), _avatars.c.lora_url),
-        config_url=func.coalesce(_text("new_config_url"), _avatars.c.config_url),
-        error_message=func.coalesce(_text("new_error_message"), _avatars.c.error_message),
-    )
-)
-_DELETE_TRAINING_DATA = delete(_training_data).where(
-    _training_data.c.avatar_id == bindparam("target_id")
-)
-
-
-def _upsert_statements(dialect: str) -> tuple[Any, Any]:
-    """INSERT ... ON CONFLICT DO NOTHING RETURNING for events and for the outbox."""
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    event = insert(_events).on_conflict_do_nothing(index_elements=["dedupe_key"])
-    note = insert(_notifications).on_conflict_do_nothing(index_elements=["dedupe_key"])
-    # On PostgreSQL the outbox insert also wakes the dispatcher on commit, in the same round
-    # trip, and only when a row went in.
-    wake = [func.pg_notify(OUTBOX_CHANNEL, "")] if dialect == "postgresql" else []
-    return event.returning(_events.c.id), note.returning(_notifications.c.id, *wake)
-
-
-_UPSERTS = {dialect: _upsert_statements(dialect) for dialect in ("postgresql", "sqlite")}
 
 
 def _dialect(session: AsyncSession) -> str:
@@ -182,32 +103,47 @@ async def ingest(session: AsyncSession, delivery: Delivery) -> Result:
     else:
         outcome = Outcome.RECEIVED if change or _is_news(event) else Outcome.IGNORED
     now = utcnow()
-    insert_event, _ = _UPSERTS[_dialect(session)]
-    inserted = await session.execute(
-        insert_event,
-        {
-            "dedupe_key": delivery.dedupe_key,
-            "request_id": event.request_id,
-            "avatar_id": target.id if target else None,
-            "status": event.status.value,
-            "outcome": outcome.value,
-            "signed": delivery.signed,
-            "client_ip": delivery.client_ip,
-            "query": delivery.query,
-            "headers": delivery.headers,
-            "body": delivery.raw_body,
-            "transition": change_text,
-            "received_at": now,
-            "applied_at": now if target else None,
-        },
-    )
+    event_row = {
+        "e_dedupe_key": delivery.dedupe_key,
+        "e_request_id": event.request_id,
+        "e_avatar_id": target.id if target else None,
+        "e_status": event.status.value,
+        "e_outcome": outcome.value,
+        "e_signed": delivery.signed,
+        "e_client_ip": delivery.client_ip,
+        "e_query": delivery.query,
+        "e_headers": delivery.headers,
+        "e_body": delivery.raw_body,
+        "e_transition": change_text,
+        "e_received_at": now,
+        "e_applied_at": now if target else None,
+    }
+    avatar_id = target.id if target else None
+    if target is not None and change is not None and _dialect(session) == "postgresql":
+        # The common case on the production database, in one round trip.
+        row = (
+            await session.execute(
+                sql.RECORD_AND_APPLY,
+                {
+                    **event_row,
+                    **_change_row(target, event, change, now),
+                    **_notification_row(target, change, now),
+                },
+            )
+        ).one()
+        if row[0] == 0:
+            return Result(Outcome.DUPLICATE, event.request_id, avatar_id)
+        _moved(target, event, change)
+        return Result(outcome, event.request_id, avatar_id, change_text, row[1] > 0)
+    insert_event, _ = sql.UPSERTS[_dialect(session)]
+    inserted = await session.execute(insert_event, event_row)
     if inserted.scalar_one_or_none() is None:
         # Nothing else has been written in this transaction, so answering now changes nothing.
-        return Result(Outcome.DUPLICATE, event.request_id, target.id if target else None)
+        return Result(Outcome.DUPLICATE, event.request_id, avatar_id)
     enqueued = False
     if target is not None and change is not None:
         enqueued = await _apply(session, target, event, change)
-    return Result(outcome, event.request_id, target.id if target else None, change_text, enqueued)
+    return Result(outcome, event.request_id, avatar_id, change_text, enqueued)
 
 
 def _is_news(event: Event) -> bool:
@@ -217,13 +153,13 @@ def _is_news(event: Event) -> bool:
 
 async def _match(session: AsyncSession, event: Event) -> Target | None:
     """The avatar this event is about: by request id, else by an avatar id without one."""
-    target = await _find(session, _TARGET_BY_REQUEST, event.request_id)
+    target = await _find(session, sql.TARGET_BY_REQUEST, event.request_id)
     if target is None:
         await _lock_request_id(session, event.request_id)
         # Again under the lock: a registration may have committed since the first look.
-        target = await _find(session, _TARGET_BY_REQUEST, event.request_id)
+        target = await _find(session, sql.TARGET_BY_REQUEST, event.request_id)
     if target is None and event.avatar_id is not None:
-        target = await _find(session, _TARGET_BY_ID, event.avatar_id)
+        target = await _find(session, sql.TARGET_BY_ID, event.avatar_id)
         if target is not None and target.request_id is not None:
             # avatar_id is a hint from the URL or comment; a known request id is the stronger
             # fact.
@@ -246,58 +182,68 @@ def _describe(target: Target, change: Change | None) -> str | None:
     return f"{target.status.value}->{change.status.value}:{change.progress}" if change else None
 
 
-async def _apply(session: AsyncSession, target: Target, event: Event, change: Change) -> bool:
-    """Write the avatar's new state; on an outcome, enqueue its notification. True if enqueued."""
-    now = utcnow()
+def _change_row(target: Target, event: Event, change: Change, now: dt.datetime) -> dict[str, Any]:
+    return {
+        "target_id": target.id,
+        "new_status": change.status.value,
+        "new_progress": change.progress,
+        "now": now,
+        "new_request_id": event.request_id,
+        "new_finished_at": now if change.status.is_terminal else None,
+        "new_lora_url": event.lora_url,
+        "new_config_url": event.config_url,
+        "new_error_message": event.error_message,
+    }
+
+
+def _notification_row(target: Target, change: Change, now: dt.datetime) -> dict[str, Any]:
+    """The outbox row for the avatar's final state (rendered now, in the owner's language).
+
+    For a change that is not final the statement still needs every parameter, but writes
+    no row (`terminal` is false), so nothing is rendered.
+    """
     terminal = change.status.is_terminal
-    await session.execute(
-        _UPDATE_AVATAR,
-        {
-            "target_id": target.id,
-            "new_status": change.status.value,
-            "new_progress": change.progress,
-            "now": now,
-            "new_request_id": event.request_id,
-            "new_finished_at": now if terminal else None,
-            "new_lora_url": event.lora_url,
-            "new_config_url": event.config_url,
-            "new_error_message": event.error_message,
-        },
+    kind = change.status.value
+    rendered = (
+        render_outcome(kind, target.id, target.name, target.training_type, target.language_code)
+        if terminal
+        else None
     )
+    return {
+        "terminal": terminal,
+        # One message per avatar outcome: terminal states are final, so one per avatar.
+        "n_dedupe_key": f"avatar:{target.id}:outcome",
+        "n_avatar_id": target.id,
+        "n_chat_id": target.telegram_id,
+        "n_kind": kind,
+        "n_text": rendered.text if rendered else "",
+        "n_reply_markup": rendered.reply_markup if rendered else None,
+        "n_state": "pending",
+        "n_attempts": 0,
+        "n_next_attempt_at": now,
+        "n_created_at": now,
+        "n_updated_at": now,
+    }
+
+
+def _moved(target: Target, event: Event, change: Change) -> None:
     target.status, target.progress = change.status, change.progress
     target.request_id = target.request_id or event.request_id
-    if not terminal:
-        return False
-    # FAL has the photos or will never need them again: the zip must not outlive the training.
-    await session.execute(_DELETE_TRAINING_DATA, {"target_id": target.id})
-    return await enqueue_outcome(session, target)
 
 
-async def enqueue_outcome(session: AsyncSession, target: Target) -> bool:
-    """Write the outbox row for the avatar's final state; a second call for it is a no-op."""
-    kind = target.status.value
-    rendered = render_outcome(
-        kind, target.id, target.name, target.training_type, target.language_code
-    )
+async def _apply(session: AsyncSession, target: Target, event: Event, change: Change) -> bool:
+    """Write the avatar's new state; on an outcome, enqueue its notification. True if enqueued.
+
+    Statement by statement: SQLite, and events applied by register_training.
+    """
     now = utcnow()
-    _, insert_notification = _UPSERTS[_dialect(session)]
-    inserted = await session.execute(
-        insert_notification,
-        {
-            # One message per avatar outcome: terminal states are final, so one per avatar.
-            "dedupe_key": f"avatar:{target.id}:outcome",
-            "avatar_id": target.id,
-            "chat_id": target.telegram_id,
-            "kind": kind,
-            "text": rendered.text,
-            "reply_markup": rendered.reply_markup,
-            "state": "pending",
-            "attempts": 0,
-            "next_attempt_at": now,
-            "created_at": now,
-            "updated_at": now,
-        },
-    )
+    await session.execute(sql.UPDATE_AVATAR, _change_row(target, event, change, now))
+    _moved(target, event, change)
+    if not change.status.is_terminal:
+        return False
+    await session.execute(sql.DELETE_TRAINING_DATA, {"target_id": target.id})
+    _, insert_notification = sql.UPSERTS[_dialect(session)]
+    inserted = await session.execute(insert_notification, _notification_row(target, change, now))
     return inserted.first() is not None
 
 
@@ -311,15 +257,15 @@ async def register_training(session: AsyncSession, avatar: Avatar) -> list[Resul
     assert request_id is not None, "register the avatar's request id first"
     await session.flush()
     await _lock_request_id(session, request_id)
-    target = await _find(session, _TARGET_BY_REQUEST, request_id)
+    target = await _find(session, sql.TARGET_BY_REQUEST, request_id)
     assert target is not None, "register the avatar's request id first"
     waiting = await session.execute(
-        select(_events.c.id, _events.c.body, _events.c.query)
+        select(sql.events.c.id, sql.events.c.body, sql.events.c.query)
         .where(
-            _events.c.request_id == request_id,
-            _events.c.outcome == Outcome.UNMATCHED.value,
+            sql.events.c.request_id == request_id,
+            sql.events.c.outcome == Outcome.UNMATCHED.value,
         )
-        .order_by(_events.c.id)
+        .order_by(sql.events.c.id)
     )
     results = []
     for event_id, body, query in waiting.all():
@@ -334,8 +280,8 @@ async def register_training(session: AsyncSession, avatar: Avatar) -> list[Resul
         enqueued = await _apply(session, target, event, change) if change else False
         outcome = Outcome.RECEIVED if change else Outcome.IGNORED
         await session.execute(
-            update(_events)
-            .where(_events.c.id == event_id)
+            update(sql.events)
+            .where(sql.events.c.id == event_id)
             .values(
                 avatar_id=target.id,
                 outcome=outcome.value,
