@@ -47,6 +47,8 @@ class Delivery:
     attempts: list[tuple[float, int]] = field(default_factory=list)
     result: str | None = None
     acknowledged_at: float | None = None
+    # Wall-clock time of the first attempt, to compare with other processes' clocks.
+    sent_at: float | None = None
 
     @property
     def acknowledged(self) -> bool:
@@ -123,6 +125,8 @@ class Sender:
             if number:
                 time.sleep(self.retry_delay * min(number, 4))
             started = time.monotonic()
+            if delivery.sent_at is None:
+                delivery.sent_at = time.time()
             status, body = self.attempt(webhook)
             delivery.attempts.append((started, status))
             if 200 <= status < 300:

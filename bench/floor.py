@@ -1,0 +1,88 @@
+"""THE FLOOR of the benchmark, not the product: the least a webhook endpoint can do on this stack.
+
+A bare Starlette endpoint under the product's own gunicorn settings (service.server's
+gunicorn_options: same worker class, workers, keep-alive, backlog) that parses the JSON body,
+inserts it into a PostgreSQL table through a raw psycopg pool as large as the product's, commits
+and answers 200. No verification, no matching, no state change, no outbox, no per-request log.
+
+    python -m bench.floor      (BIND, WEB_CONCURRENCY and DATABASE_URL from the environment)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import psycopg
+from gunicorn.app.base import BaseApplication
+from psycopg_pool import AsyncConnectionPool
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from service.db import sync_url
+from service.server import gunicorn_options
+from service.settings import Settings
+
+PATH = "/api/v1/avatar/status_update"
+POOL_SIZE = 10  # service.db.create_engine's pool_size, without overflow as there
+TABLE = "CREATE TABLE IF NOT EXISTS floor_events (id bigserial PRIMARY KEY, body bytea NOT NULL)"
+
+
+def conninfo(database_url: str) -> str:
+    return sync_url(database_url).set(drivername="postgresql").render_as_string(False)
+
+
+def create_floor_app(database_url: str) -> Starlette:
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        pool = AsyncConnectionPool(
+            conninfo(database_url), min_size=POOL_SIZE, max_size=POOL_SIZE, open=False
+        )
+        await pool.open(wait=True)
+        app.state.pool = pool
+        try:
+            yield
+        finally:
+            await pool.close()
+
+    async def receive(request: Request) -> Response:
+        raw = await request.body()
+        try:
+            json.loads(raw)
+        except ValueError:
+            return JSONResponse({"error": "bad_request"}, status_code=400)
+        async with request.app.state.pool.connection() as conn:
+            # The pool's connection block commits on a clean exit.
+            await conn.execute("INSERT INTO floor_events (body) VALUES (%s)", (raw,))
+        return JSONResponse({"status": "received"})
+
+    return Starlette(routes=[Route(PATH, receive, methods=["POST"])], lifespan=lifespan)
+
+
+class _FloorApplication(BaseApplication):  # type: ignore[misc]
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        super().__init__()
+
+    def load_config(self) -> None:
+        for key, value in gunicorn_options(self._settings).items():
+            self.cfg.set(key, value)
+        self.cfg.set("proc_name", "aibots-floor")
+
+    def load(self) -> Any:
+        return create_floor_app(self._settings.database_url)
+
+
+def main() -> None:
+    settings = Settings.from_env(env_file=None)
+    with psycopg.connect(conninfo(settings.database_url), autocommit=True) as conn:
+        conn.execute(TABLE)
+    _FloorApplication(settings).run()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,104 @@
+"""The benchmark's results as one Markdown document (tables plus the notes that qualify them)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
+
+
+def _cpu(phase: dict[str, Any], group: str) -> str:
+    value = phase["cpu_ms_per_request"].get(group)
+    return "-" if value is None else f"{value:.3f}"
+
+
+def _ratio(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def markdown(results: dict[str, Any]) -> str:
+    floor, product, ratios = results["floor"], results["product"], results["ratios"]
+    settings = results["settings"]
+    lines = [
+        f"## Benchmark: {results['when']} (commit {results['commit']})",
+        "",
+        f"`{settings['command']}`: {settings['connections']} connections, "
+        f"{settings['threads']} wrk threads, {settings['duration']} s per measured run "
+        f"(after a {settings['warmup']} s warm-up), {settings['workers']} gunicorn workers, "
+        f"TLS through nginx with the project's site file, PostgreSQL {results['postgres']}, "
+        f"{results['machine']['cpus']} cores shared by everything.",
+        "",
+        "| | floor | product | product/floor |",
+        "|---|---:|---:|---:|",
+        f"| requests/s | {floor['per_second']:.0f} | {product['per_second']:.0f} "
+        f"| {_ratio(ratios['throughput'])} |",
+        f"| median latency ms | {_ms(floor['p50_ms'])} | {_ms(product['p50_ms'])} "
+        f"| {_ratio(ratios['median'])} |",
+        f"| 99th percentile ms | {_ms(floor['p99_ms'])} | {_ms(product['p99_ms'])} "
+        f"| {_ratio(ratios['p99'])} |",
+        f"| max ms | {_ms(floor['max_ms'])} | {_ms(product['max_ms'])} | |",
+        f"| errors (non-2xx, socket) | {floor['failed']} | {product['failed']} | |",
+    ]
+    for group, label in (("nginx", "nginx"), ("gunicorn", "gunicorn (master + workers)"),
+                         ("postgres", "PostgreSQL (backends + writers)"),
+                         ("total", "all three")):  # fmt: skip
+        ratio = ratios["cpu"].get(group)
+        lines.append(
+            f"| CPU ms/request, {label} | {_cpu(floor, group)} | {_cpu(product, group)} "
+            f"| {_ratio(ratio)} |"
+        )
+    lines += [
+        f"| CPU ms/request, wrk (load generator) | {_cpu(floor, 'wrk')} "
+        f"| {_cpu(product, 'wrk')} | |",
+        f"| CPU ms/request, anything else on the machine | {_cpu(floor, 'other')} "
+        f"| {_cpu(product, 'other')} | |",
+        f"| worker RSS after the run, MiB | {_rss(floor)} | {_rss(product)} | |",
+        "",
+    ]
+    e2e = results.get("end_to_end")
+    if e2e:
+        s = e2e["steady"]
+        lines += [
+            f"End to end at {s['rate']:.0f} webhooks/s for {s['seconds']:.0f} s (signed, through "
+            "nginx, from 10 addresses with the rate limit in place; until the local Bot API "
+            "server received the sendMessage):",
+            "",
+            "| sent | acknowledged | messages received | missing | duplicates "
+            "| median ms | p99 ms | max ms | worker RSS after, MiB |",
+            "|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+            f"| {s['sent']} | {s['acknowledged']} | {s['received']} | {s['missing']} "
+            f"| {s['duplicates']} | {s['p50_ms']:.1f} | {s['p99_ms']:.1f} | {s['max_ms']:.1f} "
+            f"| {_rss(e2e)} |",
+            "",
+        ]
+        b = e2e.get("burst")
+        if b:
+            lines += [
+                f"Burst: {b['webhooks']} webhooks at once, {b['messages']} messages in "
+                f"{b['seconds']} s ({b['per_second']}/s); busiest second "
+                f"{b['busiest_one_second_window']} against TELEGRAM_RATE_PER_SECOND="
+                f"{b['configured_limit_per_second']:.0f}.",
+                "",
+            ]
+    lines += ["| target | value | met |", "|---|---|---|"]
+    lines += [f"| {t['target']} | {t['value']} | {'yes' if t['met'] else 'NO'} |"
+              for t in results["targets"]]  # fmt: skip
+    lines += ["", *[f"- {note}" for note in results["notes"]]]
+    profile = results.get("profile")
+    if profile:
+        lines += ["", f"Profile of the product's workers ({profile['samples']} py-spy samples "
+                  "of on-CPU Python time, a separate run):", ""]  # fmt: skip
+        sections = (
+            ("by package (where the CPU was)", "by_package_percent"),
+            ("our functions, inclusive", "our_functions_inclusive_percent"),
+        )
+        for title, key in sections:
+            shares = ", ".join(f"{name} {share}%" for name, share in profile[key][:12])
+            lines.append(f"- {title}: {shares}")
+    return "\n".join(lines) + "\n"
+
+
+def _rss(phase: dict[str, Any]) -> str:
+    return ", ".join(f"{mib:.0f}" for mib in phase.get("worker_rss_mib", [])) or "-"
