@@ -13,6 +13,9 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+NATIVE = "(no Python frame)"
+# Entry points every stack of the main thread passes through: they say nothing.
+_ENTRY = ("service/__main__.py", "service/cli.py", "service/server.py")
 _FRAME = re.compile(r"^(?P<function>.*) \((?P<path>.*?)(?::\d+)?\)$")
 _STDLIB = re.compile(r"/lib/python3\.\d+/(?P<module>[^/]+?)(?:\.py)?(?:/|$)")
 
@@ -76,10 +79,12 @@ def summarize(files: list[Path], top: int = 20) -> dict[str, Any]:
     for path in files:
         for line in path.read_text(errors="replace").splitlines():
             stack, _, count_text = line.rpartition(" ")
-            if not stack or not count_text.isdigit():
+            if not count_text.isdigit():
                 continue
             count = int(count_text)
-            frames = [_frame(f) for f in stack.split(";")]
+            # A sample without a Python frame: the process was in C code of its own (uvloop's
+            # loop, httptools), not called from Python.
+            frames = [_frame(f) for f in stack.split(";")] if stack else [(NATIVE, NATIVE)]
             if stack.rsplit(";", 1)[-1].startswith("_worker (concurrent/futures/thread.py"):
                 # An executor thread waiting for work: py-spy counts it as active here, though
                 # it is blocked on its queue (its work would show as deeper frames).
@@ -88,7 +93,8 @@ def summarize(files: list[Path], top: int = 20) -> dict[str, Any]:
             total += count
             leaf_functions[frames[-1][0]] += count
             leaf_packages[frames[-1][1].split("/", 1)[0]] += count
-            for name in {name for name, where in frames if where.startswith("service/")}:
+            ours = {name for name, where in frames if where.startswith("service/")}
+            for name in {n for n in ours if not n.endswith(tuple(f"({e})" for e in _ENTRY))}:
                 inclusive[name] += count
 
     def shares(counter: Counter[str]) -> list[tuple[str, float]]:

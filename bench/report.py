@@ -89,7 +89,10 @@ def markdown(results: dict[str, Any]) -> str:
     profile = results.get("profile")
     if profile:
         lines += ["", f"Profile of the product's workers ({profile['samples']} py-spy samples "
-                  "of on-CPU Python time, a separate run):", ""]  # fmt: skip
+                  "of on-CPU time, a separate run; raw stacks in "
+                  f"{profile.get('raw', 'the results folder')}). SQLAlchemy runs statements in "
+                  "greenlets, whose frames py-spy shows as stacks of their own, so database "
+                  "work is partly missing from our functions' inclusive shares:", ""]  # fmt: skip
         sections = (
             ("by package (where the CPU was)", "by_package_percent"),
             ("our functions, inclusive", "our_functions_inclusive_percent"),
