@@ -102,7 +102,9 @@ class Dispatcher:
         self.worker = f"{socket.gethostname()}:{os.getpid()}"
         self.pacer = Pacer(settings.telegram_rate_per_second, settings.telegram_chat_interval)
         self.in_flight: set[asyncio.Task[None]] = set()
-        self.slots = asyncio.Semaphore(MAX_IN_FLIGHT)
+        # Set by a send that failed for Telegram's reasons (5xx, network); the next success
+        # ends the trouble and brings forward everything that was backing off.
+        self.troubled = False
 
     async def run(self) -> None:
         """Drain until cancelled; database trouble only slows the loop down."""
@@ -180,6 +182,11 @@ class Dispatcher:
             return
         if result.verdict is Verdict.SENT:
             metrics.NOTIFY_LATENCY.observe((utcnow() - item.created_at).total_seconds())
+            if self.troubled:
+                self.troubled = False
+                await self._expedite()
+        elif result.verdict is Verdict.RETRY:
+            self.troubled = True
         log_method = log.info if result.verdict is Verdict.SENT else log.warning
         log_method(
             "notification_send",
@@ -191,6 +198,17 @@ class Dispatcher:
             reclaimed=item.reclaimed,
             error=result.error,
         )
+
+    async def _expedite(self) -> None:
+        """Telegram answers again: what waits out a back-off is sent now, at the paced rate."""
+        try:
+            count = await run_transaction(self.sessions, outbox.expedite)
+        except DatabaseUnavailable as exc:
+            log.warning("outbox_expedite_failed", error=str(exc))
+            return
+        if count:
+            log.info("outbox_expedited", notifications=count)
+            self.wakeup.set()
 
 
 # --- leadership -------------------------------------------------------------------------------

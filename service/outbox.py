@@ -14,7 +14,7 @@ import random
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import Select, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.models import Notification, utcnow
@@ -44,20 +44,31 @@ async def claim(
 ) -> list[Claimed]:
     """Take up to `limit` due notifications under a lease; committed before any send."""
     now = utcnow()
-    due = or_(
-        (Notification.state == "pending") & (Notification.next_attempt_at <= now),
-        (Notification.state == "sending") & (Notification.lease_until < now),
+    postgres = session.get_bind().dialect.name == "postgresql"
+
+    async def take(query: Select[int], room: int) -> list[int]:
+        query = query.limit(room)
+        if postgres:
+            # Rows another dispatcher is claiming right now are skipped, not waited for.
+            query = query.with_for_update(skip_locked=True)
+        return list((await session.execute(query)).scalars())
+
+    # Two index-ordered reads instead of one with an OR, which made PostgreSQL read and sort
+    # the whole backlog for every claim. Rows whose sender died come first (they are few: at
+    # most what was in flight).
+    ids = await take(
+        select(Notification.id).where(
+            Notification.state == "sending", Notification.lease_until < now
+        ),
+        limit,
     )
-    candidates = (
-        select(Notification.id)
-        .where(due)
-        .order_by(Notification.next_attempt_at, Notification.id)
-        .limit(limit)
-    )
-    if session.get_bind().dialect.name == "postgresql":
-        # Rows another dispatcher is claiming right now are skipped, not waited for.
-        candidates = candidates.with_for_update(skip_locked=True)
-    ids = list((await session.execute(candidates)).scalars())
+    if len(ids) < limit:
+        ids += await take(
+            select(Notification.id)
+            .where(Notification.state == "pending", Notification.next_attempt_at <= now)
+            .order_by(Notification.next_attempt_at),
+            limit - len(ids),
+        )
     if not ids:
         return []
     rows = (await session.execute(select(Notification).where(Notification.id.in_(ids)))).scalars()
@@ -122,6 +133,22 @@ async def record(session: AsyncSession, worker: str, claimed: Claimed, result: S
         .values(**values)
     )
     return str(values["state"])
+
+
+async def expedite(session: AsyncSession) -> int:
+    """Make every notification that is backing off due now; returns how many.
+
+    Called when Telegram answers again after failures: without it, the last of a backlog would
+    wait out its back-off (up to BACKOFF_CAP_SECONDS) after Telegram is already back. A row
+    held back by a 429 is also made due; the pacer still holds every send until retry_after.
+    """
+    now = utcnow()
+    result = await session.execute(
+        update(Notification)
+        .where(Notification.state == "pending", Notification.next_attempt_at > now)
+        .values(next_attempt_at=now, updated_at=now)
+    )
+    return int(result.rowcount)  # type: ignore[attr-defined]
 
 
 async def next_due_in(session: AsyncSession) -> float | None:
