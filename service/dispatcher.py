@@ -135,9 +135,28 @@ class Dispatcher:
                         continue
                 await self._idle(wait)
         finally:
-            for task in list(self.in_flight):
+            await self._finish_in_flight()
+
+    async def _finish_in_flight(self) -> None:
+        """Let claimed sends finish and record themselves before this sender stops.
+
+        A send Telegram accepted but we did not record is sent again once its lease expires, so
+        cancelling sends in flight (when leadership is lost with the database, say) would turn
+        them into duplicates. They get most of their lease; only a second cancellation (the
+        process shutting down) or the lease running out cuts them short.
+        """
+        if not self.in_flight:
+            return
+        tasks = set(self.in_flight)
+        try:
+            _, late = await asyncio.wait(tasks, timeout=lease_seconds() * 0.8)
+        except asyncio.CancelledError:
+            late = tasks
+            raise
+        finally:
+            for task in late:
                 task.cancel()
-            await asyncio.gather(*self.in_flight, return_exceptions=True)
+            await asyncio.gather(*late, return_exceptions=True)
 
     def _claimer(
         self, limit: int, lease: dt.timedelta

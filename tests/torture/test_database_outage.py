@@ -67,7 +67,9 @@ def test_a_stopped_database_gives_503_then_recovers_and_loses_nothing(
 ) -> None:
     seconds, outage = size(quick=16, full=30), 10.0
     count = seconds * RATE
-    env = service_env(api, jwks, cluster.url)
+    # A send Telegram accepted while the database was down is recorded when it returns; its
+    # lease must outlast the outage, or the row is handed out again (production keeps 120 s).
+    env = service_env(api, jwks, cluster.url, OUTBOX_LEASE_SECONDS="30")
     with running_stack(tmp_path / "nginx", certs, client_context, env) as stack:
         trainings = seed_trainings(cluster.url, count, first_chat=3_000_000, name="Outage")
         addresses = sources(count // PER_SOURCE + 1)
