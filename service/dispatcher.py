@@ -71,6 +71,7 @@ class Pacer:
         self._clock = clock
         self._next_any = 0.0
         self._next_for_chat: dict[int, float] = {}
+        self._paused_until = 0.0
 
     def reserve(self, chat_id: int) -> float:
         """Reserve the earliest allowed slot for this chat; returns seconds to wait for it."""
@@ -84,7 +85,12 @@ class Pacer:
 
     def pause(self, seconds: float) -> None:
         """Telegram said 429: nobody sends until it allows again."""
-        self._next_any = max(self._next_any, self._clock() + seconds)
+        self._paused_until = max(self._paused_until, self._clock() + seconds)
+        self._next_any = max(self._next_any, self._paused_until)
+
+    def paused_for(self) -> float:
+        """Seconds left of a 429 pause; sends that reserved their slot before it must wait too."""
+        return max(0.0, self._paused_until - self._clock())
 
 
 class Dispatcher:
@@ -181,6 +187,9 @@ class Dispatcher:
 
     async def _deliver(self, item: outbox.Claimed) -> None:
         await asyncio.sleep(self.pacer.reserve(item.chat_id))
+        # A deadline, not an event: another 429 may extend the pause while this one sleeps.
+        while (paused := self.pacer.paused_for()) > 0:  # noqa: ASYNC110
+            await asyncio.sleep(paused)
         result = await self.sender.send(item.chat_id, item.text, item.reply_markup)
         if result.verdict is Verdict.RATE_LIMITED:
             self.pacer.pause(result.retry_after)
