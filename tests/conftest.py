@@ -51,3 +51,15 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
         return
     with postgres.fresh_database() as url:
         yield url
+
+
+@pytest.fixture
+def cluster() -> Iterator[postgres.PrivateCluster]:
+    """A private PostgreSQL cluster that a test may stop and start (never the shared one)."""
+    postgres.require()
+    private = postgres.PrivateCluster()
+    try:
+        private.start()
+        yield private
+    finally:
+        private.destroy()

@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
-import pytest
-
 from tests.fakes.fal_keys import FalSigner, JwksServer
 from tests.support import postgres
 from tests.support.http import call, post
@@ -13,17 +9,6 @@ from tests.support.servers import GunicornServer, free_port, run_cli, wait_until
 from tests.support.webhooks import fal_ok, new_request_id, signed
 
 WEBHOOK = "/api/v1/avatar/status_update"
-
-
-@pytest.fixture
-def cluster() -> Iterator[postgres.PrivateCluster]:
-    postgres.require()
-    cluster = postgres.PrivateCluster()
-    try:
-        cluster.start()
-        yield cluster
-    finally:
-        cluster.destroy()
 
 
 def test_database_outage_gives_503_and_recovers_without_restart(

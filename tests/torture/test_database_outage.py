@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import ssl
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -29,17 +28,6 @@ RATE = 25  # webhooks per second
 # per-client limit (10 r/s), so what the sender sees is the service's answer.
 PER_SOURCE = 5
 RECOVERY_SECONDS = 5.0
-
-
-@pytest.fixture
-def cluster() -> Iterator[postgres.PrivateCluster]:
-    postgres.require()
-    cluster = postgres.PrivateCluster()
-    try:
-        cluster.start()
-        yield cluster
-    finally:
-        cluster.destroy()
 
 
 def first_ok_after(stack: Stack, since: float, request: tuple[str, str]) -> float:
