@@ -40,6 +40,7 @@ from tests.support.nginx import (
     Nginx,
     Reply,
     TLSConnection,
+    call_once,
     dev_certs,
     ipv6_loopback,
     nginx_binary,
@@ -173,11 +174,7 @@ class Site:
         headers: dict[str, str] | None = None,
         source: str = "127.0.0.1",
     ) -> Reply:
-        connection = self.connection(source)
-        try:
-            return connection.call(method, path, body, headers)
-        finally:
-            connection.close()
+        return call_once(self.nginx.port, self.context, method, path, body, headers, source)
 
     def reached_upstream(self, marker: str) -> bool:
         return bool(self.nginx.entry(marker)["upstream_addr"])

@@ -334,3 +334,21 @@ class TLSConnection(http.client.HTTPConnection):
         response = self.getresponse()
         data = response.read()
         return Reply(response.status, {k.lower(): v for k, v in response.getheaders()}, data)
+
+
+def call_once(
+    port: int,
+    context: ssl.SSLContext,
+    method: str,
+    path: str,
+    body: bytes | None = None,
+    headers: dict[str, str] | None = None,
+    source: str = "127.0.0.1",
+    timeout: float = 30,
+) -> Reply:
+    """One request on a connection of its own, closed afterwards."""
+    connection = TLSConnection(port, context, source=source, timeout=timeout)
+    try:
+        return connection.call(method, path, body, headers)
+    finally:
+        connection.close()

@@ -18,7 +18,7 @@ import psycopg
 
 from service.dispatcher import LEADER_LOCK_KEY
 from tests.support import procs
-from tests.support.nginx import Nginx, Reply, TLSConnection, running_nginx
+from tests.support.nginx import Nginx, Reply, TLSConnection, call_once, running_nginx
 from tests.support.servers import GunicornServer
 
 
@@ -44,11 +44,7 @@ class Stack:
         headers: dict[str, str] | None = None,
         source: str = "127.0.0.1",
     ) -> Reply:
-        connection = self.connection(source)
-        try:
-            return connection.call(method, path, body, headers)
-        finally:
-            connection.close()
+        return call_once(self.nginx.port, self.context, method, path, body, headers, source)
 
     def workers(self) -> list[int]:
         return [pid for app in self.apps for pid in app.worker_pids()]
