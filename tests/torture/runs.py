@@ -69,3 +69,29 @@ def drain(database_url: str, timeout: float, quiet: float = 1.0) -> None:
             raise AssertionError(f"outbox still has {outbox_open(database_url)} open rows")
         time.sleep(0.2)
     time.sleep(quiet)
+
+
+def refusals_ledger(
+    scenario: str,
+    database_url: str,
+    api: FakeBotApi,
+    answers: dict[int, int],
+    notes: dict[str, object],
+) -> Ledger:
+    """The ledger of a scenario that sends each request once and expects most refused."""
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        rows = conn.execute("SELECT count(*) FROM webhook_events").fetchone()
+        enqueued = conn.execute("SELECT count(*) FROM notifications").fetchone()
+    return Ledger(
+        scenario=scenario,
+        sent=sum(answers.values()),
+        attempts=sum(answers.values()),
+        acknowledged=sum(n for status, n in answers.items() if 200 <= status < 300),
+        answers=dict(answers),
+        rows_recorded=int(rows[0]) if rows else 0,
+        notifications_enqueued=int(enqueued[0]) if enqueued else 0,
+        messages_received=len(delivered(api)),
+        duplicates=0,
+        crash_window_duplicates=0,
+        notes=notes,
+    )

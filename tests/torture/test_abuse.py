@@ -31,8 +31,7 @@ from tests.support.sender import WEBHOOK, sources
 from tests.support.stack import Stack, running_stack
 from tests.support.trainings import Training, seed_trainings
 from tests.support.webhooks import fal_error, fal_ok, legacy
-from tests.torture.ledger import Ledger
-from tests.torture.runs import delivered, record, service_env, size
+from tests.torture.runs import delivered, record, refusals_ledger, service_env, size
 
 pytestmark = [pytest.mark.torture, pytest.mark.postgres, pytest.mark.nginx]
 
@@ -373,34 +372,17 @@ def test_generated_bad_requests_change_nothing_and_break_nothing(
 
         memory["end"] = {pid: procs.rss_bytes(pid) or 0 for pid in workers}
         after = snapshot(database)
-        with psycopg.connect(database, autocommit=True) as conn:
-            rows = conn.execute("SELECT count(*) FROM webhook_events").fetchone()
-            enqueued = conn.execute("SELECT count(*) FROM notifications").fetchone()
         nginx_5xx = {s: n for s, n in stack.access_statuses().items() if s.startswith("5")}
         growth = {pid: memory["end"][pid] - memory["half-way"][pid] for pid in workers}
-        record(
-            Ledger(
-                scenario="abuse",
-                sent=sum(answers.values()),
-                attempts=sum(answers.values()),
-                acknowledged=sum(n for s, n in answers.items() if 200 <= s < 300),
-                answers=dict(answers),
-                rows_recorded=int(rows[0]) if rows else 0,
-                notifications_enqueued=int(enqueued[0]) if enqueued else 0,
-                messages_received=len(delivered(api)),
-                duplicates=0,
-                crash_window_duplicates=0,
-                notes={
-                    "seconds": round(seconds, 1),
-                    "worker RSS MiB at start, half-way, end": {
-                        pid: " -> ".join(f"{memory[m][pid] / 2**20:.1f}" for m in memory)
-                        for pid in workers
-                    },
-                    "slow clients": dict(Counter(slow.outcomes)),
-                    "kinds": {k: dict(v) for k, v in sorted(by_kind.items())},
-                },
-            )
-        )
+        notes = {
+            "seconds": round(seconds, 1),
+            "worker RSS MiB at start, half-way, end": {
+                pid: " -> ".join(f"{memory[m][pid] / 2**20:.1f}" for m in memory) for pid in workers
+            },
+            "slow clients": dict(Counter(slow.outcomes)),
+            "kinds": {k: dict(v) for k, v in sorted(by_kind.items())},
+        }
+        ledger = record(refusals_ledger("abuse", database, api, dict(answers), notes))
         logs = stack.logs()
         still_workers = sorted(stack.workers())
 
@@ -412,7 +394,7 @@ def test_generated_bad_requests_change_nothing_and_break_nothing(
     assert "unhandled_error" not in logs
     # No change to any avatar; nothing to tell anyone.
     assert after == before
-    assert enqueued and int(enqueued[0]) == 0 and not delivered(api)
+    assert ledger.notifications_enqueued == 0 and not delivered(api)
     assert all(g < MEMORY_GROWTH_LIMIT for g in growth.values()), growth
     # Slow clients: nginx closed the silent ones itself; the trickled bodies were answered.
     assert len(slow.outcomes) == len(slow.threads), slow.outcomes

@@ -19,7 +19,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import psycopg
 import pytest
 import requests
 import schemathesis
@@ -33,8 +32,7 @@ from tests.fakes.fal_keys import FalSigner, JwksServer
 from tests.fakes.telegram_api import FakeBotApi
 from tests.support.sender import sources
 from tests.support.stack import running_stack
-from tests.torture.ledger import Ledger
-from tests.torture.runs import delivered, record, service_env, size
+from tests.torture.runs import record, refusals_ledger, service_env, size
 
 pytestmark = [pytest.mark.torture, pytest.mark.postgres, pytest.mark.nginx]
 
@@ -160,29 +158,13 @@ def test_every_answer_matches_the_openapi_document(
                 # No parameters and no body: no request violates its schema.
                 nothing_to_negate.append(operation.label)
 
-        with psycopg.connect(database, autocommit=True) as conn:
-            rows = conn.execute("SELECT count(*) FROM webhook_events").fetchone()
-            enqueued = conn.execute("SELECT count(*) FROM notifications").fetchone()
-        record(
-            Ledger(
-                scenario="contract fuzzing",
-                sent=sum(answers.values()),
-                attempts=sum(answers.values()),
-                acknowledged=sum(n for status, n in answers.items() if 200 <= status < 300),
-                answers=dict(answers),
-                rows_recorded=int(rows[0]) if rows else 0,
-                notifications_enqueued=int(enqueued[0]) if enqueued else 0,
-                messages_received=len(delivered(api)),
-                duplicates=0,
-                crash_window_duplicates=0,
-                notes={
-                    "operations": len(operations),
-                    "examples per operation and mode": examples,
-                    "no negative cases (nothing to violate)": nothing_to_negate,
-                    "answers to signed webhooks": dict(answers_signed),
-                },
-            )
-        )
+        notes = {
+            "operations": len(operations),
+            "examples per operation and mode": examples,
+            "no negative cases (nothing to violate)": nothing_to_negate,
+            "answers to signed webhooks": dict(answers_signed),
+        }
+        record(refusals_ledger("contract fuzzing", database, api, dict(answers), notes))
         assert "unhandled_error" not in stack.logs()
     assert not [status for status in answers if status >= 500], answers
     assert all(label.startswith("GET ") for label in nothing_to_negate), nothing_to_negate
