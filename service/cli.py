@@ -79,13 +79,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _serve(args: argparse.Namespace, settings: Settings) -> int:
     from service import migrate, server
 
-    try:
-        migrate.require_current(settings.database_url)
-    except migrate.SchemaOutOfDate as exc:
-        print(f"cannot start: {exc}", file=sys.stderr)
-        return 3
-    except Exception as exc:
-        print(f"cannot start: database unreachable: {_first_line(exc)}", file=sys.stderr)
+    problem = migrate.schema_problem(settings.database_url)
+    if problem:
+        print(f"cannot start: {problem}", file=sys.stderr)
         return 3
     server.serve(settings)
     return 0
@@ -112,13 +108,8 @@ def _migrate(args: argparse.Namespace, settings: Settings) -> int:
 def _check(args: argparse.Namespace, settings: Settings) -> int:
     from service import migrate
 
-    problems = []
-    try:
-        migrate.require_current(settings.database_url)
-    except migrate.SchemaOutOfDate as exc:
-        problems.append(str(exc))
-    except Exception as exc:
-        problems.append(f"database unreachable: {_first_line(exc)}")
+    problem = migrate.schema_problem(settings.database_url)
+    problems = [problem] if problem else []
     if not settings.telegram_configured:
         print("warning: TELEGRAM_TOKEN is empty: notifications will stay pending", file=sys.stderr)
     for problem in problems:

@@ -49,6 +49,18 @@ class SchemaOutOfDate(RuntimeError):
     """The database is not at the newest migration; the message says what to run."""
 
 
+def schema_problem(database_url: str) -> str | None:
+    """Why a process cannot start on this database (unreachable, not migrated), or None."""
+    try:
+        require_current(database_url)
+    except SchemaOutOfDate as exc:
+        return str(exc)
+    except Exception as exc:
+        lines = str(exc).strip().splitlines()
+        return f"database unreachable: {lines[0] if lines else type(exc).__name__}"
+    return None
+
+
 def require_current(database_url: str) -> None:
     current, head = current_revision(database_url), head_revision(database_url)
     if current != head:

@@ -157,13 +157,9 @@ def run(settings: Settings) -> int:
     if not settings.telegram_token:
         print("cannot start the bot: TELEGRAM_TOKEN is empty", file=sys.stderr)
         return 2
-    try:
-        migrate.require_current(settings.database_url)
-    except migrate.SchemaOutOfDate as exc:
-        print(f"cannot start the bot: {exc}", file=sys.stderr)
-        return 3
-    except Exception as exc:
-        print(f"cannot start the bot: database unreachable: {exc}", file=sys.stderr)
+    problem = migrate.schema_problem(settings.database_url)
+    if problem:
+        print(f"cannot start the bot: {problem}", file=sys.stderr)
         return 3
     if not settings.fal_key:
         log.warning("fal_key_missing", detail="FAL_KEY is empty: trainings cannot be submitted")
