@@ -36,26 +36,15 @@ async def health(request: Request) -> Response:
     return JSONResponse(body, status_code=200 if database == "ok" else 503)
 
 
+async def _count_by(session: AsyncSession, column: Any) -> dict[str, int]:
+    rows = await session.execute(select(column, func.count()).group_by(column))
+    return {str(key): int(count) for key, count in rows}
+
+
 async def _counts(session: AsyncSession) -> dict[str, Any]:
-    events = dict(
-        (
-            await session.execute(
-                select(WebhookEvent.outcome, func.count()).group_by(WebhookEvent.outcome)
-            )
-        )
-        .tuples()
-        .all()
-    )
+    events = await _count_by(session, WebhookEvent.outcome)
     last_event = (await session.execute(select(func.max(WebhookEvent.received_at)))).scalar()
-    notifications = dict(
-        (
-            await session.execute(
-                select(Notification.state, func.count()).group_by(Notification.state)
-            )
-        )
-        .tuples()
-        .all()
-    )
+    notifications = await _count_by(session, Notification.state)
     oldest_pending = (
         await session.execute(
             select(func.min(Notification.created_at)).where(

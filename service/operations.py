@@ -105,7 +105,7 @@ async def list_avatars(session: AsyncSession, status: str | None) -> list[dict[s
     if status:
         query = query.where(Avatar.status == status)
     rows = await session.execute(query.order_by(Avatar.created_at))
-    return [avatar_json(avatar, telegram_id) for avatar, telegram_id in rows.tuples()]
+    return [avatar_json(avatar, telegram_id) for avatar, telegram_id in rows]
 
 
 def notification_json(n: Notification) -> dict[str, Any]:
