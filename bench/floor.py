@@ -23,12 +23,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from service.db import sync_url
-from service.server import gunicorn_options
 from service.settings import Settings
+from service.store.engine import sync_url
+from service.web.server import gunicorn_options
 
 PATH = "/api/v1/avatar/status_update"
-POOL_SIZE = 10  # service.db.create_engine's pool_size, without overflow as there
+POOL_SIZE = 10  # service.store.engine.create_engine's pool_size, without overflow as there
 TABLE = "CREATE TABLE IF NOT EXISTS floor_events (id bigserial PRIMARY KEY, body bytea NOT NULL)"
 
 

@@ -77,7 +77,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _serve(args: argparse.Namespace, settings: Settings) -> int:
-    from service import migrate, server
+    from service.store import migrate
+    from service.web import server
 
     problem = migrate.schema_problem(settings.database_url)
     if problem:
@@ -94,7 +95,7 @@ def _bot(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _migrate(args: argparse.Namespace, settings: Settings) -> int:
-    from service import migrate
+    from service.store import migrate
 
     try:
         revision = migrate.upgrade(settings.database_url)
@@ -106,7 +107,7 @@ def _migrate(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _check(args: argparse.Namespace, settings: Settings) -> int:
-    from service import migrate
+    from service.store import migrate
 
     problem = migrate.schema_problem(settings.database_url)
     problems = [problem] if problem else []
@@ -120,7 +121,7 @@ def _check(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _run_db(settings: Settings, work: Callable[[AsyncSession], Awaitable[T]]) -> T:
-    from service.db import create_engine, run_transaction, sessionmaker
+    from service.store.engine import create_engine, run_transaction, sessionmaker
 
     async def go() -> T:
         engine = create_engine(settings.database_url, pool_size=1)
@@ -133,49 +134,49 @@ def _run_db(settings: Settings, work: Callable[[AsyncSession], Awaitable[T]]) ->
 
 
 def _avatars(args: argparse.Namespace, settings: Settings) -> int:
-    from service import operations
+    from service import operator
 
     try:
         if args.action == "attach":
             avatar = _run_db(
                 settings,
-                lambda s: operations.attach(
+                lambda s: operator.attach(
                     s, args.telegram_id, args.name, args.training_type, args.request_id
                 ),
             )
             _print_json(avatar)
         elif args.action == "show":
-            _print_json(_run_db(settings, lambda s: operations.show(s, args.request_id)))
+            _print_json(_run_db(settings, lambda s: operator.show(s, args.request_id)))
         else:
-            rows = _run_db(settings, lambda s: operations.list_avatars(s, args.status))
+            rows = _run_db(settings, lambda s: operator.list_avatars(s, args.status))
             if args.json:
                 _print_json(rows)
             else:
                 _print_table(
                     rows, ("id", "telegram_id", "status", "progress", "fal_request_id", "name")
                 )
-    except (operations.NotFound, operations.Conflict) as exc:
+    except (operator.NotFound, operator.Conflict) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     return 0
 
 
 def _notifications(args: argparse.Namespace, settings: Settings) -> int:
-    from service import operations
+    from service import operator
 
     try:
         if args.action == "list":
-            rows = _run_db(settings, lambda s: operations.list_notifications(s, args.state))
+            rows = _run_db(settings, lambda s: operator.list_notifications(s, args.state))
             if args.json:
                 _print_json(rows)
             else:
                 _print_table(rows, ("id", "chat_id", "kind", "state", "attempts", "last_error"))
         else:
             count = _run_db(
-                settings, lambda s: operations.retry_notifications(s, args.id, args.failed)
+                settings, lambda s: operator.retry_notifications(s, args.id, args.failed)
             )
             print(f"re-queued {count} notification(s)", file=sys.stderr)
-    except (operations.NotFound, operations.Conflict) as exc:
+    except (operator.NotFound, operator.Conflict) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     return 0

@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from service.models import Avatar, TrainingData, User, WebhookEvent
+from service.store.models import Avatar, TrainingData, User, WebhookEvent
 from tests.fakes.fal_keys import FalSigner, JwksServer
 from tests.fakes.fal_queue import PORTRAIT, STYLE, FalQueueServer
 from tests.fakes.telegram_api import FakeBotApi, Fault

@@ -9,8 +9,8 @@ from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.fal.payload import parse_body, parse_event
-from service.ingest import Delivery, ingest
-from service.models import Notification
+from service.jobs.ingest import Delivery, ingest
+from service.store.models import Notification
 from tests.support.db import notifications, run
 from tests.support.servers import base_env, run_cli
 from tests.support.webhooks import fal_ok, new_request_id

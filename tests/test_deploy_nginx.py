@@ -539,8 +539,8 @@ def test_a_body_at_the_limit_passes_on_the_webhook_only(site: Site) -> None:
 def test_limits_agree_with_the_apps_gunicorn_settings() -> None:
     """gunicorn must keep idle connections longer than nginx reuses them (else a POST after a
     lull meets a closed connection), and the body limits must be the same."""
-    from service.server import KEEPALIVE_SECONDS
     from service.settings import MAX_BODY_BYTES
+    from service.web.server import KEEPALIVE_SECONDS
 
     text = SITE.read_text()
     upstream = re.search(r"upstream aibots_kz_app \{(.*?)\n\}", text, re.S)

@@ -23,8 +23,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from service.server import GRACEFUL_TIMEOUT_SECONDS
 from service.settings import Settings
+from service.web.server import GRACEFUL_TIMEOUT_SECONDS
 from tests.fakes.fal_keys import FalSigner, JwksServer
 from tests.support.servers import base_env, free_port, wait_until
 from tests.support.webhooks import fal_ok, new_request_id, signed

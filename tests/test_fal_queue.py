@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 import httpx
 import pytest
 
-from service.fal.payload import parse_body, parse_event
+from service.fal.payload import EventStatus, parse_body, parse_event
 from service.fal.queue import (
     FalAuthError,
     FalNotFound,
@@ -23,7 +23,6 @@ from service.fal.queue import (
     QueueState,
 )
 from service.fal.signature import parse_headers, verify
-from service.states import EventStatus
 from tests.fakes.fal_keys import FalSigner
 from tests.fakes.fal_queue import PORTRAIT, STYLE, FalQueueServer, lora_output
 from tests.support.files import FileServer

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from service.models import Avatar
-from service.operations import ensure_user
+from service.store.models import Avatar
+from service.store.users import ensure_user
 from tests.fakes.fal_keys import FalSigner, JwksServer
 from tests.support import postgres
 from tests.support.db import run

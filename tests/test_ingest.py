@@ -7,12 +7,13 @@ from typing import Any
 
 from sqlalchemy import func, select
 
-from service import migrate
-from service.db import create_engine, run_transaction, sessionmaker
 from service.fal.payload import parse_body, parse_event
-from service.ingest import Delivery, Outcome, Result, ingest
-from service.models import Avatar, Notification, WebhookEvent
-from service.operations import attach, ensure_user, show
+from service.jobs.ingest import Delivery, Outcome, Result, ingest
+from service.operator import attach, show
+from service.store import migrate
+from service.store.engine import create_engine, run_transaction, sessionmaker
+from service.store.models import Avatar, Notification, WebhookEvent
+from service.store.users import ensure_user
 from tests.support.db import run
 from tests.support.webhooks import fal_error, fal_ok, legacy
 

@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from service.models import User
+from service.store.models import User
 from tests.fakes.fal_keys import FalSigner, JwksServer
 from tests.fakes.telegram_api import FakeBotApi, Fault
 from tests.support import postgres

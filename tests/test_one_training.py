@@ -13,14 +13,15 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from telegram import User as TelegramUser
 
-from service import migrate
 from service.bot import training
 from service.bot.photos import Draft, Photo
 from service.bot.services import Services
-from service.db import sync_url
-from service.models import Avatar
-from service.operations import attach, ensure_user
+from service.operator import attach
 from service.settings import Settings
+from service.store import migrate
+from service.store.engine import sync_url
+from service.store.models import Avatar
+from service.store.users import ensure_user
 from tests.support.db import run
 
 

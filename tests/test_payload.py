@@ -11,8 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from service.fal.comment import KNOWN_KEYS, parse_comment
-from service.fal.payload import Event, PayloadError, parse_body, parse_event
-from service.states import EventStatus
+from service.fal.payload import Event, EventStatus, PayloadError, parse_body, parse_event
 
 LORA_URL = "https://v3.fal.media/files/koala/pytorch_lora_weights.safetensors"
 CONFIG_URL = "https://v3.fal.media/files/koala/config.json"

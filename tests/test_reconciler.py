@@ -13,14 +13,15 @@ import pytest
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from service import migrate, training_data
 from service.bot.reconciler import Policy, Report, reconcile_once
 from service.bot.services import Services
 from service.fal.payload import parse_body, parse_event
-from service.ingest import Delivery, ingest
-from service.models import Avatar, Notification, TrainingData, WebhookEvent, utcnow
-from service.operations import attach, ensure_user
+from service.jobs.ingest import Delivery, ingest
+from service.operator import attach
 from service.settings import Settings
+from service.store import migrate, training_data
+from service.store.models import Avatar, Notification, TrainingData, WebhookEvent, utcnow
+from service.store.users import ensure_user
 from tests.fakes.fal_queue import PORTRAIT, FalQueueServer
 from tests.support.files import FileServer
 from tests.support.images import png

@@ -8,7 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from service.states import TERMINAL, TRANSITIONS, AvatarStatus, Change, EventStatus, transition
+from service.fal.payload import EventStatus
+from service.jobs.states import TERMINAL, TRANSITIONS, AvatarStatus, Change, transition
 
 S, E = AvatarStatus, EventStatus
 

@@ -10,9 +10,9 @@ import pytest
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from service import training_data
-from service.models import Avatar, TrainingData
-from service.operations import attach
+from service.operator import attach
+from service.store import training_data
+from service.store.models import Avatar, TrainingData
 from tests.fakes.fal_keys import FalSigner, JwksServer
 from tests.support import postgres
 from tests.support.db import run

@@ -23,11 +23,11 @@ from telegram.ext import (
     filters,
 )
 
-from service import migrate
 from service.bot import avatars, create, keyboards, menu, reconciler
 from service.bot.services import SERVICES_KEY, Services, lang
 from service.bot.texts import t
 from service.settings import Settings
+from service.store import migrate
 
 log = structlog.get_logger("service.bot")
 

@@ -14,9 +14,9 @@ from service.bot import keyboards, reconciler, training
 from service.bot.services import Services, lang, services
 from service.bot.texts import Lang, age, kind_name, status_name, t
 from service.fal.queue import FalError, FalNotFound, QueueState
-from service.messages import shorten
-from service.models import Avatar, User, utcnow
-from service.states import AvatarStatus
+from service.jobs.outcomes import shorten
+from service.jobs.states import AvatarStatus
+from service.store.models import Avatar, User, utcnow
 
 log = structlog.get_logger("service.bot.avatars")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from telegram import InlineKeyboardButton, InlineKeyboardMarkup
 
 from service.bot.texts import Lang, label
-from service.messages import CALLBACK_CREATE, CALLBACK_GENERATE, CALLBACK_MY_AVATARS
+from service.jobs.outcomes import CALLBACK_CREATE, CALLBACK_GENERATE, CALLBACK_MY_AVATARS
 
 CREATE = CALLBACK_CREATE
 AVATARS = CALLBACK_MY_AVATARS

@@ -9,7 +9,7 @@ from service.bot import keyboards
 from service.bot.photos import MAX_PHOTOS, MIN_PHOTOS, MIN_SIDE
 from service.bot.services import lang, services
 from service.bot.texts import t
-from service.operations import ensure_user
+from service.store.users import ensure_user
 
 
 async def show_menu(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:

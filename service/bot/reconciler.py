@@ -5,7 +5,7 @@ Why it runs in the bot and not in the webhook service:
   only verifies FAL's signatures and never needs to call FAL's API with our key;
 - the bot is one process (Telegram allows one getUpdates poller per token), while the webhook
   service runs several gunicorn workers that would need electing a leader for it;
-- it changes nothing about notifications: what it learns goes through service.ingest.ingest,
+- it changes nothing about notifications: what it learns goes through service.jobs.ingest.ingest,
   the webhook's own transaction, so the outcome is recorded once and its message is enqueued
   once in the outbox, which the webhook service's dispatcher sends. Should two reconcilers ever
   run, ingest's dedupe (request id + body) and the one-row-per-outcome outbox keep it at one.
@@ -36,14 +36,14 @@ import structlog
 from sqlalchemy import exists, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from service import training_data
 from service.bot.services import Services
-from service.fal.payload import parse_body, parse_event
+from service.fal.payload import EventStatus, parse_body, parse_event
 from service.fal.queue import FalError, QueueState
-from service.ingest import Delivery, Result, ingest
-from service.models import Avatar, WebhookEvent, utcnow
+from service.jobs.ingest import Delivery, Result, ingest
+from service.jobs.states import AvatarStatus
 from service.settings import Settings
-from service.states import AvatarStatus, EventStatus
+from service.store import training_data
+from service.store.models import Avatar, WebhookEvent, utcnow
 
 log = structlog.get_logger("service.bot.reconciler")
 

@@ -12,9 +12,9 @@ from telegram import Update
 from telegram.ext import ContextTypes
 
 from service.bot.texts import Lang, lang_of
-from service.db import create_engine, run_transaction, sessionmaker
 from service.fal.queue import FalQueue
 from service.settings import Settings
+from service.store.engine import create_engine, run_transaction, sessionmaker
 
 T = TypeVar("T")
 SERVICES_KEY = "services"

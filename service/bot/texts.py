@@ -10,7 +10,7 @@ from __future__ import annotations
 import html
 from typing import Any
 
-from service.messages import language, shorten
+from service.jobs.outcomes import language, shorten
 
 Lang = str
 

@@ -27,16 +27,16 @@ from telegram import Bot
 from telegram import User as TelegramUser
 from telegram.error import TelegramError
 
-from service import training_data
 from service.bot import keyboards
 from service.bot.photos import Draft, make_zip
 from service.bot.services import Services
 from service.bot.texts import Lang, t
 from service.fal.queue import FalAuthError, FalError, FalRejected, Submission
-from service.ingest import register_training
-from service.models import Avatar, TrainingData, User, new_id, utcnow
-from service.operations import ensure_user
-from service.states import AvatarStatus
+from service.jobs.ingest import register_training
+from service.jobs.states import AvatarStatus
+from service.store import training_data
+from service.store.models import Avatar, TrainingData, User, new_id, utcnow
+from service.store.users import ensure_user
 
 log = structlog.get_logger("service.bot.training")
 

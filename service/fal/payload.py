@@ -2,13 +2,26 @@
 
 from __future__ import annotations
 
+import enum
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from service.fal.comment import parse_comment
-from service.states import EventStatus
+
+
+class EventStatus(enum.StrEnum):
+    """What a webhook (or a status poll) says about a training, normalised from every dialect."""
+
+    QUEUED = "queued"
+    IN_PROGRESS = "in_progress"
+    # FAL said OK but could not serialise the output: the result must be fetched separately.
+    RESULT_PENDING = "result_pending"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
 
 TRAINING_TYPES = ("portrait", "style")
 MAX_ID_LENGTH = 128

@@ -8,8 +8,8 @@ from typing import Any, TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from service.db import create_engine, run_transaction, sessionmaker
-from service.operations import attach, list_notifications
+from service.operator import attach, list_notifications
+from service.store.engine import create_engine, run_transaction, sessionmaker
 
 T = TypeVar("T")
 

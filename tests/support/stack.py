@@ -16,7 +16,7 @@ from pathlib import Path
 
 import psycopg
 
-from service.dispatcher import LEADER_LOCK_KEY
+from service.outbox.dispatcher import LEADER_LOCK_KEY
 from tests.support import procs
 from tests.support.nginx import Nginx, Reply, TLSConnection, call_once, running_nginx
 from tests.support.servers import GunicornServer

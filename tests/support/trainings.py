@@ -14,8 +14,8 @@ from typing import Any, cast
 from sqlalchemy import Table, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from service.models import Avatar, User, new_id, utcnow
-from service.states import AvatarStatus
+from service.jobs.states import AvatarStatus
+from service.store.models import Avatar, User, new_id, utcnow
 from tests.support.db import run
 
 _BATCH = 2000

@@ -74,7 +74,7 @@ class Ledger:
 
 
 def dedupe_key(request_id: str, body: bytes) -> str:
-    # The service's definition (service.ingest.Delivery.dedupe_key), restated: a test that
+    # The service's definition (service.jobs.ingest.Delivery.dedupe_key), restated: a test that
     # imported it would agree with any change to it.
     return hashlib.sha256(request_id.encode() + b"\n" + body).hexdigest()
 

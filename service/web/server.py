@@ -61,7 +61,7 @@ class _Application(BaseApplication):  # type: ignore[misc]
             self.cfg.set(key, value)
 
     def load(self) -> Any:
-        from service.app import create_app
+        from service.web.app import create_app
 
         return create_app(self._settings)
 
@@ -70,14 +70,14 @@ def gunicorn_options(settings: Settings) -> dict[str, Any]:
     return {
         "bind": [settings.bind],
         "workers": settings.web_concurrency,
-        "worker_class": "service.server.Worker",
+        "worker_class": "service.web.server.Worker",
         "keepalive": KEEPALIVE_SECONDS,
         "graceful_timeout": GRACEFUL_TIMEOUT_SECONDS,
         "timeout": 30,
         "backlog": 2048,
         # The app decides whose X-Forwarded-For to believe, from FORWARDED_ALLOW_IPS.
         "forwarded_allow_ips": "",
-        "logger_class": "service.server._Logger",
+        "logger_class": "service.web.server._Logger",
         "accesslog": None,
         "child_exit": _child_exit,
         "proc_name": "aibots-webhook",

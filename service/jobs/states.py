@@ -5,6 +5,8 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
+from service.fal.payload import EventStatus
+
 
 class AvatarStatus(enum.StrEnum):
     DRAFT = "draft"
@@ -19,18 +21,6 @@ class AvatarStatus(enum.StrEnum):
 
 
 TERMINAL = frozenset({AvatarStatus.COMPLETED, AvatarStatus.FAILED, AvatarStatus.CANCELLED})
-
-
-class EventStatus(enum.StrEnum):
-    """What a webhook (or a status poll) says about a training, normalised from every dialect."""
-
-    QUEUED = "queued"
-    IN_PROGRESS = "in_progress"
-    # FAL said OK but could not serialise the output: the result must be fetched separately.
-    RESULT_PENDING = "result_pending"
-    COMPLETED = "completed"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
 
 
 _S, _E = AvatarStatus, EventStatus

@@ -7,9 +7,10 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from service.ingest import register_training
-from service.models import Avatar, Notification, User, utcnow
-from service.states import AvatarStatus
+from service.jobs.ingest import register_training
+from service.jobs.states import AvatarStatus
+from service.store.models import Avatar, Notification, User, utcnow
+from service.store.users import ensure_user
 
 
 class NotFound(LookupError):
@@ -35,31 +36,6 @@ def avatar_json(avatar: Avatar, telegram_id: int) -> dict[str, Any]:
         "created_at": avatar.created_at.isoformat(),
         "updated_at": avatar.updated_at.isoformat(),
     }
-
-
-async def ensure_user(
-    session: AsyncSession,
-    telegram_id: int,
-    *,
-    username: str | None = None,
-    first_name: str | None = None,
-    language_code: str | None = None,
-) -> User:
-    user = (
-        await session.execute(select(User).where(User.telegram_id == telegram_id))
-    ).scalar_one_or_none()
-    if user is None:
-        user = User(telegram_id=telegram_id)
-        session.add(user)
-    for name, value in (
-        ("username", username),
-        ("first_name", first_name),
-        ("language_code", language_code),
-    ):
-        if value is not None:
-            setattr(user, name, value)
-    await session.flush()
-    return user
 
 
 async def attach(

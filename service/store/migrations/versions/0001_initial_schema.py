@@ -10,7 +10,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-import service.models
+import service.store.models
 
 revision = "0001"
 down_revision = None
@@ -26,8 +26,8 @@ def upgrade() -> None:
         sa.Column("username", sa.String(length=64), nullable=True),
         sa.Column("first_name", sa.String(length=256), nullable=True),
         sa.Column("language_code", sa.String(length=16), nullable=True),
-        sa.Column("created_at", service.models.UTCDateTime(timezone=True), nullable=False),
-        sa.Column("updated_at", service.models.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("created_at", service.store.models.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("updated_at", service.store.models.UTCDateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_users")),
         sa.UniqueConstraint("telegram_id", name=op.f("uq_users_telegram_id")),
     )
@@ -47,10 +47,12 @@ def upgrade() -> None:
         sa.Column("lora_url", sa.Text(), nullable=True),
         sa.Column("config_url", sa.Text(), nullable=True),
         sa.Column("error_message", sa.Text(), nullable=True),
-        sa.Column("created_at", service.models.UTCDateTime(timezone=True), nullable=False),
-        sa.Column("updated_at", service.models.UTCDateTime(timezone=True), nullable=False),
-        sa.Column("training_started_at", service.models.UTCDateTime(timezone=True), nullable=True),
-        sa.Column("finished_at", service.models.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("created_at", service.store.models.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("updated_at", service.store.models.UTCDateTime(timezone=True), nullable=False),
+        sa.Column(
+            "training_started_at", service.store.models.UTCDateTime(timezone=True), nullable=True
+        ),
+        sa.Column("finished_at", service.store.models.UTCDateTime(timezone=True), nullable=True),
         sa.ForeignKeyConstraint(["user_id"], ["users.id"], name=op.f("fk_avatars_user_id_users")),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_avatars")),
         sa.UniqueConstraint("fal_request_id", name=op.f("uq_avatars_fal_request_id")),
@@ -70,14 +72,16 @@ def upgrade() -> None:
         sa.Column("reply_markup", sa.JSON(), nullable=True),
         sa.Column("state", sa.String(length=16), nullable=False),
         sa.Column("attempts", sa.Integer(), nullable=False),
-        sa.Column("next_attempt_at", service.models.UTCDateTime(timezone=True), nullable=False),
-        sa.Column("lease_until", service.models.UTCDateTime(timezone=True), nullable=True),
+        sa.Column(
+            "next_attempt_at", service.store.models.UTCDateTime(timezone=True), nullable=False
+        ),
+        sa.Column("lease_until", service.store.models.UTCDateTime(timezone=True), nullable=True),
         sa.Column("claimed_by", sa.String(length=64), nullable=True),
         sa.Column("last_error", sa.Text(), nullable=True),
         sa.Column("telegram_message_id", sa.BigInteger(), nullable=True),
-        sa.Column("created_at", service.models.UTCDateTime(timezone=True), nullable=False),
-        sa.Column("updated_at", service.models.UTCDateTime(timezone=True), nullable=False),
-        sa.Column("sent_at", service.models.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("created_at", service.store.models.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("updated_at", service.store.models.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("sent_at", service.store.models.UTCDateTime(timezone=True), nullable=True),
         sa.ForeignKeyConstraint(
             ["avatar_id"], ["avatars.id"], name=op.f("fk_notifications_avatar_id_avatars")
         ),
@@ -104,8 +108,8 @@ def upgrade() -> None:
         sa.Column("headers", sa.JSON(), nullable=False),
         sa.Column("body", sa.LargeBinary(), nullable=False),
         sa.Column("transition", sa.String(length=40), nullable=True),
-        sa.Column("received_at", service.models.UTCDateTime(timezone=True), nullable=False),
-        sa.Column("applied_at", service.models.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("received_at", service.store.models.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("applied_at", service.store.models.UTCDateTime(timezone=True), nullable=True),
         sa.ForeignKeyConstraint(
             ["avatar_id"], ["avatars.id"], name=op.f("fk_webhook_events_avatar_id_avatars")
         ),

@@ -11,14 +11,14 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from service import metrics
-from service.db import DatabaseUnavailable, run_transaction
-from service.edges import RequestRefused, client_address, error_response, in_networks, read_body
 from service.fal.keyset import KeySetUnavailable
 from service.fal.payload import PayloadError, parse_body, parse_event
 from service.fal.signature import SignatureError, has_signature_headers, parse_headers
-from service.ingest import Delivery, ingest
-from service.runtime import Runtime
+from service.jobs.ingest import Delivery, ingest
 from service.settings import MAX_BODY_BYTES
+from service.store.engine import DatabaseUnavailable, run_transaction
+from service.web.edges import RequestRefused, client_address, error_response, in_networks, read_body
+from service.web.runtime import Runtime
 
 log = structlog.get_logger("service.webhook")
 

@@ -11,8 +11,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from service import metrics
-from service.models import Notification, WebhookEvent, utcnow
-from service.runtime import Runtime
+from service.store.models import Notification, WebhookEvent, utcnow
+from service.web.runtime import Runtime
 
 VERSION = "0.1.0"
 HEALTH_TIMEOUT_SECONDS = 2.0

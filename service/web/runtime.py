@@ -10,9 +10,9 @@ from dataclasses import dataclass, field
 import httpx
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from service.db import create_engine, sessionmaker
 from service.fal.keyset import KeySet
 from service.settings import Settings
+from service.store.engine import create_engine, sessionmaker
 
 
 @dataclass

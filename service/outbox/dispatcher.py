@@ -24,13 +24,14 @@ import psycopg
 import structlog
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from service import metrics, outbox
-from service.db import DatabaseUnavailable, run_transaction, sqlite_path, sync_url
-from service.ingest_sql import OUTBOX_CHANNEL
-from service.models import utcnow
-from service.runtime import Runtime
+from service import metrics
+from service.jobs.ingest_sql import OUTBOX_CHANNEL
+from service.outbox import queue as outbox
+from service.outbox.telegram import SendResult, TelegramSender, Verdict, bot_for
 from service.settings import Settings
-from service.telegram import SendResult, TelegramSender, Verdict, bot_for
+from service.store.engine import DatabaseUnavailable, run_transaction, sqlite_path, sync_url
+from service.store.models import utcnow
+from service.web.runtime import Runtime
 
 log = structlog.get_logger("service.dispatcher")
 

@@ -15,10 +15,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from service import migrate, monitoring, openapi, training_data, webhooks
-from service.edges import HostCheck, error_response
-from service.runtime import Runtime
 from service.settings import Settings
+from service.store import migrate, training_data
+from service.web import downloads, monitoring, openapi, webhooks
+from service.web.edges import HostCheck, error_response
+from service.web.runtime import Runtime
 
 log = structlog.get_logger(__name__)
 
@@ -32,7 +33,7 @@ def create_app(settings: Settings, *, start_dispatcher: bool = True) -> Starlett
         app.state.runtime = runtime
         background = None
         if start_dispatcher:
-            from service.dispatcher import run_in_service
+            from service.outbox.dispatcher import run_in_service
 
             background = asyncio.create_task(run_in_service(runtime), name="dispatcher")
         try:
@@ -51,7 +52,7 @@ def create_app(settings: Settings, *, start_dispatcher: bool = True) -> Starlett
         Route("/api/v1/webhook/status", monitoring.webhook_status, methods=["GET"]),
         Route("/metrics", monitoring.prometheus, methods=["GET"]),
         Route("/api/v1/openapi.json", openapi.document, methods=["GET"]),
-        Route(training_data.PATH, training_data.serve, methods=["GET"]),
+        Route(training_data.PATH, downloads.serve, methods=["GET"]),
     ]
     middleware = [Middleware(HostCheck, allowed=settings.allowed_hosts)]
     if settings.cors_origins:

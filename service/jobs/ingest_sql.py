@@ -23,7 +23,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql, sqlite
 
-from service.models import Avatar, Notification, TrainingData, User, UTCDateTime, WebhookEvent
+from service.store.models import Avatar, Notification, TrainingData, User, UTCDateTime, WebhookEvent
 
 # Woken on commit; the dispatcher LISTENs on it (PostgreSQL only; SQLite polls).
 OUTBOX_CHANNEL = "outbox"

@@ -8,12 +8,12 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import create_engine, pool
 
-from service.db import sqlite_path, sync_url
+from service.store.engine import sqlite_path, sync_url
 
 
 def alembic_config(database_url: str) -> Config:
     config = Config()
-    config.set_main_option("script_location", "service:migrations")
+    config.set_main_option("script_location", "service.store:migrations")
     config.set_main_option(
         "sqlalchemy.url", sync_url(database_url).render_as_string(hide_password=False)
     )

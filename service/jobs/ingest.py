@@ -13,11 +13,11 @@ import structlog
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from service import ingest_sql as sql
-from service.fal.payload import Event, PayloadError, parse_body, parse_event
-from service.messages import render_outcome
-from service.models import Avatar, utcnow
-from service.states import AvatarStatus, Change, EventStatus, transition
+from service.fal.payload import Event, EventStatus, PayloadError, parse_body, parse_event
+from service.jobs import ingest_sql as sql
+from service.jobs.outcomes import render_outcome
+from service.jobs.states import AvatarStatus, Change, transition
+from service.store.models import Avatar, utcnow
 
 log = structlog.get_logger(__name__)
 

@@ -1,18 +1,18 @@
-"""Alembic environment: the URL comes from the caller, the tables from service.models."""
+"""Alembic environment: the URL comes from the caller, the tables from service.store.models."""
 
 from __future__ import annotations
 
 from alembic import context
 from sqlalchemy import create_engine, pool
 
-from service.models import Base
+from service.store.models import Base
 
 config = context.config
 
 
 def run() -> None:
     url = config.get_main_option("sqlalchemy.url")
-    assert url, "service.migrate sets sqlalchemy.url"
+    assert url, "service.store.migrate sets sqlalchemy.url"
     connectable = config.attributes.get("connection")
     if connectable is not None:
         _migrate(connectable)

@@ -17,8 +17,8 @@ from typing import Any
 from sqlalchemy import Select, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from service.models import Notification, utcnow
-from service.telegram import SendResult, Verdict
+from service.outbox.telegram import SendResult, Verdict
+from service.store.models import Notification, utcnow
 
 MAX_ATTEMPTS = 20
 MAX_AGE = dt.timedelta(hours=2)

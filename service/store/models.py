@@ -24,6 +24,8 @@ from sqlalchemy import (
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from service.store.dialect import dialect_named
+
 # Stable constraint names so migrations read the same on SQLite and PostgreSQL.
 NAMING = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -54,8 +56,9 @@ class UTCDateTime(TypeDecorator[dt.datetime]):
         if value.tzinfo is None:
             raise ValueError("naive datetime given to a UTC column")
         value = value.astimezone(dt.UTC)
-        # SQLite compares datetimes as text, so every stored value must share one format.
-        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+        if dialect_named(dialect.name).stores_naive_datetimes():
+            return value.replace(tzinfo=None)
+        return value
 
     def process_result_value(self, value: Any, dialect: Dialect) -> dt.datetime | None:
         if value is None:
@@ -159,7 +162,11 @@ class Notification(Base):
     avatar_id: Mapped[str | None] = mapped_column(ForeignKey("avatars.id"), index=True)
     chat_id: Mapped[int] = mapped_column(BigInteger)
     kind: Mapped[str] = mapped_column(String(16))
+    # What is sent: "text" (sendMessage), "photo" (sendPhoto) or "album" (sendMediaGroup).
+    message_type: Mapped[str] = mapped_column(String(16), default="text", server_default="text")
     text: Mapped[str] = mapped_column(Text)
+    # Photos and albums: [{"url": ..., "file_id": ..., "caption": ...}, ...]; None for a text.
+    media: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)
     reply_markup: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     # pending -> sending -> sent | uncertain | undeliverable | failed (see service/outbox.py).
     state: Mapped[str] = mapped_column(String(16), default="pending")

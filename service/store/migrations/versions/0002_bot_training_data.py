@@ -10,7 +10,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-import service.models
+import service.store.models
 
 revision = "0002"
 down_revision = "0001"
@@ -31,8 +31,8 @@ def upgrade() -> None:
         sa.Column("size", sa.Integer(), nullable=False),
         sa.Column("sha256", sa.String(length=64), nullable=False),
         sa.Column("photo_count", sa.Integer(), nullable=False),
-        sa.Column("created_at", service.models.UTCDateTime(timezone=True), nullable=False),
-        sa.Column("expires_at", service.models.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("created_at", service.store.models.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("expires_at", service.store.models.UTCDateTime(timezone=True), nullable=False),
         sa.ForeignKeyConstraint(
             ["avatar_id"],
             ["avatars.id"],

@@ -1,0 +1,1 @@
+"""FAL jobs: statuses and their transition tables, how an event applies, texts of outcomes."""

@@ -1,0 +1,1 @@
+"""The outbox: queued notifications, their claims and states, and the loop that sends them."""

@@ -1,0 +1,1 @@
+"""The shared database: engine, the one dialect seam, tables, migrations, users, training data."""

@@ -1,0 +1,70 @@
+"""Engines, sessions and transactions that retry contention and report an outage as one error."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import TypeVar
+
+from sqlalchemy.engine import URL
+from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from service.store.dialect import dialect_for, is_retryable
+
+T = TypeVar("T")
+
+
+class DatabaseUnavailable(Exception):
+    """The database cannot be reached or keeps refusing; callers answer 503."""
+
+
+def sync_url(database_url: str) -> URL:
+    """The same database through a blocking driver, for Alembic and the CLI's checks."""
+    return dialect_for(database_url).sync_url(database_url)
+
+
+def sqlite_path(database_url: str) -> Path | None:
+    """The database file of an embedded database; None for a server."""
+    return dialect_for(database_url).file_path(database_url)
+
+
+def create_engine(database_url: str, *, pool_size: int = 10) -> AsyncEngine:
+    return dialect_for(database_url).create_engine(database_url, pool_size=pool_size)
+
+
+def sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
+    return async_sessionmaker(engine, expire_on_commit=False)
+
+
+def is_unavailable(exc: BaseException) -> bool:
+    """The database is down or unreachable, as opposed to refusing this particular statement."""
+    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+        return True
+    if isinstance(exc, OperationalError) and not is_retryable(exc):
+        return True
+    return isinstance(exc, OSError | TimeoutError)
+
+
+async def run_transaction(
+    sessions: async_sessionmaker[AsyncSession],
+    work: Callable[[AsyncSession], Awaitable[T]],
+    *,
+    attempts: int = 8,
+) -> T:
+    """Run `work` in one transaction, again on lock contention; DatabaseUnavailable when down."""
+    for attempt in range(1, attempts + 1):
+        try:
+            async with sessions() as session, session.begin():
+                return await work(session)
+        except Exception as exc:
+            if is_retryable(exc) and attempt < attempts:
+                # Jitter spreads the retries of colliding workers apart.
+                await asyncio.sleep(min(0.5, 0.01 * 2**attempt) * random.uniform(0.5, 1.5))
+                continue
+            if is_retryable(exc) or is_unavailable(exc):
+                raise DatabaseUnavailable(str(exc).splitlines()[0]) from exc
+            raise
+    raise AssertionError("unreachable")

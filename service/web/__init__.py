@@ -1,0 +1,1 @@
+"""The webhook process: app factory, edges, the endpoint, downloads, monitoring, gunicorn."""
