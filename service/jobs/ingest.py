@@ -17,6 +17,7 @@ from service.fal.payload import Event, EventStatus, PayloadError, parse_body, pa
 from service.jobs import ingest_sql as sql
 from service.jobs.outcomes import render_outcome
 from service.jobs.states import AvatarStatus, Change, transition
+from service.outbox.messages import Message, row_values
 from service.store.models import Avatar, utcnow
 
 log = structlog.get_logger(__name__)
@@ -209,21 +210,14 @@ def _notification_row(target: Target, change: Change, now: dt.datetime) -> dict[
         if terminal
         else None
     )
-    return {
-        "terminal": terminal,
-        # One message per avatar outcome: terminal states are final, so one per avatar.
-        "n_dedupe_key": f"avatar:{target.id}:outcome",
-        "n_avatar_id": target.id,
-        "n_chat_id": target.telegram_id,
-        "n_kind": kind,
-        "n_text": rendered.text if rendered else "",
-        "n_reply_markup": rendered.reply_markup if rendered else None,
-        "n_state": "pending",
-        "n_attempts": 0,
-        "n_next_attempt_at": now,
-        "n_created_at": now,
-        "n_updated_at": now,
-    }
+    message = Message(
+        chat_id=target.telegram_id,
+        text=rendered.text if rendered else "",
+        reply_markup=rendered.reply_markup if rendered else None,
+    )
+    # One message per avatar outcome: terminal states are final, so one per avatar.
+    values = row_values(f"avatar:{target.id}:outcome", kind, message, avatar_id=target.id, now=now)
+    return {"terminal": terminal, **{f"n_{name}": value for name, value in values.items()}}
 
 
 def _moved(target: Target, event: Event, change: Change) -> None:

@@ -23,10 +23,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql, sqlite
 
+from service.outbox.messages import OUTBOX_CHANNEL
 from service.store.models import Avatar, Notification, TrainingData, User, UTCDateTime, WebhookEvent
-
-# Woken on commit; the dispatcher LISTENs on it (PostgreSQL only; SQLite polls).
-OUTBOX_CHANNEL = "outbox"
 
 avatars = cast(Table, Avatar.__table__)
 users = cast(Table, User.__table__)
@@ -39,8 +37,8 @@ EVENT_COLUMNS = (
     "query", "headers", "body", "transition", "received_at", "applied_at",
 )  # fmt: skip
 NOTIFICATION_COLUMNS = (
-    "dedupe_key", "avatar_id", "chat_id", "kind", "text", "reply_markup", "state",
-    "attempts", "next_attempt_at", "created_at", "updated_at",
+    "dedupe_key", "avatar_id", "chat_id", "kind", "message_type", "text", "media",
+    "reply_markup", "state", "attempts", "next_attempt_at", "created_at", "updated_at",
 )  # fmt: skip
 
 _TARGET = (

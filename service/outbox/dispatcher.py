@@ -25,8 +25,8 @@ import structlog
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from service import metrics
-from service.jobs.ingest_sql import OUTBOX_CHANNEL
 from service.outbox import queue as outbox
+from service.outbox.messages import OUTBOX_CHANNEL
 from service.outbox.telegram import SendResult, TelegramSender, Verdict, bot_for
 from service.settings import Settings
 from service.store.engine import DatabaseUnavailable, run_transaction, sqlite_path, sync_url

@@ -1,0 +1,53 @@
+"""What a notification sends (a text, a photo, an album of photos), as its outbox row holds it."""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+from dataclasses import dataclass, field
+from typing import Any
+
+# Woken on commit; the elected dispatcher LISTENs on it where the database can wake listeners.
+OUTBOX_CHANNEL = "outbox"
+
+
+class MessageType(enum.StrEnum):
+    TEXT = "text"  # sendMessage
+    PHOTO = "photo"  # sendPhoto, `text` as its caption
+    ALBUM = "album"  # sendMediaGroup: one outbox row, so a crash cannot send half of it twice
+
+
+@dataclass(frozen=True)
+class Message:
+    """One outgoing Telegram message, rendered when its outcome is decided."""
+
+    chat_id: int
+    text: str
+    reply_markup: dict[str, Any] | None = None
+    message_type: MessageType = MessageType.TEXT
+    # Photos and albums: {"url": ..., "file_id": ..., "caption": ...} per photo.
+    media: tuple[dict[str, Any], ...] = field(default_factory=tuple)
+
+
+def row_values(
+    dedupe_key: str, kind: str, message: Message, *, avatar_id: str | None, now: dt.datetime
+) -> dict[str, Any]:
+    """The outbox row's columns for `message`; one row per `dedupe_key`, ever.
+
+    `kind` names the outcome (for example `completed`), for operators and metrics.
+    """
+    return {
+        "dedupe_key": dedupe_key,
+        "avatar_id": avatar_id,
+        "chat_id": message.chat_id,
+        "kind": kind,
+        "message_type": message.message_type.value,
+        "text": message.text,
+        "media": list(message.media) or None,
+        "reply_markup": message.reply_markup,
+        "state": "pending",
+        "attempts": 0,
+        "next_attempt_at": now,
+        "created_at": now,
+        "updated_at": now,
+    }
