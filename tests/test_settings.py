@@ -329,3 +329,20 @@ def test_check_reads_a_dotenv_in_the_working_directory(tmp_path: Path) -> None:
     )
     assert result.returncode == 2, result.stderr
     assert "WEB_CONCURRENCY" in result.stderr
+
+
+def test_every_setting_read_is_documented_in_the_readme_and_env_example() -> None:
+    asked: set[str] = set()
+
+    class Recording(dict[str, str]):
+        def get(self, key: str, default: object = None) -> object:  # type: ignore[override]
+            asked.add(key)
+            return super().get(key, default)
+
+    Settings.from_mapping(Recording())
+    root = Path(__file__).resolve().parents[1]
+    readme = (root / "README.md").read_text(encoding="utf-8")
+    example = (root / ".env.example").read_text(encoding="utf-8")
+    assert "OUTBOX_LEASE_SECONDS" in asked
+    assert sorted(n for n in asked if f"`{n}`" not in readme) == []
+    assert sorted(n for n in asked if f"{n}=" not in example) == []

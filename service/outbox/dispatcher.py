@@ -242,16 +242,35 @@ async def _lead(
     make_sender: Callable[[], Sender] | None,
 ) -> None:
     sender = make_sender() if make_sender else sender_for(settings)
+    try:
+        await _start(sender)
+        await _drain_while_leading(settings, sessions, sender, wakeup, lost)
+    finally:
+        # Also when cancelled while Telegram is still down: its HTTP connections are closed.
+        with contextlib.suppress(Exception):
+            await sender.stop()
+
+
+async def _start(sender: Sender) -> None:
     delay = 1.0
     while True:
         try:
             await sender.start()
-            break
+            return
         except Exception as exc:
             # Telegram (or the configured Bot API server) is down: keep the rows, try later.
             log.warning("telegram_start_failed", error=str(exc), retry_in=delay)
             await asyncio.sleep(delay)
             delay = min(60.0, delay * 2)
+
+
+async def _drain_while_leading(
+    settings: Settings,
+    sessions: async_sessionmaker[AsyncSession],
+    sender: Sender,
+    wakeup: asyncio.Event,
+    lost: Awaitable[None],
+) -> None:
     dispatcher = Dispatcher(settings, sessions, sender, wakeup)
     drain = asyncio.create_task(dispatcher.run())
     leadership_lost = asyncio.ensure_future(lost)
@@ -264,5 +283,3 @@ async def _lead(
         (outcome,) = await asyncio.gather(drain, return_exceptions=True)
         if isinstance(outcome, Exception):
             log.error("dispatcher_crashed", error=repr(outcome))
-        with contextlib.suppress(Exception):
-            await sender.stop()
