@@ -55,7 +55,7 @@ def _parser() -> argparse.ArgumentParser:
     target = retry.add_mutually_exclusive_group(required=True)
     target.add_argument("id", nargs="?", type=int)
     target.add_argument(
-        "--failed", action="store_true", help=f"every notification in {NotificationState.FAILED!r}"
+        "--failed", action="store_true", help=f"every notification in '{NotificationState.FAILED}'"
     )
     return parser
 

@@ -21,7 +21,8 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from service.outbox import queue
-from service.outbox.dispatcher import LEADER_LOCK_KEY, run_elected
+from service.outbox.dispatcher import run_elected
+from service.outbox.leadership import LEADER_LOCK_KEY
 from service.outbox.messages import Message, MessageType
 from service.outbox.sender import Sender
 from service.outbox.states import NotificationState
@@ -368,9 +369,11 @@ def test_pacing_holds_the_global_rate_and_one_message_a_second_per_chat(
     run_one(api, sqlite_url, messages, body, telegram_rate_per_second=25.0)
     times = sorted(c.at for c in api.calls_to("sendMessage") if c.ok)
     assert len(times) == 102
-    # No one-second window holds more than the configured rate (plus the edge slot).
+    # No one-second window holds more than the configured rate, plus the slot at its edge and
+    # one send woken late (the Bot API server shares this process and a busy machine's cores):
+    # unpaced, all 102 would arrive within a fraction of a second.
     busiest = max(sum(1 for t in times if start <= t < start + 1.0) for start in times)
-    assert busiest <= 26, busiest
+    assert busiest <= 27, busiest
     assert times[-1] - times[0] >= 101 / 25 - 0.1
     twice = [c.at for c in api.calls_to("sendMessage") if c.ok and c.params["chat_id"] == 9]
     assert len(twice) == 2 and twice[1] - twice[0] >= 0.99
