@@ -15,6 +15,7 @@ from service.store.engine import create_engine, run_transaction, sessionmaker
 from service.store.models import Avatar, Notification, WebhookEvent
 from service.store.users import ensure_user
 from tests.support.db import run
+from tests.support.trainings import training_job
 from tests.support.webhooks import fal_error, fal_ok, legacy
 
 
@@ -30,15 +31,12 @@ def make_avatar(database_url: str, request_id: str | None, name: str = "Ann") ->
     async def work(session: Any) -> str:
         user = await ensure_user(session, 4242, language_code="ru")
         avatar = Avatar(
-            user_id=user.id,
-            name=name,
-            training_type="portrait",
-            status="training",
-            progress=0,
-            fal_request_id=request_id,
+            user_id=user.id, name=name, training_type="portrait", status="training", progress=0
         )
         session.add(avatar)
         await session.flush()
+        if request_id is not None:
+            session.add(training_job(request_id, user.id, avatar.id))
         return avatar.id
 
     return run(database_url, work)

@@ -25,6 +25,7 @@ from service.store.users import ensure_user
 from tests.fakes.fal_queue import PORTRAIT, FalQueueServer
 from tests.support.files import FileServer
 from tests.support.images import png
+from tests.support.trainings import training_job
 
 KEY = "fal-key-id:fal-key-secret"
 POLICY = Policy(interval=1, expected=60, hard_limit=3600, stale_claim=120, data_retention=86400)
@@ -93,14 +94,12 @@ class World:
                     status="training",
                     progress=0,
                     started_by="bot",
-                    fal_request_id=submission.request_id,
-                    fal_status_url=submission.status_url,
-                    fal_response_url=submission.response_url,
-                    fal_cancel_url=submission.cancel_url,
                     training_started_at=utcnow() - dt.timedelta(seconds=age_seconds),
                 )
                 session.add(avatar)
                 await session.flush()
+                job = training_job(submission.request_id, user.id, avatar.id, urls_from=submission)
+                session.add(job)
                 return avatar.id
 
             return await svc.transaction(store), submission.request_id
@@ -153,7 +152,7 @@ def test_a_finished_training_whose_callback_was_lost_is_applied_once(world: Worl
     assert world.notifications(avatar_id) == ["completed"]
     (event,) = world.events(rid)
     assert event.signed is False and event.outcome == "received"
-    assert event.headers == {"x-aibots-source": "reconciler"}
+    assert event.source == "reconciler" and event.headers == {}
     assert parse_body(event.body)["payload"]["diffusers_lora_file"]["url"] == avatar.lora_url
     # Done now: the next pass does not even ask.
     asked = status_calls(world.fal)

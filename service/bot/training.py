@@ -7,8 +7,8 @@ The order keeps every crash recoverable and every network call outside a transac
    token (a transaction of its own);
 3. the training is submitted to FAL, with the avatar id in the webhook URL so that a callback
    racing step 4 still finds the avatar;
-4. one transaction stores the request id and FAL's URLs, and applies any callback that came
-   first (`register_training`).
+4. one transaction registers the FAL job (request id, app, URLs) and applies any callback
+   that came first (`service.jobs.ingest.register`).
 A failure in 2 or 3 puts the avatar back to `draft`, from which the person can retry; the zip,
 if made, is kept for that retry.
 """
@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import structlog
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, exists, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from telegram import Bot
@@ -32,10 +32,11 @@ from service.bot.photos import Draft, make_zip
 from service.bot.services import Services
 from service.bot.texts import Lang, t
 from service.fal.queue import FalAuthError, FalError, FalRejected, Submission
-from service.jobs.ingest import register_training
+from service.jobs import registry
+from service.jobs.ingest import register
 from service.jobs.states import AvatarStatus
 from service.store import training_data
-from service.store.models import Avatar, TrainingData, User, new_id, utcnow
+from service.store.models import Avatar, FalJob, TrainingData, User, new_id, utcnow
 from service.store.users import ensure_user
 
 log = structlog.get_logger("service.bot.training")
@@ -194,7 +195,8 @@ async def discard(svc: Services, telegram_id: int, avatar_id: str) -> str:
 
     async def work(session: AsyncSession) -> str:
         avatar = await own_avatar(session, telegram_id, avatar_id)
-        if avatar.status != AvatarStatus.DRAFT.value or avatar.fal_request_id is not None:
+        submitted = await registry.training_of(session, avatar.id)
+        if avatar.status != AvatarStatus.DRAFT.value or submitted is not None:
             raise NotDraft(avatar.name, avatar.status)
         await session.execute(delete(TrainingData).where(TrainingData.avatar_id == avatar.id))
         await session.delete(avatar)
@@ -275,7 +277,7 @@ async def _back_to_draft(session: AsyncSession, avatar_id: str, error: str) -> N
         .where(
             Avatar.id == avatar_id,
             Avatar.status == AvatarStatus.TRAINING.value,
-            Avatar.fal_request_id.is_(None),
+            ~exists().where(FalJob.avatar_id == Avatar.id),
         )
         .values(status=AvatarStatus.DRAFT.value, error_message=error[:2000], updated_at=utcnow())
     )
@@ -285,24 +287,36 @@ async def _record(session: AsyncSession, avatar_id: str, submission: Submission)
     avatar = (
         await session.execute(select(Avatar).where(Avatar.id == avatar_id).with_for_update())
     ).scalar_one()
-    if avatar.fal_request_id is None:
-        avatar.fal_request_id = submission.request_id
-    elif avatar.fal_request_id != submission.request_id:
+    if avatar.training_started_at is None:
+        avatar.training_started_at = utcnow()
+    job = await registry.training_of(session, avatar_id)
+    known = job is not None
+    if job is None:
+        job = FalJob(
+            request_id=submission.request_id,
+            kind=registry.JobKind.TRAINING.value,
+            user_id=avatar.user_id,
+            avatar_id=avatar.id,
+            submitted_at=avatar.training_started_at,
+        )
+    elif job.request_id != submission.request_id:
         log.warning(
             "training_request_mismatch",
             avatar_id=avatar_id,
-            stored=avatar.fal_request_id,
+            stored=job.request_id,
             submitted=submission.request_id,
         )
         return avatar.status
-    avatar.fal_status_url = submission.status_url
-    avatar.fal_response_url = submission.response_url
-    avatar.fal_cancel_url = submission.cancel_url
-    if avatar.training_started_at is None:
-        avatar.training_started_at = utcnow()
+    # A callback that raced this may have registered the job from its hint, without the URLs.
+    job.app = TRAINERS[avatar.training_type]
+    job.status_url = submission.status_url
+    job.response_url = submission.response_url
+    job.cancel_url = submission.cancel_url
+    if not known:
+        # A callback that arrived before this commit and found no avatar is applied now.
+        await register(session, job)
     await session.flush()
-    # A callback that arrived before this commit and found no avatar is applied now.
-    await register_training(session, avatar)
+    await session.refresh(avatar)
     return avatar.status
 
 
