@@ -170,6 +170,7 @@ def test_renewing_gives_a_new_token_and_retires_the_old_one(server: GunicornServ
         avatar_id = (
             await session.execute(select(FalJob.avatar_id).where(FalJob.request_id == rid))
         ).scalar_one()
+        assert avatar_id is not None
         renewed = await training_data.renew(session, avatar_id, 3600)
         assert renewed is not None
         return renewed.token
