@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.fal.payload import Event, EventStatus, PayloadError, parse_body, parse_event
 from service.jobs import training
-from service.jobs.registry import Source
+from service.jobs.registry import Handler, JobKind, Plan, Source, Subject
 from service.store.dialect import Step, StepContext, dialect_of
 from service.store.models import FalJob, UTCDateTime, WebhookEvent, utcnow
 
@@ -103,19 +103,24 @@ def _rematch(ctx: StepContext) -> Any:
 
 RECORD, REMATCH = Step("recorded", _record), Step("rematched", _rematch)
 
+# Each kind of job and its handler; an event goes to the kind whose registry row it matches.
+HANDLERS: dict[JobKind, Handler[Any]] = {JobKind.TRAINING: training.HANDLER}
+
 
 async def ingest(session: AsyncSession, delivery: Delivery) -> Result:
     """Record the event and apply it to its job; call inside a transaction, answer after it."""
     event = delivery.event
     dialect = dialect_of(session)
-    target = await _match(session, event)
+    found = await _match(session, event)
     now = utcnow()
-    if target is None:
-        plan = training.Plan(None, None, (), {})
+    target: Subject | None = None
+    if found is None:
+        plan = Plan()
         outcome = Outcome.UNMATCHED
     else:
-        plan = training.plan(target, event, now)
-        outcome = Outcome.RECEIVED if plan.change or _is_news(event) else Outcome.IGNORED
+        handler, target = found
+        plan = handler.plan(target, event, now)
+        outcome = Outcome.RECEIVED if plan.transition or _is_news(event) else Outcome.IGNORED
     record = {
         "dedupe_key": delivery.dedupe_key,
         "request_id": event.request_id,
@@ -149,16 +154,31 @@ def _is_news(event: Event) -> bool:
     return event.status is EventStatus.RESULT_PENDING
 
 
-async def _match(session: AsyncSession, event: Event) -> training.Target | None:
-    """The job's subject: by the registry's request id, else by the event's avatar hint."""
-    target = await training.by_request(session, event.request_id)
-    if target is None:
+async def _match(session: AsyncSession, event: Event) -> tuple[Handler[Any], Subject] | None:
+    """The job's kind and subject: by the registry's request id, else by the event's hint."""
+    found = await _by_request(session, event.request_id)
+    if found is None:
         await _lock_request_id(session, event.request_id)
         # Again under the lock: a registration may have committed since the first look.
-        target = await training.by_request(session, event.request_id)
-    if target is None:
-        target = await training.by_hint(session, event)
-    return target
+        found = await _by_request(session, event.request_id)
+    if found is None:
+        for handler in HANDLERS.values():
+            subject = await handler.by_hint(session, event)
+            if subject is not None:
+                return handler, subject
+    return found
+
+
+async def _by_request(
+    session: AsyncSession, request_id: str
+) -> tuple[Handler[Any], Subject] | None:
+    # One query per kind (one, today), each joining the registry to its own subject's table,
+    # so that the matched path stays a single look-up.
+    for handler in HANDLERS.values():
+        subject = await handler.by_request(session, request_id)
+        if subject is not None:
+            return handler, subject
+    return None
 
 
 async def _lock_request_id(session: AsyncSession, request_id: str) -> None:
@@ -184,6 +204,7 @@ async def register(session: AsyncSession, job: FalJob) -> list[Result]:
         .order_by(events.c.id)
     )
     dialect = dialect_of(session)
+    handler = HANDLERS[JobKind(job.kind)]
     results = []
     for event_id, body, query in waiting.all():
         try:
@@ -193,10 +214,10 @@ async def register(session: AsyncSession, job: FalJob) -> list[Result]:
             log.exception("stored_event_unparseable", event_id=event_id)
             continue
         # Read again for each event: the one before may have moved it on.
-        target = await training.by_request(session, job.request_id)
+        target = await handler.by_request(session, job.request_id)
         assert target is not None, "the job was registered above"
-        plan = training.plan(target, event, utcnow())
-        outcome = Outcome.RECEIVED if plan.change else Outcome.IGNORED
+        plan = handler.plan(target, event, utcnow())
+        outcome = Outcome.RECEIVED if plan.transition else Outcome.IGNORED
         rematch = {
             "id": event_id,
             "avatar_id": target.id,

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import enum
+from dataclasses import dataclass, field
+from typing import Any, Protocol, TypeVar
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from service.fal.payload import Event
+from service.store.dialect import Chain
 from service.store.models import FalJob
 
 
@@ -23,6 +28,41 @@ class Source(enum.StrEnum):
     # The bot asked FAL (the reconciler, the refresh and cancel buttons).
     RECONCILER = "reconciler"
     OPERATOR = "operator"
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What an event does to its job's subject: the transition, and the writes that make it.
+
+    `params` holds each step's values under the step's name.
+    """
+
+    transition: str | None = None
+    steps: Chain = ()
+    params: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+class Subject(Protocol):
+    """What a job is about (an avatar for a training), as its kind's handler found it."""
+
+    @property
+    def id(self) -> str: ...
+
+
+S = TypeVar("S", bound=Subject)
+
+
+class Handler(Protocol[S]):
+    """One kind of job: how an event finds its subject, and what it does to it."""
+
+    async def by_request(self, session: AsyncSession, request_id: str) -> S | None:
+        """The subject of the registered job `request_id`, locked until commit."""
+
+    async def by_hint(self, session: AsyncSession, event: Event) -> S | None:
+        """The subject the event names itself (an `?avatar_id=`), for a job not registered."""
+
+    def plan(self, subject: S, event: Event, now: dt.datetime) -> Plan:
+        """The event's effect on the subject, through the kind's transition table."""
 
 
 async def by_request(session: AsyncSession, request_id: str) -> FalJob | None:

@@ -12,10 +12,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.fal.payload import Event
 from service.jobs.outcomes import render_outcome
-from service.jobs.registry import JobKind
+from service.jobs.registry import JobKind, Plan
 from service.jobs.states import AvatarStatus, Change, transition
 from service.outbox.messages import OUTBOX_CHANNEL, Message, row_values
-from service.store.dialect import Chain, Step, StepContext
+from service.store.dialect import Step, StepContext
 from service.store.models import Avatar, FalJob, Notification, TrainingData, User, UTCDateTime
 
 log = structlog.get_logger("service.jobs.ingest")
@@ -43,16 +43,6 @@ class Target:
     request_id: str | None
     telegram_id: int
     language_code: str | None
-
-
-@dataclass(frozen=True)
-class Plan:
-    """What an event does to its target: the transition, and the writes with their values."""
-
-    change: Change | None
-    transition: str | None
-    steps: Chain
-    params: dict[str, dict[str, Any]]
 
 
 _COLUMNS = (
@@ -97,12 +87,24 @@ async def _find(session: AsyncSession, query: Any, key: str) -> Target | None:
     return Target(**{**row, "status": AvatarStatus(row["status"])})
 
 
-async def by_request(session: AsyncSession, request_id: str) -> Target | None:
-    """The avatar whose registered training is `request_id`."""
-    return await _find(session, BY_REQUEST, request_id)
+class Trainings:
+    """The handler of the kind `training` (service.jobs.registry.Handler)."""
+
+    async def by_request(self, session: AsyncSession, request_id: str) -> Target | None:
+        """The avatar whose registered training is `request_id`."""
+        return await _find(session, BY_REQUEST, request_id)
+
+    async def by_hint(self, session: AsyncSession, event: Event) -> Target | None:
+        return await _by_hint(session, event)
+
+    def plan(self, subject: Target, event: Event, now: dt.datetime) -> Plan:
+        return _plan(subject, event, now)
 
 
-async def by_hint(session: AsyncSession, event: Event) -> Target | None:
+HANDLER = Trainings()
+
+
+async def _by_hint(session: AsyncSession, event: Event) -> Target | None:
     """The avatar named by the event's `?avatar_id=` or comment, if it has no other training."""
     if event.avatar_id is None:
         return None
@@ -184,11 +186,11 @@ REGISTER, CHANGE = Step("registered", _register), Step("changed", _change)
 UNZIP, ENQUEUE = Step("unzipped", _unzip), Step(ENQUEUED, _enqueue)
 
 
-def plan(target: Target, event: Event, now: dt.datetime) -> Plan:
+def _plan(target: Target, event: Event, now: dt.datetime) -> Plan:
     """The writes that apply `event` to `target`, through the training's transition table."""
     change = transition(target.status, target.progress, event.status, event.progress)
     if change is None:
-        return Plan(None, None, (), {})
+        return Plan()
     described = f"{target.status.value}->{change.status.value}:{change.progress}"
     steps: list[Step] = []
     params: dict[str, dict[str, Any]] = {}
@@ -217,7 +219,7 @@ def plan(target: Target, event: Event, now: dt.datetime) -> Plan:
         steps += [UNZIP, ENQUEUE]
         params[UNZIP.name] = {"avatar_id": target.id}
         params[ENQUEUE.name] = _notification(target, change, now)
-    return Plan(change, described, tuple(steps), params)
+    return Plan(described, tuple(steps), params)
 
 
 def _notification(target: Target, change: Change, now: dt.datetime) -> dict[str, Any]:
