@@ -15,28 +15,26 @@ if made, is kept for that retry.
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import structlog
-from sqlalchemy import delete, exists, select, update
+from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from telegram import Bot
 from telegram import User as TelegramUser
-from telegram.error import TelegramError
 
-from service.bot import keyboards
-from service.bot.photos import Draft, make_zip
+from service.bot import keyboards, submit
+from service.bot.photos import Draft
 from service.bot.services import Services
+from service.bot.submit import PhotosUnavailable
 from service.bot.texts import Lang, t
-from service.fal.queue import FalAuthError, FalError, FalRejected, Submission
+from service.fal.queue import FalAuthError, FalError, FalRejected
 from service.jobs import registry
-from service.jobs.ingest import register
 from service.jobs.states import AvatarStatus
 from service.store import training_data
-from service.store.models import Avatar, FalJob, TrainingData, User, new_id, utcnow
+from service.store.models import Avatar, TrainingData, User, new_id
 from service.store.users import ensure_user
 
 log = structlog.get_logger("service.bot.training")
@@ -47,7 +45,6 @@ TRAINERS = {
 }
 # What the person is told to expect; FAL's trainers at their default steps.
 EXPECTED_MINUTES = {"portrait": 30, "style": 15}
-DOWNLOAD_CONCURRENCY = 4
 
 
 class AlreadyTraining(Exception):
@@ -69,10 +66,6 @@ class NotDraft(Exception):
         super().__init__(status)
         self.name = name
         self.status = status
-
-
-class PhotosUnavailable(Exception):
-    """Telegram would not give the photos back."""
 
 
 @dataclass(frozen=True)
@@ -212,7 +205,7 @@ async def launch(svc: Services, bot: Bot, avatar: AvatarRef) -> str:
     """
     settings = svc.settings
     try:
-        token = await _training_data(svc, bot, avatar.id)
+        token = await submit.training_data_token(svc, bot, avatar.id)
         submission = await svc.fal.submit(
             TRAINERS[avatar.training_type],
             fal_arguments(
@@ -225,99 +218,11 @@ async def launch(svc: Services, bot: Bot, avatar: AvatarRef) -> str:
     except (FalError, PhotosUnavailable) as exc:
         error = str(exc)
         log.warning("training_not_submitted", avatar_id=avatar.id, error=error)
-        await svc.transaction(lambda s: _back_to_draft(s, avatar.id, error))
+        await svc.transaction(lambda s: submit.back_to_draft(s, avatar.id, error))
         raise
     log.info("training_submitted", avatar_id=avatar.id, request_id=submission.request_id)
-    return await svc.transaction(lambda s: _record(s, avatar.id, submission))
-
-
-async def _training_data(svc: Services, bot: Bot, avatar_id: str) -> str:
-    """The token of the avatar's zip: the stored one renewed, or a new one from Telegram."""
-    ttl = svc.settings.training_data_ttl_seconds
-    renewed = await svc.transaction(lambda s: training_data.renew(s, avatar_id, ttl))
-    if renewed is not None:
-        return renewed.token
-    photos = await svc.transaction(lambda s: _photos_of(s, avatar_id))
-    images = await download(bot, [photo["file_id"] for photo in photos])
-    content = make_zip(images)
-    stored = await svc.transaction(
-        lambda s: training_data.store(s, avatar_id, content, len(images), ttl)
-    )
-    return stored.token
-
-
-async def _photos_of(session: AsyncSession, avatar_id: str) -> list[dict[str, str]]:
-    photos = (
-        await session.execute(select(Avatar.photos).where(Avatar.id == avatar_id))
-    ).scalar_one()
-    if not photos:
-        raise PhotosUnavailable("the avatar has no photos on record")
-    return list(photos)
-
-
-async def download(bot: Bot, file_ids: list[str]) -> list[bytes]:
-    """The files' bytes from Telegram, in order, a few at a time."""
-    gate = asyncio.Semaphore(DOWNLOAD_CONCURRENCY)
-
-    async def one(file_id: str) -> bytes:
-        async with gate:
-            telegram_file = await bot.get_file(file_id)
-            return bytes(await telegram_file.download_as_bytearray())
-
-    try:
-        return list(await asyncio.gather(*(one(file_id) for file_id in file_ids)))
-    except TelegramError as exc:
-        raise PhotosUnavailable(f"Telegram: {exc}") from exc
-
-
-async def _back_to_draft(session: AsyncSession, avatar_id: str, error: str) -> None:
-    # Only if FAL never answered with a request id: a callback may have matched it meanwhile.
-    await session.execute(
-        update(Avatar)
-        .where(
-            Avatar.id == avatar_id,
-            Avatar.status == AvatarStatus.TRAINING.value,
-            ~exists().where(FalJob.avatar_id == Avatar.id),
-        )
-        .values(status=AvatarStatus.DRAFT.value, error_message=error[:2000], updated_at=utcnow())
-    )
-
-
-async def _record(session: AsyncSession, avatar_id: str, submission: Submission) -> str:
-    avatar = (
-        await session.execute(select(Avatar).where(Avatar.id == avatar_id).with_for_update())
-    ).scalar_one()
-    if avatar.training_started_at is None:
-        avatar.training_started_at = utcnow()
-    job = await registry.training_of(session, avatar_id)
-    known = job is not None
-    if job is None:
-        job = FalJob(
-            request_id=submission.request_id,
-            kind=registry.JobKind.TRAINING.value,
-            user_id=avatar.user_id,
-            avatar_id=avatar.id,
-            submitted_at=avatar.training_started_at,
-        )
-    elif job.request_id != submission.request_id:
-        log.warning(
-            "training_request_mismatch",
-            avatar_id=avatar_id,
-            stored=job.request_id,
-            submitted=submission.request_id,
-        )
-        return avatar.status
-    # A callback that raced this may have registered the job from its hint, without the URLs.
-    job.app = TRAINERS[avatar.training_type]
-    job.status_url = submission.status_url
-    job.response_url = submission.response_url
-    job.cancel_url = submission.cancel_url
-    if not known:
-        # A callback that arrived before this commit and found no avatar is applied now.
-        await register(session, job)
-    await session.flush()
-    await session.refresh(avatar)
-    return avatar.status
+    app = TRAINERS[avatar.training_type]
+    return await svc.transaction(lambda s: submit.record(s, avatar.id, submission, app))
 
 
 def failure_reason(lang: Lang, exc: Exception) -> str:
