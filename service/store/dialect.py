@@ -2,8 +2,10 @@
 
 Everything else asks the `Dialect` chosen once for a database URL (`dialect_for`) or found for
 a session (`dialect_of`) what it can do: whether claims can skip locked rows, whether a commit
-can wake a listener, how one process is elected leader. Nothing outside this module compares
-driver names or URL prefixes.
+can wake a listener, how one process is elected leader, how a chain of writes (the webhook's
+event, its job's change, its outbox row) reaches the server: as one statement of
+data-modifying CTEs on PostgreSQL, statement by statement on SQLite. Nothing outside this
+module compares driver names or URL prefixes.
 """
 
 from __future__ import annotations
