@@ -12,8 +12,9 @@ import sqlalchemy as sa
 from alembic import command
 from alembic.util.exc import CommandError
 
-from service.fal.payload import parse_body, parse_event
+from service.fal.payload import Event, EventStatus, parse_body, parse_event
 from service.jobs.ingest import Delivery, Outcome, ingest
+from service.jobs.registry import Source
 from service.operator import attach, show
 from service.store import migrate
 from service.store.engine import sync_url
@@ -280,10 +281,26 @@ def test_downgrade_to_0003_puts_every_request_id_back(engine: sa.Engine, databas
     before = snapshot(engine)
     config = migrate.alembic_config(database_url)
     command.upgrade(config, "0004")
+    # An event the reconciler learnt after the upgrade: its source is a column, not a header.
+    learnt = Event("rid-2", EventStatus.IN_PROGRESS, progress=50)
+    delivery = Delivery.learnt(learnt, Source.RECONCILER, {"status": "IN_PROGRESS"})
+    assert run(database_url, lambda s: ingest(s, delivery)).outcome is Outcome.RECEIVED
     started = time.perf_counter()
     command.downgrade(config, "0003")
     print(f"\n0004 downgrade on {engine.dialect.name}: {time.perf_counter() - started:.2f} s")
-    assert snapshot(engine) == before
+    after = snapshot(engine)
+    (added,) = [e for k, e in after["webhook_events"].items() if k not in before["webhook_events"]]
+    assert added["headers"] == {"x-aibots-source": "reconciler"}
+    for key, event in before["webhook_events"].items():
+        assert after["webhook_events"][key] == event
+    assert after["avatars"][("av000002",)]["fal_request_id"] == "rid-2"
+    for name in ("users", "notifications", "training_data"):
+        assert after[name] == before[name], name
+    for key, avatar in before["avatars"].items():
+        changed = ("progress", "updated_at") if key == ("av000002",) else ()
+        assert {k: v for k, v in after["avatars"][key].items() if k not in changed} == {
+            k: v for k, v in avatar.items() if k not in changed
+        }
     assert migrate.current_revision(database_url) == "0003"
 
 

@@ -14,6 +14,7 @@ from typing import Any, cast
 from sqlalchemy import Table, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from service.fal.queue import Submission
 from service.jobs.registry import JobKind
 from service.jobs.states import AvatarStatus
 from service.store.models import Avatar, FalJob, User, new_id, utcnow

@@ -152,7 +152,14 @@ def downgrade() -> None:
             }
         )
     )
-    # Where an event came from is not kept below 0004 (the reconciler's header remains).
+    # Below 0004 an event's source was the header the reconciler added; events learnt since
+    # (their headers are empty) get it back, so no event forgets where it came from.
+    for source in ("reconciler", "operator"):
+        op.execute(
+            events.update()
+            .where(events.c.source == source)
+            .values(headers={"x-aibots-source": source})
+        )
     with op.batch_alter_table("webhook_events") as batch:
         batch.drop_column("source")
     op.drop_index("uq_fal_jobs_training_per_avatar", table_name="fal_jobs")
