@@ -31,7 +31,9 @@ class Training:
     name: str
 
 
-def training_job(request_id: str, user_id: int, avatar_id: str, *, urls_from: Any = None) -> FalJob:
+def training_job(
+    request_id: str, user_id: int, avatar_id: str, *, urls_from: Submission | None = None
+) -> FalJob:
     """The registry's row for an avatar's training; `urls_from` a FAL Submission, if any."""
     return FalJob(
         request_id=request_id,
