@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.fal.payload import Event, EventStatus, PayloadError, parse_body, parse_event
 from service.jobs import training
-from service.jobs.registry import Handler, JobKind, Plan, Source, Subject
+from service.jobs.registry import ENQUEUED, Handler, JobKind, Plan, Source, Subject
 from service.store.dialect import Step, StepContext, dialect_of
 from service.store.models import FalJob, UTCDateTime, WebhookEvent, utcnow
 
@@ -124,6 +124,7 @@ async def ingest(session: AsyncSession, delivery: Delivery) -> Result:
     record = {
         "dedupe_key": delivery.dedupe_key,
         "request_id": event.request_id,
+        # The subject's id (a training's avatar); a generation will need its own column.
         "avatar_id": target.id if target else None,
         "status": event.status.value,
         "outcome": outcome.value,
@@ -145,7 +146,7 @@ async def ingest(session: AsyncSession, delivery: Delivery) -> Result:
     if not written[RECORD.name]:
         # Nothing else has been written in this transaction, so answering now changes nothing.
         return Result(Outcome.DUPLICATE, event.request_id, avatar_id)
-    enqueued = written.get(training.ENQUEUED, 0) > 0
+    enqueued = written.get(ENQUEUED, 0) > 0
     return Result(outcome, event.request_id, avatar_id, plan.transition, enqueued)
 
 
@@ -228,6 +229,6 @@ async def register(session: AsyncSession, job: FalJob) -> list[Result]:
         written = await dialect.write_chain(
             session, (REMATCH, *plan.steps), {REMATCH.name: rematch, **plan.params}
         )
-        enqueued = written.get(training.ENQUEUED, 0) > 0
+        enqueued = written.get(ENQUEUED, 0) > 0
         results.append(Result(outcome, job.request_id, target.id, plan.transition, enqueued))
     return results

@@ -30,6 +30,11 @@ class Source(enum.StrEnum):
     OPERATOR = "operator"
 
 
+# The name a kind gives the step of its plan that writes the outbox row, so that the caller
+# can tell whether a notification was enqueued.
+ENQUEUED = "enqueued"
+
+
 @dataclass(frozen=True)
 class Plan:
     """What an event does to its job's subject: the transition, and the writes that make it.

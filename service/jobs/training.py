@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.fal.payload import Event
 from service.jobs.outcomes import render_outcome
-from service.jobs.registry import JobKind, Plan
+from service.jobs.registry import ENQUEUED, JobKind, Plan
 from service.jobs.states import AvatarStatus, Change, transition
 from service.outbox.messages import OUTBOX_CHANNEL, Message, row_values
 from service.store.dialect import Step, StepContext
@@ -25,9 +25,6 @@ users = cast(Table, User.__table__)
 jobs = cast(Table, FalJob.__table__)
 notifications = cast(Table, Notification.__table__)
 training_data = cast(Table, TrainingData.__table__)
-
-# The name of the step whose rows are the notifications enqueued.
-ENQUEUED = "enqueued"
 
 
 @dataclass(frozen=True)
