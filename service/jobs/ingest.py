@@ -10,7 +10,7 @@ from __future__ import annotations
 import enum
 import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, cast
 from urllib.parse import parse_qsl
 
@@ -46,7 +46,7 @@ class Delivery:
     query: str
     client_ip: str | None
     signed: bool
-    source: Source = field(default=Source.WEBHOOK)
+    source: Source = Source.WEBHOOK
 
     @classmethod
     def learnt(cls, event: Event, source: Source, evidence: dict[str, Any]) -> Delivery:
