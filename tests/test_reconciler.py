@@ -15,8 +15,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.bot.reconciler import Policy, Report, reconcile_once
 from service.bot.services import Services
-from service.fal.payload import parse_body, parse_event
+from service.fal.payload import Event, EventStatus, parse_body, parse_event
 from service.jobs.ingest import Delivery, ingest
+from service.jobs.registry import Source
 from service.operator import attach
 from service.settings import Settings
 from service.store import migrate, training_data
@@ -294,3 +295,18 @@ def test_long_expired_zips_are_purged_and_others_kept(world: World) -> None:
 
     assert world.query(left) == [recent]
     assert ancient != recent
+
+
+def test_a_cancelling_training_is_still_followed_and_its_completion_counts(world: World) -> None:
+    avatar_id, rid = world.training(8012, age_seconds=POLICY.expected + 5)
+    asked = Delivery.learnt(
+        Event(rid, EventStatus.CANCEL_REQUESTED), Source.RECONCILER, {"status": "asked"}
+    )
+    world.query(lambda s: ingest(s, asked))
+    assert world.avatar(avatar_id).status == "cancelling"
+    world.fal.complete(rid, deliver=False)
+    report = world.reconcile()
+    assert (report.checked, report.applied) == (1, 1)
+    assert world.avatar(avatar_id).status == "completed"
+    assert world.notifications(avatar_id) == ["completed"]
+    assert sorted(e.source for e in world.events(rid)) == ["reconciler", "reconciler"]
