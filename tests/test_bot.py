@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from service.store.models import Avatar, TrainingData, User, WebhookEvent
+from service.store.models import Avatar, FalJob, TrainingData, User, WebhookEvent
 from tests.fakes.fal_keys import FalSigner, JwksServer
 from tests.fakes.fal_queue import PORTRAIT, STYLE, FalQueueServer
 from tests.fakes.telegram_api import FakeBotApi, Fault
@@ -166,8 +166,10 @@ def test_twelve_photos_train_and_the_person_hears_once_that_it_is_ready(
     webhook = urlsplit(request.webhook_url or "")
     (avatar,) = avatars_of(stack.database_url, person.id)
     assert parse_qs(webhook.query) == {"avatar_id": [avatar.id], "training_type": ["portrait"]}
-    assert avatar.status == "training" and avatar.fal_request_id == request.request_id
-    assert avatar.fal_status_url and avatar.fal_response_url and avatar.fal_cancel_url
+    job = run(stack.database_url, lambda s: s.get_one(FalJob, request.request_id))
+    assert avatar.status == "training" and job.avatar_id == avatar.id and job.kind == "training"
+    assert job.app == PORTRAIT
+    assert job.status_url and job.response_url and job.cancel_url
     # FAL fetched a zip holding exactly the twelve photos.
     downloaded = stack.fal.wait_downloaded(request.request_id)
     assert downloaded.archive is not None
@@ -349,7 +351,7 @@ def test_a_lost_callback_is_recovered_by_the_reconciler(stack: BotStack) -> None
     ready = person.expect("готов", timeout=EXPECTED_SECONDS + 10)
     assert "Lost" in ready["text"]
     (event,) = events_of(stack.database_url, request.request_id)
-    assert event.signed is False and event.headers == {"x-aibots-source": "reconciler"}
+    assert event.signed is False and event.source == "reconciler" and event.headers == {}
     # FAL's callback, late after all: recorded, changes nothing, sends nothing.
     assert stack.fal.deliver(request.request_id) == 200
     settle(1.0)

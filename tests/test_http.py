@@ -283,7 +283,6 @@ def test_event_breaking_a_stored_rule_gets_409_not_500(stack: Stack) -> None:
             training_type="portrait",
             status="training",
             started_by="bot",
-            fal_request_id=new_request_id(),
         )
         draft = Avatar(user_id=user.id, name="Draft", training_type="portrait",
                        status="draft", started_by="bot")  # fmt: skip

@@ -21,6 +21,9 @@ class EventStatus(enum.StrEnum):
     COMPLETED = "completed"
     FAILED = "failed"
     CANCELLED = "cancelled"
+    # FAL accepted a cancel of a running request (its cancel answer, never a webhook): the
+    # request may still finish.
+    CANCEL_REQUESTED = "cancel_requested"
 
 
 TRAINING_TYPES = ("portrait", "style")
@@ -120,6 +123,28 @@ def parse_event(
         avatar_id=avatar_id,
         training_type=training_type,
         comment_user_id=meta.get("user_id"),
+    )
+
+
+def from_result(
+    request_id: str, output: Mapping[str, Any] | None, error: str | None = None
+) -> Event:
+    """The event a finished request's result means: completed with its files, or failed.
+
+    For what the bot learns by asking FAL (its result URL) rather than from a webhook; the
+    same rules as a webhook body carrying that output as `payload`.
+    """
+    if error is None:
+        return Event(
+            request_id=request_id,
+            status=EventStatus.COMPLETED,
+            lora_url=_file_url(output, "diffusers_lora_file"),
+            config_url=_file_url(output, "config_file"),
+        )
+    return Event(
+        request_id=request_id,
+        status=EventStatus.FAILED,
+        error_message=_error_message({"error": error, "payload": output}),
     )
 
 

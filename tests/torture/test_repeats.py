@@ -71,7 +71,8 @@ def test_repeated_shuffled_events_give_one_outcome_and_one_message_each(
             final = {
                 rid: (status, progress)
                 for rid, status, progress in conn.execute(
-                    "SELECT fal_request_id, status, progress FROM avatars"
+                    "SELECT j.request_id, a.status, a.progress FROM avatars a "
+                    "JOIN fal_jobs j ON j.avatar_id = a.id"
                 )
             }
             kinds = Counter(kind for (kind,) in conn.execute("SELECT kind FROM notifications"))
