@@ -13,7 +13,7 @@ from telegram.ext import ContextTypes
 from service.bot import keyboards, reconciler, training
 from service.bot.services import Services, lang, services
 from service.bot.texts import Lang, age, kind_name, status_name, t
-from service.fal.queue import FalError, FalNotFound, QueueState
+from service.fal.queue import CancelAnswer, FalError, FalNotFound, QueueState
 from service.jobs.outcomes import shorten
 from service.jobs.states import AvatarStatus
 from service.store.models import Avatar, User, utcnow
@@ -142,9 +142,13 @@ async def _stop(svc: Services, language: Lang, current: reconciler.Training) -> 
     if current.cancel_url is None:
         return t(language, "not_submitted", name=current.name)
     try:
-        accepted = await svc.fal.cancel(current.cancel_url)
+        answer = await svc.fal.cancel(current.cancel_url)
+        # Until the avatar has a `cancelling` state, a requested cancel is recorded as the end.
+        accepted = answer in (CancelAnswer.OK, CancelAnswer.CANCELLATION_REQUESTED)
+        if answer is CancelAnswer.NOT_FOUND:
+            # FAL no longer knows it: nothing will ever finish it, so it is cancelled here.
+            accepted = True
     except FalNotFound:
-        # FAL no longer knows it: nothing will ever finish it, so it is cancelled here.
         accepted = True
     except FalError as exc:
         log.warning("cancel_failed", avatar_id=current.avatar_id, error=str(exc))

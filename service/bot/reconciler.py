@@ -38,7 +38,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.bot.services import Services
 from service.fal.payload import EventStatus, parse_body, parse_event
-from service.fal.queue import FalError, QueueState
+from service.fal.queue import FalError, FalUnavailable, Outcome, QueueState
 from service.jobs.ingest import Delivery, Result, ingest
 from service.jobs.states import AvatarStatus
 from service.settings import Settings
@@ -143,7 +143,15 @@ async def resolve(svc: Services, training: Training) -> QueueState:
         raise FalError("the training was not submitted by this bot: no status URL")
     status = await svc.fal.status(training.status_url)
     if status.state is QueueState.COMPLETED:
-        outcome = await svc.fal.result(training.response_url)
+        try:
+            outcome = await svc.fal.result(training.response_url)
+        except FalUnavailable:
+            if status.error is None:
+                raise
+            # The status already says the run failed and why; the result adds nothing to wait
+            # for.
+            detail = {"detail": status.error}
+            outcome = Outcome(False, detail, 0, error_type=status.error_type, error=status.error)
         if outcome.succeeded:
             body: dict[str, Any] = {
                 "request_id": training.request_id,
@@ -154,11 +162,17 @@ async def resolve(svc: Services, training: Training) -> QueueState:
             body = {
                 "request_id": training.request_id,
                 "status": "ERROR",
-                "error": f"Invalid status code: {outcome.http_status}",
+                "error": _failure_words(outcome),
                 "payload": outcome.output,
             }
         await apply_body(svc, training, body)
     return status.state
+
+
+def _failure_words(outcome: Outcome) -> str:
+    """FAL's reason for a failed run, as a webhook's `error` would carry it."""
+    reason = outcome.error or f"Invalid status code: {outcome.http_status}"
+    return f"{outcome.error_type}: {reason}" if outcome.error_type else reason
 
 
 async def _give_up(svc: Services, training: Training, policy: Policy) -> None:
