@@ -200,6 +200,25 @@ def test_a_training_that_failed_at_fal_fails_with_fals_reason(world: World) -> N
     assert world.notifications(avatar_id) == ["failed"]
 
 
+@pytest.mark.parametrize(
+    ("status", "error_type"), [(500, "internal_error"), (504, "timeout")], ids=["500", "504"]
+)
+def test_a_run_that_broke_at_fal_fails_at_once_with_fals_reason(
+    world: World, status: int, error_type: str
+) -> None:
+    # FAL answers such a result with a 5xx: read as FAL's reason, not as FAL being unwell
+    # (which would be retried for hours and then blamed on the time limit).
+    avatar_id, rid = world.training(8010 + status, age_seconds=POLICY.expected + 5)
+    world.fal.start_training(rid)
+    world.fal.fail_run(rid, status=status, error_type=error_type, deliver=False)
+    report = world.reconcile()
+    assert (report.checked, report.applied, report.timed_out) == (1, 1, 0)
+    avatar = world.avatar(avatar_id)
+    assert avatar.status == "failed"
+    assert "the runner crashed" in (avatar.error_message or "")
+    assert world.notifications(avatar_id) == ["failed"]
+
+
 def test_past_the_hard_limit_it_is_cancelled_at_fal_and_failed(world: World) -> None:
     avatar_id, rid = world.training(8005, age_seconds=POLICY.hard_limit + 5)
     world.fal.start_training(rid)

@@ -250,7 +250,8 @@ def test_a_jwk_with_extra_members_is_still_used(signer: FalSigner) -> None:
         {"kty": "OKP", "crv": "Ed25519", "x": "c2hvcnQ"},
         {"kty": "OKP", "crv": "Ed25519", "x": "a"},
         {"kty": "OKP", "crv": "Ed25519", "x": ""},
-        {"crv": "Ed25519", "x": "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"},
+        {"kty": "OKP", "crv": "X25519", "x": "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"},
+        {"crv": "P-256", "x": "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"},
         {},
     ],
     ids=[
@@ -264,7 +265,8 @@ def test_a_jwk_with_extra_members_is_still_used(signer: FalSigner) -> None:
         "x-too-short",
         "x-bad-base64",
         "x-empty",
-        "no-kty",
+        "names-another-curve",
+        "no-kty-another-curve",
         "empty",
     ],
 )
@@ -636,6 +638,34 @@ def test_a_key_set_without_usable_keys_is_unavailable(
 
     run_with_keyset(nonsense_server.jwks_url, FakeClock(), scenario)
     assert nonsense_server.requests == 1
+
+
+@pytest.mark.parametrize(
+    "shape",
+    [
+        lambda x: {"kty": "OKP", "crv": "Ed25519", "x": x, "kid": "k1"},
+        # FAL's documentation promises only "a list of public keys, each with an x field".
+        lambda x: {"x": x},
+        lambda x: {"x": x, "kid": "k1"},
+        lambda x: {"kty": "OKP", "x": x},
+        lambda x: {"crv": "Ed25519", "x": x},
+    ],
+    ids=["full-jwk", "bare-x", "x-and-kid", "kty-without-crv", "crv-without-kty"],
+)
+def test_a_key_set_entry_needs_only_its_x(
+    signer: FalSigner, shape: Callable[[str], dict[str, str]]
+) -> None:
+    raw_x = base64.urlsafe_b64encode(signer.raw_public_key).decode().rstrip("=")
+    other = {"kty": "RSA", "n": "0vx7agoebGcQSuuPiLJXZptN9nndrQmbXEps2aiAFbWhM78LhWx4", "e": "AQAB"}
+    # An entry of another kind before it is skipped, not a reason to give up on the set.
+    with DocumentServer({"keys": [other, shape(raw_x)]}) as server:
+
+        async def scenario(keyset: KeySet) -> None:
+            await keyset.verify(fresh(signer), BODY)
+            with pytest.raises(BadSignature):
+                await keyset.verify(fresh(signer), BODY + b" ")
+
+        run_with_keyset(server.jwks_url, FakeClock(), scenario)
 
 
 def test_the_key_in_a_real_fal_shaped_document_is_decoded(signer: FalSigner) -> None:

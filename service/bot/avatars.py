@@ -14,7 +14,7 @@ from service.bot import keyboards, reconciler, training
 from service.bot.services import Services, lang, services
 from service.bot.texts import Lang, age, kind_name, status_name, t
 from service.fal.payload import Event, EventStatus
-from service.fal.queue import FalError, FalNotFound, QueueState
+from service.fal.queue import CancelAnswer, FalError, FalNotFound, QueueState
 from service.jobs import registry
 from service.jobs.outcomes import shorten
 from service.jobs.states import AvatarStatus
@@ -24,7 +24,14 @@ log = structlog.get_logger("service.bot.avatars")
 
 LISTED = 10
 ERROR_CHARS = 150
-_ICONS = {"draft": "📝", "training": "⏳", "completed": "✅", "failed": "❌", "cancelled": "🚫"}
+_ICONS = {
+    "draft": "📝",
+    "training": "⏳",
+    "cancelling": "⏹",
+    "completed": "✅",
+    "failed": "❌",
+    "cancelled": "🚫",
+}
 
 
 async def _latest(session: AsyncSession, telegram_id: int) -> list[tuple[Avatar, FalJob | None]]:
@@ -151,27 +158,58 @@ async def _refresh(svc: Services, language: Lang, current: reconciler.Training) 
 
 
 async def _stop(svc: Services, language: Lang, current: reconciler.Training) -> str:
+    """Ask FAL to cancel, and act on its answer (fal.ai docs, "Cancel a request")."""
     if current.cancel_url is None:
         return t(language, "not_submitted", name=current.name)
     try:
-        accepted = await svc.fal.cancel(current.cancel_url)
+        answer = await svc.fal.cancel(current.cancel_url)
     except FalNotFound:
-        # FAL no longer knows it: nothing will ever finish it, so it is cancelled here.
-        accepted = True
+        answer = CancelAnswer.NOT_FOUND
     except FalError as exc:
         log.warning("cancel_failed", avatar_id=current.avatar_id, error=str(exc))
         return t(language, "refresh_failed", reason=_reason(language, exc))
-    if not accepted:
-        try:
-            await reconciler.resolve(svc, current)
-        except FalError as exc:
-            log.warning("cancel_resolve_failed", avatar_id=current.avatar_id, error=str(exc))
+    log.info("cancel_answered", avatar_id=current.avatar_id, answer=answer.value)
+    if answer is CancelAnswer.OK:
+        # Removed from FAL's queue: it will never run. The outbox tells the person, once.
+        await _apply(svc, current, EventStatus.CANCELLED, "cancelled")
+        return t(language, "cancel_requested", name=current.name)
+    if answer is CancelAnswer.CANCELLATION_REQUESTED:
+        # Running: the app only got a signal. The outcome still counts (a LoRA that finishes
+        # anyway completes the avatar); the outbox tells the person how it ends.
+        await _apply(svc, current, EventStatus.CANCEL_REQUESTED, "CANCELLATION_REQUESTED")
+        return t(language, "cancel_signalled", name=current.name)
+    if answer is CancelAnswer.ALREADY_COMPLETED:
+        await _resolve_quietly(svc, current)
         return t(language, "cancel_too_late", name=current.name)
-    # Through the webhook's path: the outbox then tells the person, once, that it is cancelled.
-    cancelled = Event(current.request_id, EventStatus.CANCELLED)
-    evidence = {"request_id": current.request_id, "status": "cancelled"}
-    await reconciler.apply(svc, current, cancelled, evidence)
-    return t(language, "cancel_requested", name=current.name)
+    # NOT_FOUND: FAL's status URL says what became of it.
+    try:
+        state = await reconciler.resolve(svc, current)
+    except FalNotFound:
+        # FAL knows nothing of it at all: nothing will ever finish it.
+        await _apply(svc, current, EventStatus.CANCELLED, "cancelled")
+        return t(language, "cancel_unknown", name=current.name)
+    except FalError as exc:
+        log.warning("cancel_resolve_failed", avatar_id=current.avatar_id, error=str(exc))
+        return t(language, "refresh_failed", reason=_reason(language, exc))
+    if state is QueueState.COMPLETED:
+        return t(language, "cancel_too_late", name=current.name)
+    return t(language, "cancel_unknown_running", name=current.name)
+
+
+async def _apply(
+    svc: Services, current: reconciler.Training, status: EventStatus, said: str
+) -> None:
+    """Record what the cancel learnt through the webhook's domain path."""
+    event = Event(current.request_id, status)
+    await reconciler.apply(svc, current, event, {"request_id": current.request_id, "status": said})
+
+
+async def _resolve_quietly(svc: Services, current: reconciler.Training) -> None:
+    try:
+        await reconciler.resolve(svc, current)
+    except FalError as exc:
+        # The reconciler asks again later; the person is told the result will come.
+        log.warning("cancel_resolve_failed", avatar_id=current.avatar_id, error=str(exc))
 
 
 def _reason(language: Lang, exc: FalError) -> str:

@@ -37,7 +37,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.bot.services import Services
 from service.fal.payload import Event, EventStatus, from_result
-from service.fal.queue import FalError, QueueState
+from service.fal.queue import FalError, FalUnavailable, Outcome, QueueState
 from service.jobs.ingest import Delivery, Result, ingest
 from service.jobs.registry import JobKind, Source
 from service.jobs.states import AvatarStatus
@@ -137,18 +137,32 @@ async def resolve(svc: Services, training: Training) -> QueueState:
         raise FalError("the training was not submitted by this bot: no status URL")
     status = await svc.fal.status(training.status_url)
     if status.state is QueueState.COMPLETED:
-        outcome = await svc.fal.result(training.response_url)
+        try:
+            outcome = await svc.fal.result(training.response_url)
+        except FalUnavailable:
+            if status.error is None:
+                raise
+            # The status already says the run failed and why; the result adds nothing to wait
+            # for.
+            detail = {"detail": status.error}
+            outcome = Outcome(False, detail, 0, error_type=status.error_type, error=status.error)
         # The evidence reads as FAL's webhook for the same result would have.
         evidence: dict[str, Any] = {"request_id": training.request_id}
         if outcome.succeeded:
             event = from_result(training.request_id, outcome.output)
             evidence.update(status="OK", payload=outcome.output)
         else:
-            error = f"Invalid status code: {outcome.http_status}"
+            error = _failure_words(outcome)
             event = from_result(training.request_id, outcome.output, error)
             evidence.update(status="ERROR", error=error, payload=outcome.output)
         await apply(svc, training, event, evidence)
     return status.state
+
+
+def _failure_words(outcome: Outcome) -> str:
+    """FAL's reason for a failed run, as a webhook's `error` would carry it."""
+    reason = outcome.error or f"Invalid status code: {outcome.http_status}"
+    return f"{outcome.error_type}: {reason}" if outcome.error_type else reason
 
 
 async def _give_up(svc: Services, training: Training, policy: Policy) -> None:

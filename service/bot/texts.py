@@ -98,6 +98,13 @@ _RU: dict[str, str] = {
     "cancel_requested": "Отменяю обучение аватара <b>{name}</b>…",
     "cancel_too_late": "Обучение аватара <b>{name}</b> уже закончилось — результат придёт "
     "отдельным сообщением.",
+    "cancel_signalled": "Обучение аватара <b>{name}</b> уже идёт: FAL получил просьбу "
+    "остановиться, но может и закончить. Я напишу, чем всё кончится — если аватар всё же "
+    "обучится, он будет вашим.",
+    "cancel_unknown": "FAL не знает обучение аватара <b>{name}</b> — оно уже не продолжится, "
+    "отмечаю его отменённым.",
+    "cancel_unknown_running": "FAL не нашёл, что отменять, но обучение аватара <b>{name}</b> "
+    "ещё идёт. Я напишу, когда оно закончится.",
     "generate_soon": "Создание изображений скоро появится прямо в боте. "
     "Слово-триггер аватара <b>{name}</b>: <code>{trigger}</code>.",
     "not_found": "Этот аватар не найден.",
@@ -125,6 +132,7 @@ _RU: dict[str, str] = {
     "status_completed": "готов",
     "status_failed": "ошибка",
     "status_cancelled": "отменён",
+    "status_cancelling": "отменяется",
     "age_now": "только что",
     "age_minutes": "{n} мин назад",
     "age_hours": "{n} ч назад",
@@ -214,6 +222,13 @@ _EN: dict[str, str] = {
     "cancel_requested": "Cancelling the training of <b>{name}</b>…",
     "cancel_too_late": "Training of <b>{name}</b> has already finished — the result will "
     "arrive in a separate message.",
+    "cancel_signalled": "Training of <b>{name}</b> is already running: FAL was asked to stop, "
+    "but it may still finish. I will tell you how it ends — if the avatar is trained after "
+    "all, it is yours.",
+    "cancel_unknown": "FAL does not know the training of <b>{name}</b>: it will not go on, so "
+    "I mark it cancelled.",
+    "cancel_unknown_running": "FAL found nothing to cancel, but the training of <b>{name}</b> "
+    "is still running. I will tell you when it ends.",
     "generate_soon": "Image generation is coming to the bot soon. The trigger word of "
     "<b>{name}</b> is <code>{trigger}</code>.",
     "not_found": "This avatar was not found.",
@@ -239,6 +254,7 @@ _EN: dict[str, str] = {
     "status_completed": "ready",
     "status_failed": "failed",
     "status_cancelled": "cancelled",
+    "status_cancelling": "cancelling",
     "age_now": "just now",
     "age_minutes": "{n} min ago",
     "age_hours": "{n} h ago",

@@ -57,6 +57,10 @@ class PayloadError(ValueError):
     """The body cannot be understood; the message says why (answer 400)."""
 
 
+class RequestIdMismatch(PayloadError):
+    """The signed header names neither of the body's ids: not this body's signature."""
+
+
 @dataclass(frozen=True)
 class Event:
     """One webhook, whatever dialect it came in."""
@@ -153,11 +157,15 @@ def _request_id(body: Mapping[str, Any], signed_request_id: str | None) -> str:
     if in_body is not None and (not isinstance(in_body, str | int) or isinstance(in_body, bool)):
         raise PayloadError("request_id must be a string")
     body_id = str(in_body).strip() if in_body is not None else ""
-    if signed_request_id and body_id and body_id != signed_request_id:
-        raise PayloadError(
-            "request_id in the body differs from the signed X-Fal-Webhook-Request-Id"
+    gateway = body.get("gateway_request_id")
+    # FAL signs with either id: they differ when it retried the run. The queue's request_id is
+    # what the job is registered under, so that is the one matched.
+    if signed_request_id and body_id and signed_request_id not in (body_id, gateway):
+        raise RequestIdMismatch(
+            "the signed X-Fal-Webhook-Request-Id is neither the body's request_id nor its "
+            "gateway_request_id"
         )
-    request_id = signed_request_id or body_id
+    request_id = body_id or signed_request_id
     if not request_id:
         raise PayloadError("no request id: expected request_id (or finetune_id)")
     if len(request_id) > MAX_ID_LENGTH or not request_id.isprintable():
