@@ -1,8 +1,10 @@
-"""Shared fixtures: databases, FAL's key set and signer, the local Bot API server."""
+"""Shared fixtures: databases, FAL's key set and signer, the local Bot API server, and the
+running stack (nginx with TLS in front of gunicorn) built from them."""
 
 from __future__ import annotations
 
 import os
+import ssl
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,6 +14,8 @@ from hypothesis import settings
 from tests.fakes.fal_keys import FalSigner, JwksServer
 from tests.fakes.telegram_api import TEST_TOKEN, FakeBotApi
 from tests.support import postgres
+from tests.support.nginx import dev_certs, nginx_binary
+from tests.support.stack import Deployment
 
 # CI runs the same examples every time (a red build is reproducible), and a busy 2-core
 # machine must not turn slow examples into failures.
@@ -102,3 +106,29 @@ def cluster() -> Iterator[postgres.PrivateCluster]:
         yield private
     finally:
         private.destroy()
+
+
+@pytest.fixture(scope="session")
+def certs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`make dev-certs` output: root CA (ca.crt), intermediate (the bundle), the chain."""
+    nginx_binary()
+    return dev_certs(tmp_path_factory.mktemp("certs") / "dev")
+
+
+@pytest.fixture(scope="session")
+def client_context(certs: Path) -> ssl.SSLContext:
+    """A client that trusts the throw-away root only (not the intermediate, not the system)."""
+    return ssl.create_default_context(cafile=str(certs / "ca.crt"))
+
+
+@pytest.fixture
+def deployment(
+    tmp_path: Path,
+    certs: Path,
+    client_context: ssl.SSLContext,
+    api: FakeBotApi,
+    jwks: JwksServer,
+    signer: FalSigner,
+) -> Deployment:
+    """The running stack's parts; `deployment.start(database_url)` runs one."""
+    return Deployment(tmp_path / "nginx", certs, client_context, api, jwks, signer)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import ssl
 import uuid
 from collections import Counter
 from collections.abc import Callable
@@ -28,11 +27,10 @@ from hypothesis.errors import Unsatisfiable
 from requests.adapters import HTTPAdapter
 from schemathesis import GenerationMode
 
-from tests.fakes.fal_keys import FalSigner, JwksServer
-from tests.fakes.telegram_api import FakeBotApi
+from tests.fakes.fal_keys import FalSigner
 from tests.support.sender import sources
-from tests.support.stack import running_stack
-from tests.torture.runs import record, refusals_ledger, service_env, size
+from tests.support.stack import Deployment
+from tests.torture.runs import record, refusals_ledger, size, start
 
 pytestmark = [pytest.mark.torture, pytest.mark.postgres, pytest.mark.nginx]
 
@@ -116,21 +114,16 @@ def fuzz(
 
 
 def test_every_answer_matches_the_openapi_document(
-    tmp_path: Path,
-    certs: Path,
-    client_context: ssl.SSLContext,
-    api: FakeBotApi,
-    jwks: JwksServer,
-    signer: FalSigner,
+    deployment: Deployment,
     database: str,
 ) -> None:
     examples = size(quick=100, full=1000)
-    env = service_env(api, jwks, database)
+    api, signer = deployment.api, deployment.signer
     answers: Counter[int] = Counter()
     answers_signed: Counter[int] = Counter()
     with (
-        running_stack(tmp_path / "nginx", certs, client_context, env) as stack,
-        SpreadSession(sources(200, network=7), certs / "ca.crt") as session,
+        start(deployment, database) as stack,
+        SpreadSession(sources(200, network=7), deployment.certs / "ca.crt") as session,
     ):
         base = f"https://127.0.0.1:{stack.port}"
         document = session.get(f"{base}/api/v1/openapi.json", timeout=10).json()
