@@ -369,6 +369,7 @@ def _callback(request_id: str, status: str, **fields: Any) -> bytes:
 
 def _post(url: str, body: bytes, headers: dict[str, str]) -> int | None:
     parts = urlsplit(url)
+    assert parts.hostname, url
     conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=15)
     try:
         target = parts.path + (f"?{parts.query}" if parts.query else "")

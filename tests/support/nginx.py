@@ -19,7 +19,7 @@ import shutil
 import socket
 import ssl
 import subprocess
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -317,7 +317,7 @@ class TLSConnection(http.client.HTTPConnection):
         method: str,
         path: str,
         body: bytes | None = None,
-        headers: dict[str, str] | None = None,
+        headers: Mapping[str, str | bytes] | None = None,
     ) -> Reply:
         self.request(method, path, body=body, headers=headers or {})
         response = self.getresponse()

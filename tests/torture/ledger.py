@@ -98,7 +98,7 @@ def tally(
                 "SELECT dedupe_key FROM webhook_events WHERE request_id = ANY(%s)", (request_ids,)
             )
         }
-        status = dict(
+        status: dict[str, str] = dict(
             conn.execute(
                 "SELECT fal_request_id, status FROM avatars WHERE fal_request_id = ANY(%s)",
                 (request_ids,),

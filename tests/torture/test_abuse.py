@@ -102,7 +102,7 @@ def bad_requests(
         return Bad(kind, "POST", WEBHOOK, body, signed_headers(signer, body, fresh),
                    frozenset({200, 400}))  # fmt: skip
     if kind == "wrong types":
-        document = {
+        document: dict[str, Any] = {
             "request_id": draw(st.just(fresh) | not_a_string),
             "status": draw(st.sampled_from(["OK", "ERROR", "completed"]) | not_a_string),
             "payload": draw(json_values),
@@ -116,7 +116,7 @@ def bad_requests(
     if kind == "huge strings":
         length = draw(st.sampled_from([10_000, 200_000, 1_500_000, 4_000_000, 9_000_000]))
         field_name = draw(st.sampled_from(["request_id", "status", "error", "comment", "junk"]))
-        document: dict[str, Any] = {"request_id": fresh, "status": "ERROR"}
+        document = {"request_id": fresh, "status": "ERROR"}
         document[field_name] = draw(st.sampled_from("xЖ€😀")) * (length // 4)
         body = json.dumps(document, ensure_ascii=False).encode()
         return Bad(kind, "POST", WEBHOOK, body, signed_headers(signer, body, fresh),

@@ -119,7 +119,8 @@ def test_5xx_429_and_an_outage_end_with_every_message_delivered_once(
             ),
         }
         with psycopg.connect(database, autocommit=True) as conn:
-            states = dict(conn.execute("SELECT state, count(*) FROM notifications GROUP BY 1"))
+            query = "SELECT state, count(*) FROM notifications GROUP BY 1"
+            states: dict[str, int] = dict(conn.execute(query))
 
     ledger.check()
     assert ledger.acknowledged == ledger.sent == 2 * half, ledger
