@@ -9,6 +9,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.jobs.ingest import register_training
 from service.jobs.states import AvatarStatus
+from service.outbox.states import REQUEUEABLE, NotificationState
 from service.store.models import Avatar, Notification, User, utcnow
 from service.store.users import ensure_user
 
@@ -106,27 +107,28 @@ async def list_notifications(session: AsyncSession, state: str | None) -> list[d
     return [notification_json(n) for n in (await session.execute(query)).scalars()]
 
 
-# Sent notifications are never re-queued: that would be a deliberate duplicate.
-RETRYABLE_STATES = ("failed", "undeliverable", "uncertain")
-
-
 async def retry_notifications(
     session: AsyncSession, notification_id: int | None, all_failed: bool
 ) -> int:
     """Put notifications back in the queue; returns how many were re-queued."""
     query = update(Notification).values(
-        state="pending", attempts=0, next_attempt_at=utcnow(), lease_until=None, claimed_by=None
+        state=NotificationState.PENDING.value,
+        attempts=0,
+        next_attempt_at=utcnow(),
+        lease_until=None,
+        claimed_by=None,
     )
     if all_failed:
-        query = query.where(Notification.state == "failed")
+        query = query.where(Notification.state == NotificationState.FAILED)
     else:
         found = await session.get(Notification, notification_id)
         if found is None:
             raise NotFound(f"no notification {notification_id}")
-        if found.state not in RETRYABLE_STATES:
+        # Sent notifications are never re-queued: that would be a deliberate duplicate.
+        if found.state not in REQUEUEABLE:
             raise Conflict(
                 f"notification {notification_id} is {found.state}; only "
-                f"{', '.join(RETRYABLE_STATES)} can be re-queued"
+                f"{', '.join(REQUEUEABLE)} can be re-queued"
             )
         query = query.where(Notification.id == notification_id)
     result = await session.execute(query)

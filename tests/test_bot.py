@@ -19,7 +19,7 @@ from tests.fakes.telegram_api import FakeBotApi, Fault
 from tests.support.bot import FAL_KEY, BotStack, Person
 from tests.support.db import run
 from tests.support.http import call
-from tests.support.images import png
+from tests.support.images import jpeg_header, png
 from tests.support.servers import holds, wait_until
 
 # Trainings older than this are asked about at FAL; the reconciler looks twice a second.
@@ -263,6 +263,13 @@ def test_documents_are_checked_by_their_real_content(stack: BotStack) -> None:
     person.expect("уже есть среди присланных")
     person.photo(png(400, 300, 8), 400, 300)
     assert "400×300" in person.expect("слишком маленькое")["text"]
+    # Neither the name nor the MIME type decides: the file's own header does.
+    person.document(png(800, 600, 9), "application/octet-stream", "scan")
+    person.expect("Фото 2 принято")
+    person.document(jpeg_header(900, 700), "application/octet-stream", "picture.dat")
+    person.expect("Фото 3 принято")
+    person.document(b"%PDF-1.7 a scanned letter", "application/octet-stream", "scan")
+    person.expect("Это не изображение")
     person.send("/cancel")
     person.expect("отменено")
 

@@ -24,6 +24,8 @@ from sqlalchemy import (
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from service.outbox.messages import MessageType
+from service.outbox.states import NotificationState
 from service.store.dialect import dialect_named
 
 # Stable constraint names so migrations read the same on SQLite and PostgreSQL.
@@ -163,13 +165,15 @@ class Notification(Base):
     chat_id: Mapped[int] = mapped_column(BigInteger)
     kind: Mapped[str] = mapped_column(String(16))
     # What is sent: "text" (sendMessage), "photo" (sendPhoto) or "album" (sendMediaGroup).
-    message_type: Mapped[str] = mapped_column(String(16), default="text", server_default="text")
+    message_type: Mapped[str] = mapped_column(
+        String(16), default=MessageType.TEXT.value, server_default=MessageType.TEXT.value
+    )
     text: Mapped[str] = mapped_column(Text)
     # Photos and albums: [{"url": ..., "file_id": ..., "caption": ...}, ...]; None for a text.
     media: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)
     reply_markup: Mapped[dict[str, Any] | None] = mapped_column(JSON)
-    # pending -> sending -> sent | uncertain | undeliverable | failed (see service/outbox.py).
-    state: Mapped[str] = mapped_column(String(16), default="pending")
+    # A NotificationState; its moves are the table in service/outbox/states.py.
+    state: Mapped[str] = mapped_column(String(16), default=NotificationState.PENDING.value)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     next_attempt_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
     lease_until: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)

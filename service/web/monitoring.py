@@ -11,6 +11,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from service import metrics
+from service.outbox.states import UNSENT, NotificationState
 from service.store.models import Notification, WebhookEvent, utcnow
 from service.web.runtime import Runtime
 
@@ -47,9 +48,7 @@ async def _counts(session: AsyncSession) -> dict[str, Any]:
     notifications = await _count_by(session, Notification.state)
     oldest_pending = (
         await session.execute(
-            select(func.min(Notification.created_at)).where(
-                Notification.state.in_(("pending", "sending"))
-            )
+            select(func.min(Notification.created_at)).where(Notification.state.in_(UNSENT))
         )
     ).scalar()
     return {
@@ -103,9 +102,8 @@ async def prometheus(request: Request) -> Response:
         "database_up", "1 when the database answered this scrape", {"": 1.0 if counts else 0.0}, ""
     )
     if counts is not None:
-        states = {
-            s: 0.0 for s in ("pending", "sending", "sent", "uncertain", "undeliverable", "failed")
-        }
+        # Every state, so a gauge falls back to 0 instead of vanishing when its last row moves.
+        states = {s.value: 0.0 for s in NotificationState}
         states.update({k: float(v) for k, v in counts["notifications"].items()})
         output += metrics.gauge_lines(
             "notifications", "Notifications in the outbox by state", states, "state"

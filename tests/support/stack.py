@@ -17,7 +17,7 @@ from pathlib import Path
 
 import psycopg
 
-from service.outbox.dispatcher import LEADER_LOCK_KEY
+from service.outbox.leadership import LEADER_LOCK_KEY
 from tests.fakes.fal_keys import FalSigner, JwksServer
 from tests.fakes.telegram_api import FakeBotApi
 from tests.support import procs
