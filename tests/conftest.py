@@ -12,6 +12,7 @@ import pytest
 from hypothesis import settings
 
 from tests.fakes.fal_keys import FalSigner, JwksServer
+from tests.fakes.fal_queue import FalQueueServer
 from tests.fakes.telegram_api import TEST_TOKEN, FakeBotApi
 from tests.support import postgres
 from tests.support.nginx import dev_certs, nginx_binary
@@ -46,6 +47,14 @@ def module_signer() -> FalSigner:
 @pytest.fixture(scope="module")
 def module_jwks(module_signer: FalSigner) -> Iterator[JwksServer]:
     with JwksServer([module_signer]) as server:
+        yield server
+
+
+# FAL's queue (submit, status, cancel), its callbacks signed by `signer`, so `jwks` serves the
+# key that verifies them.
+@pytest.fixture
+def fal(signer: FalSigner) -> Iterator[FalQueueServer]:
+    with FalQueueServer(signer=signer) as server:
         yield server
 
 

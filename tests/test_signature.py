@@ -26,6 +26,7 @@ from service.fal.signature import (
 )
 from tests.fakes import LoopbackHandler, LoopbackServer
 from tests.fakes.fal_keys import FalSigner, JwksServer
+from tests.support.clock import FakeClock
 
 T = TypeVar("T")
 
@@ -273,19 +274,6 @@ def test_jwk_entries_of_other_kinds_or_broken_are_ignored(entry: dict[str, objec
 
 
 # --- the key set over HTTP ------------------------------------------------------------------
-
-
-class FakeClock:
-    """The key set's monotonic clock, moved by hand."""
-
-    def __init__(self, start: float = 10_000.0) -> None:
-        self.now = start
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 def run_with_keyset(url: str, clock: FakeClock, scenario: Callable[[KeySet], Awaitable[T]]) -> T:

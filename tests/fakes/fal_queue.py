@@ -112,6 +112,10 @@ class _QueueHandler(LoopbackHandler):
         self.send_json(status, answer)
 
 
+# The FAL_KEY every queue of the test suite accepts, unless a test needs another.
+TEST_KEY = "fal-test-key-id:fal-test-key-secret"
+
+
 class FalQueueServer(LoopbackServer):
     """FAL's queue on loopback; `url` is what FAL_QUEUE_URL should be."""
 
@@ -119,7 +123,7 @@ class FalQueueServer(LoopbackServer):
 
     def __init__(
         self,
-        key: str = "fal-test-key-id:fal-test-key-secret",
+        key: str = TEST_KEY,
         signer: FalSigner | None = None,
         *,
         port: int = 0,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import itertools
 from typing import Any
 
-from tests.fakes.fal_queue import FalQueueServer
+from tests.fakes.fal_queue import TEST_KEY, FalQueueServer
 from tests.fakes.telegram_api import (
     TEST_TOKEN,
     FakeBotApi,
@@ -25,7 +25,7 @@ from tests.support.images import png
 from tests.support.servers import GunicornServer, ServiceProcess, base_env, wait_until
 
 TOKEN = TEST_TOKEN
-FAL_KEY = "fal-test-key-id:fal-test-key-secret"
+FAL_KEY = TEST_KEY
 WEBHOOK = "/api/v1/avatar/status_update"
 _file_numbers = itertools.count(1)
 
