@@ -24,11 +24,12 @@ from service.fal.queue import (
 )
 from service.fal.signature import parse_headers, verify
 from tests.fakes.fal_keys import FalSigner
-from tests.fakes.fal_queue import PORTRAIT, STYLE, FalQueueServer, lora_output
+from tests.fakes.fal_queue import PORTRAIT, STYLE, TEST_KEY, FalQueueServer, lora_output
 from tests.support.files import FileServer
 from tests.support.images import png
 
-KEY = "fal-key-id:fal-key-secret"
+# The key of the suite's `fal` fixture (tests/conftest.py).
+KEY = TEST_KEY
 T = TypeVar("T")
 
 
@@ -38,12 +39,6 @@ def zip_of(*images: bytes) -> bytes:
         for number, data in enumerate(images):
             archive.writestr(f"{number}.png", data)
     return buffer.getvalue()
-
-
-@pytest.fixture
-def fal() -> Iterator[FalQueueServer]:
-    with FalQueueServer(KEY) as server:
-        yield server
 
 
 @pytest.fixture

@@ -121,6 +121,10 @@ class _QueueHandler(LoopbackHandler):
         self.send_body(status, json.dumps(answer).encode(), headers=headers)
 
 
+# The FAL_KEY every queue of the test suite accepts, unless a test needs another.
+TEST_KEY = "fal-test-key-id:fal-test-key-secret"
+
+
 class FalQueueServer(LoopbackServer):
     """FAL's queue on loopback; `url` is what FAL_QUEUE_URL should be."""
 
@@ -128,7 +132,7 @@ class FalQueueServer(LoopbackServer):
 
     def __init__(
         self,
-        key: str = "fal-test-key-id:fal-test-key-secret",
+        key: str = TEST_KEY,
         signer: FalSigner | None = None,
         *,
         port: int = 0,
@@ -433,6 +437,7 @@ def _callback(request_id: str, status: str, **fields: Any) -> bytes:
 
 def _post(url: str, body: bytes, headers: dict[str, str]) -> int | None:
     parts = urlsplit(url)
+    assert parts.hostname, url
     conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=15)
     try:
         target = parts.path + (f"?{parts.query}" if parts.query else "")

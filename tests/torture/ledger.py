@@ -98,7 +98,7 @@ def tally(
                 "SELECT dedupe_key FROM webhook_events WHERE request_id = ANY(%s)", (request_ids,)
             )
         }
-        status = dict(
+        status: dict[str, str] = dict(
             conn.execute(
                 "SELECT j.request_id, a.status FROM fal_jobs j "
                 "JOIN avatars a ON a.id = j.avatar_id WHERE j.request_id = ANY(%s)",
