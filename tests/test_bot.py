@@ -390,6 +390,92 @@ def test_one_training_at_a_time_then_refresh_and_cancel_from_my_avatars(
     person.expect("готов")
 
 
+def outcome_messages(person: Person) -> list[str]:
+    """What the outbox told this person about how their trainings ended (its three texts)."""
+    endings = ("готов!", "Не удалось обучить аватар", ") отменено.")
+    return [m["text"] for m in person.messages() if any(word in m["text"] for word in endings)]
+
+
+def cancel_from_my_avatars(stack: BotStack, person: Person) -> Avatar:
+    person.send("/avatars")
+    person.expect("Ваши аватары")
+    (avatar,) = avatars_of(stack.database_url, person.id)
+    person.press(f"avatar:cancel:{avatar.id}")
+    return avatar
+
+
+def status_of(stack: BotStack, person: Person) -> str:
+    (avatar,) = avatars_of(stack.database_url, person.id)
+    return avatar.status
+
+
+def test_a_running_training_asked_to_cancel_still_completes_if_fal_finishes_it(
+    stack: BotStack,
+) -> None:
+    # FAL answers CANCELLATION_REQUESTED for a running request: only a signal. The LoRA that
+    # comes anyway is the person's (terminal states are final, so a cancelled mark would
+    # have thrown it away).
+    person = Person(stack.api, 7801)
+    request = start_training(stack, person, "Stubborn")
+    stack.fal.start_training(request.request_id)
+    cancel_from_my_avatars(stack, person)
+    person.expect("FAL получил просьбу остановиться")
+    assert status_of(stack, person) == "cancelling"
+    assert stack.fal.complete(request.request_id) == 200
+    person.expect("готов")
+    assert status_of(stack, person) == "completed"
+    # Window: an extra outcome would follow within one outbox poll and the per-chat interval.
+    holds(lambda: len(outcome_messages(person)) == 1, 2.5, what="one outcome message")
+
+
+def test_a_running_training_that_stops_after_the_cancel_ends_cancelled(stack: BotStack) -> None:
+    person = Person(stack.api, 7802)
+    request = start_training(stack, person, "Stops")
+    stack.fal.start_training(request.request_id)
+    cancel_from_my_avatars(stack, person)
+    person.expect("FAL получил просьбу остановиться")
+    assert stack.fal.end_cancelled(request.request_id) == 200
+    person.expect("отменено")
+    assert status_of(stack, person) == "cancelled"
+    holds(lambda: len(outcome_messages(person)) == 1, 2.5, what="one outcome message")
+
+
+def test_a_cancel_that_comes_too_late_applies_the_finished_result(stack: BotStack) -> None:
+    # ALREADY_COMPLETED: the callback has not arrived, so the bot fetches the result itself.
+    person = Person(stack.api, 7803)
+    request = start_training(stack, person, "Done")
+    stack.fal.complete(request.request_id, deliver=False)
+    cancel_from_my_avatars(stack, person)
+    person.expect("уже закончилось")
+    person.expect("готов")
+    assert status_of(stack, person) == "completed"
+
+
+def test_a_training_fal_does_not_know_is_resolved_through_its_status(stack: BotStack) -> None:
+    # NOT_FOUND from the cancel, and the status URL does not know it either: nothing will
+    # ever finish it, so it is cancelled here (one message from the outbox).
+    person = Person(stack.api, 7804)
+    start_training(stack, person, "Ghost")
+    stack.fal.plan("cancel", (404, {"status": "NOT_FOUND"}))
+    stack.fal.plan("status", (404, {"detail": "Request not found"}))
+    cancel_from_my_avatars(stack, person)
+    person.expect("FAL не знает")
+    person.expect("отменено")
+    assert status_of(stack, person) == "cancelled"
+
+
+def test_a_cancel_fal_does_not_find_while_it_still_runs_leaves_it_running(
+    stack: BotStack,
+) -> None:
+    person = Person(stack.api, 7805)
+    request = start_training(stack, person, "Runner")
+    stack.fal.start_training(request.request_id)
+    stack.fal.plan("cancel", (404, {"status": "NOT_FOUND"}))
+    cancel_from_my_avatars(stack, person)
+    person.expect("ещё идёт")
+    assert status_of(stack, person) == "training"
+
+
 def test_a_failing_handler_is_logged_with_its_update_and_apologised_for(
     stack: BotStack,
 ) -> None:
