@@ -1,3 +1,5 @@
+"""`python -m service ...`: the command line (service/cli.py)."""
+
 import sys
 
 from service.cli import main

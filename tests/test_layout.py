@@ -118,3 +118,33 @@ def test_the_rules_see_real_imports() -> None:
     }
     assert _DIALECT_TEST.search('if url.startswith("sqlite"):')
     assert _DIALECT_TEST.search("engine.dialect.name == 'postgresql'")
+
+
+def _readme_tree() -> dict[str, set[str]]:
+    """The modules the README's Architecture tree names, by folder ("" for service/ itself)."""
+    readme = (SERVICE.parent / "README.md").read_text()
+    block = readme.split("## Architecture", 1)[1].split("```", 2)[1]
+    named: dict[str, set[str]] = {}
+    folder = ""
+    for line in block.splitlines():
+        words = line.split()
+        if not words or words[0] == "service/":
+            continue
+        if len(line) - len(line.lstrip()) == 2:
+            # A line at the first level is a folder ("web/ ...") or modules of service/ itself.
+            folder = words[0].rstrip("/") if words[0].endswith("/") else ""
+        named.setdefault(folder, set()).update(w for w in words if w.endswith(".py"))
+    return named
+
+
+def test_the_readme_tree_is_the_tree() -> None:
+    named = _readme_tree()
+    for folder in ("", "web", "fal", "jobs", "outbox", "store"):
+        actual = {
+            p.name
+            for p in (SERVICE / folder).glob("*.py")
+            if p.name not in ("__init__.py", "__main__.py")
+        }
+        assert actual == named.get(folder), (
+            f"service/{folder}: README {sorted(named.get(folder, ()))}"
+        )
