@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, TypeVar
@@ -19,6 +19,7 @@ LogFormat = Literal["json", "console"]
 DEFAULT_DATABASE_URL = "sqlite:///var/aisha.db"
 MAX_BODY_BYTES = 10 * 1024 * 1024
 _T = TypeVar("_T", bound=str)
+N = TypeVar("N", int, float)
 
 
 class SettingsError(ValueError):
@@ -94,6 +95,15 @@ class Settings:
             value = env.get(name)
             return default if value is None else value.strip()
 
+        def number(name: str, default: str, low: float, high: float) -> float:
+            return _float(name, get(name, default), low, high)
+
+        def maybe_number(name: str, default: str, low: float, high: float) -> float | None:
+            return _optional_float(name, get(name, default), low, high)
+
+        def count(name: str, default: str, low: int, high: int) -> int:
+            return _int(name, get(name, default), low, high)
+
         defaults = cls()
         return cls(
             database_url=_database_url(get("DATABASE_URL", DEFAULT_DATABASE_URL)),
@@ -120,7 +130,7 @@ class Settings:
             ),
             cors_origins=_origins(get("CORS_ORIGINS", "https://aibots.kz")),
             bind=_bind(get("BIND", defaults.bind)),
-            web_concurrency=_int("WEB_CONCURRENCY", get("WEB_CONCURRENCY", "2"), 1, 64),
+            web_concurrency=count("WEB_CONCURRENCY", "2", 1, 64),
             log_level=_choice(
                 "LOG_LEVEL",
                 get("LOG_LEVEL", "INFO").upper(),
@@ -129,57 +139,25 @@ class Settings:
             log_format=_choice(
                 "LOG_FORMAT", get("LOG_FORMAT", "json").lower(), ("json", "console")
             ),
-            telegram_rate_per_second=_float(
-                "TELEGRAM_RATE_PER_SECOND", get("TELEGRAM_RATE_PER_SECOND", "30"), 0.1, 1000
+            telegram_rate_per_second=number("TELEGRAM_RATE_PER_SECOND", "30", 0.1, 1000),
+            telegram_chat_interval=number("TELEGRAM_CHAT_INTERVAL", "1.0", 0.0, 60),
+            telegram_read_timeout_seconds=number("TELEGRAM_READ_TIMEOUT_SECONDS", "10", 0.1, 600),
+            telegram_connect_timeout_seconds=number(
+                "TELEGRAM_CONNECT_TIMEOUT_SECONDS", "5", 0.1, 600
             ),
-            telegram_chat_interval=_float(
-                "TELEGRAM_CHAT_INTERVAL", get("TELEGRAM_CHAT_INTERVAL", "1.0"), 0.0, 60
-            ),
-            telegram_read_timeout_seconds=_float(
-                "TELEGRAM_READ_TIMEOUT_SECONDS",
-                get("TELEGRAM_READ_TIMEOUT_SECONDS", "10"),
-                0.1,
-                600,
-            ),
-            telegram_connect_timeout_seconds=_float(
-                "TELEGRAM_CONNECT_TIMEOUT_SECONDS",
-                get("TELEGRAM_CONNECT_TIMEOUT_SECONDS", "5"),
-                0.1,
-                600,
-            ),
-            outbox_lease_seconds=_float(
-                "OUTBOX_LEASE_SECONDS", get("OUTBOX_LEASE_SECONDS", "120"), 1, 86400
-            ),
-            outbox_poll_seconds=_optional_float(
-                "OUTBOX_POLL_SECONDS", get("OUTBOX_POLL_SECONDS", ""), 0.01, 60
-            ),
-            outbox_election_retry_seconds=_float(
-                "OUTBOX_ELECTION_RETRY_SECONDS", get("OUTBOX_ELECTION_RETRY_SECONDS", "2"), 0.1, 600
-            ),
-            outbox_max_in_flight=_int(
-                "OUTBOX_MAX_IN_FLIGHT", get("OUTBOX_MAX_IN_FLIGHT", "16"), 1, 1000
-            ),
+            outbox_lease_seconds=number("OUTBOX_LEASE_SECONDS", "120", 1, 86400),
+            outbox_poll_seconds=maybe_number("OUTBOX_POLL_SECONDS", "", 0.01, 60),
+            outbox_election_retry_seconds=number("OUTBOX_ELECTION_RETRY_SECONDS", "2", 0.1, 600),
+            outbox_max_in_flight=count("OUTBOX_MAX_IN_FLIGHT", "16", 1, 1000),
             public_base_url=_http_url(
                 "PUBLIC_BASE_URL", get("PUBLIC_BASE_URL", defaults.public_base_url)
             ).rstrip("/"),
-            reconcile_interval_seconds=_float(
-                "RECONCILE_INTERVAL_SECONDS", get("RECONCILE_INTERVAL_SECONDS", "300"), 0.1, 86400
+            reconcile_interval_seconds=number("RECONCILE_INTERVAL_SECONDS", "300", 0.1, 86400),
+            training_expected_seconds=number("TRAINING_EXPECTED_SECONDS", "1800", 0, 86400),
+            training_hard_limit_seconds=number(
+                "TRAINING_HARD_LIMIT_SECONDS", "21600", 1, 30 * 86400
             ),
-            training_expected_seconds=_float(
-                "TRAINING_EXPECTED_SECONDS", get("TRAINING_EXPECTED_SECONDS", "1800"), 0, 86400
-            ),
-            training_hard_limit_seconds=_float(
-                "TRAINING_HARD_LIMIT_SECONDS",
-                get("TRAINING_HARD_LIMIT_SECONDS", "21600"),
-                1,
-                30 * 86400,
-            ),
-            training_data_ttl_seconds=_float(
-                "TRAINING_DATA_TTL_SECONDS",
-                get("TRAINING_DATA_TTL_SECONDS", "172800"),
-                1,
-                30 * 86400,
-            ),
+            training_data_ttl_seconds=number("TRAINING_DATA_TTL_SECONDS", "172800", 1, 30 * 86400),
         )
 
 
@@ -241,20 +219,18 @@ def _bind(value: str) -> str:
 
 
 def _int(name: str, value: str, low: int, high: int) -> int:
-    try:
-        number = int(value)
-    except ValueError:
-        raise SettingsError(f"{name}: expected a whole number, got {value!r}") from None
-    if not low <= number <= high:
-        raise SettingsError(f"{name}: expected {low}..{high}, got {number}")
-    return number
+    return _bounded(name, value, low, high, int, "a whole number")
 
 
 def _float(name: str, value: str, low: float, high: float) -> float:
+    return _bounded(name, value, low, high, float, "a number")
+
+
+def _bounded(name: str, value: str, low: N, high: N, parse: Callable[[str], N], expected: str) -> N:
     try:
-        number = float(value)
+        number = parse(value)
     except ValueError:
-        raise SettingsError(f"{name}: expected a number, got {value!r}") from None
+        raise SettingsError(f"{name}: expected {expected}, got {value!r}") from None
     if not low <= number <= high:
         raise SettingsError(f"{name}: expected {low}..{high}, got {number}")
     return number

@@ -6,7 +6,7 @@ from telegram import Update
 from telegram.ext import ContextTypes
 
 from service.bot import keyboards, training
-from service.bot.drafts import CONFIRM, PHOTOS, ask_name, draft_of, say
+from service.bot.drafts import CONFIRM, PHOTOS, ask_name, draft_of
 from service.bot.photos import (
     MAX_FILE_BYTES,
     MAX_PHOTOS,
@@ -20,7 +20,7 @@ from service.bot.photos import (
     check_size,
     image_info,
 )
-from service.bot.services import lang
+from service.bot.services import lang, say
 from service.bot.texts import kind_name, t
 
 

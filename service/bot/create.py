@@ -33,7 +33,7 @@ from service.bot.drafts import (
     ask_name,
     draft_of,
     forget,
-    say,
+    hint,
 )
 from service.bot.menu import show_menu
 from service.bot.photos import (
@@ -44,7 +44,7 @@ from service.bot.photos import (
     Draft,
     clean_name,
 )
-from service.bot.services import lang, services
+from service.bot.services import lang, say, services
 from service.bot.texts import kind_name, t
 
 log = structlog.get_logger("service.bot.create")
@@ -68,10 +68,7 @@ async def receive_name(update: Update, context: ContextTypes.DEFAULT_TYPE) -> in
     return TRAINING_TYPE
 
 
-async def name_not_text(update: Update, context: ContextTypes.DEFAULT_TYPE) -> int:
-    """Ask again for the name as text."""
-    await say(update, t(lang(update), "name_not_text"))
-    return NAME
+name_not_text = hint("name_not_text", NAME)
 
 
 async def choose_type(update: Update, context: ContextTypes.DEFAULT_TYPE) -> int:
@@ -91,16 +88,10 @@ async def choose_type(update: Update, context: ContextTypes.DEFAULT_TYPE) -> int
     return PHOTOS
 
 
-async def type_hint(update: Update, context: ContextTypes.DEFAULT_TYPE) -> int:
-    """Point at the type buttons."""
-    await say(update, t(lang(update), "type_hint"))
-    return TRAINING_TYPE
+type_hint = hint("type_hint", TRAINING_TYPE)
 
 
-async def confirm_hint(update: Update, context: ContextTypes.DEFAULT_TYPE) -> int:
-    """Point at the summary's buttons."""
-    await say(update, t(lang(update), "confirm_hint"))
-    return CONFIRM
+confirm_hint = hint("confirm_hint", CONFIRM)
 
 
 async def start_training(update: Update, context: ContextTypes.DEFAULT_TYPE) -> int:

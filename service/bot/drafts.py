@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Coroutine
 from typing import Any
 
-from telegram import Message, Update
+from telegram import Update
 from telegram.ext import ContextTypes, ConversationHandler
 
 from service.bot.photos import MAX_NAME_CHARS, Draft
-from service.bot.services import lang
+from service.bot.services import lang, say
 from service.bot.texts import t
 
 # Conversation states.
@@ -28,10 +29,17 @@ def forget(context: ContextTypes.DEFAULT_TYPE) -> None:
         context.user_data.pop(DRAFT_KEY, None)
 
 
-async def say(update: Update, text: str, **kwargs: Any) -> Message:
-    chat = update.effective_chat
-    assert chat is not None
-    return await chat.send_message(text, **kwargs)
+def hint(
+    key: str, state: int
+) -> Callable[[Update, ContextTypes.DEFAULT_TYPE], Coroutine[Any, Any, int]]:
+    """A handler that says the text `key` and keeps the conversation at `state`."""
+
+    async def handler(update: Update, context: ContextTypes.DEFAULT_TYPE) -> int:
+        await say(update, t(lang(update), key))
+        return state
+
+    handler.__doc__ = f"Say {key!r} and stay at this step."
+    return handler
 
 
 async def ask_name(update: Update, context: ContextTypes.DEFAULT_TYPE) -> int:

@@ -7,7 +7,7 @@ from telegram.ext import ContextTypes
 
 from service.bot import keyboards
 from service.bot.photos import MAX_PHOTOS, MIN_PHOTOS, MIN_SIDE
-from service.bot.services import lang, services
+from service.bot.services import lang, say, services
 from service.bot.texts import t
 from service.store.users import ensure_user
 
@@ -47,26 +47,18 @@ async def show_help(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
 
 async def nothing_to_cancel(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     """Say there is nothing to cancel (no conversation is going on)."""
-    chat = update.effective_chat
-    assert chat is not None
-    await chat.send_message(t(lang(update), "nothing_to_cancel"))
+    await say(update, t(lang(update), "nothing_to_cancel"))
 
 
 async def photo_outside(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     """Explain how to start creating an avatar when photos arrive out of the blue."""
-    chat = update.effective_chat
-    assert chat is not None
     language = lang(update)
-    await chat.send_message(
-        t(language, "photo_outside"), reply_markup=keyboards.main_menu(language)
-    )
+    await say(update, t(language, "photo_outside"), reply_markup=keyboards.main_menu(language))
 
 
 async def text_outside(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     """Point at the menu."""
-    chat = update.effective_chat
-    assert chat is not None
-    await chat.send_message(t(lang(update), "menu_hint"))
+    await say(update, t(lang(update), "menu_hint"))
 
 
 async def outdated_button(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:

@@ -8,7 +8,7 @@ from typing import Any, TypeVar
 
 import httpx
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
-from telegram import Update
+from telegram import Message, Update
 from telegram.ext import ContextTypes
 
 from service.bot.texts import Lang, lang_of
@@ -58,3 +58,10 @@ def services(context: ContextTypes.DEFAULT_TYPE) -> Services:
 def lang(update: Update) -> Lang:
     user = update.effective_user
     return lang_of(user.language_code if user else None)
+
+
+async def say(update: Update, text: str, **kwargs: Any) -> Message:
+    """Send `text` to the chat the update came from."""
+    chat = update.effective_chat
+    assert chat is not None
+    return await chat.send_message(text, **kwargs)

@@ -69,6 +69,11 @@ class UTCDateTime(TypeDecorator[dt.datetime]):
         return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)
 
 
+def _unique_where(name: str, column: str, where: str) -> Index:
+    """A partial unique index; both databases take the same WHERE clause."""
+    return Index(name, column, unique=True, postgresql_where=text(where), sqlite_where=text(where))
+
+
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING)
 
@@ -94,13 +99,7 @@ ONE_TRAINING_PER_USER = "status = 'training' AND started_by = 'bot'"
 class Avatar(Base):
     __tablename__ = "avatars"
     __table_args__ = (
-        Index(
-            "uq_avatars_one_training_per_user",
-            "user_id",
-            unique=True,
-            postgresql_where=text(ONE_TRAINING_PER_USER),
-            sqlite_where=text(ONE_TRAINING_PER_USER),
-        ),
+        _unique_where("uq_avatars_one_training_per_user", "user_id", ONE_TRAINING_PER_USER),
     )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
@@ -134,13 +133,7 @@ class FalJob(Base):
 
     __tablename__ = "fal_jobs"
     __table_args__ = (
-        Index(
-            "uq_fal_jobs_training_per_avatar",
-            "avatar_id",
-            unique=True,
-            postgresql_where=text(ONE_TRAINING_PER_AVATAR),
-            sqlite_where=text(ONE_TRAINING_PER_AVATAR),
-        ),
+        _unique_where("uq_fal_jobs_training_per_avatar", "avatar_id", ONE_TRAINING_PER_AVATAR),
     )
 
     request_id: Mapped[str] = mapped_column(String(128), primary_key=True)

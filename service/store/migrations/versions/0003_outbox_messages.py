@@ -10,10 +10,9 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
+# No branch labels or dependencies: Alembic takes their absence as none.
 revision = "0003"
 down_revision = "0002"
-branch_labels = None
-depends_on = None
 
 
 def upgrade() -> None:
