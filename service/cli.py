@@ -1,4 +1,4 @@
-"""`python -m service serve | bot | migrate | check | avatars ... | notifications ...`."""
+"""`python -m service serve | bot | migrate | check | avatars | notifications | events | ...`."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import sys
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from service import logs
 from service.outbox.states import NotificationState
@@ -57,7 +57,35 @@ def _parser() -> argparse.ArgumentParser:
     target.add_argument(
         "--failed", action="store_true", help=f"every notification in '{NotificationState.FAILED}'"
     )
+    _events_parser(commands)
+    commands.add_parser(
+        "maintenance",
+        help="prune events older than EVENTS_RETENTION_DAYS and delivered notifications older "
+        "than NOTIFICATIONS_RETENTION_DAYS, in small batches (run daily by a systemd timer)",
+    ).add_argument("--batch", type=int, default=1000, help="rows per transaction (default 1000)")
     return parser
+
+
+def _events_parser(commands: Any) -> None:
+    events = commands.add_parser("events", help="inspect or replay stored webhook events")
+    actions = events.add_subparsers(dest="action", required=True)
+    listing = actions.add_parser("list", help="stored events, newest first")
+    listing.add_argument(
+        "--outcome",
+        choices=("received", "ignored", "unmatched", "duplicate"),
+        help="duplicates are answered 200 but never stored, so 'duplicate' lists nothing",
+    )
+    listing.add_argument("--request-id")
+    listing.add_argument("--since", help="30m, 2h, 3d, 1w ago, or an ISO date/time (UTC)")
+    listing.add_argument("--limit", type=int, default=100, help="at most N (default 100; 0: all)")
+    listing.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    show = actions.add_parser("show", help="one event: headers, raw body, what it changed")
+    show.add_argument("id", type=int)
+    show.add_argument("--json", action="store_true", help="print JSON instead of text")
+    replay = actions.add_parser("replay", help="apply stored events again (idempotent)")
+    target = replay.add_mutually_exclusive_group(required=True)
+    target.add_argument("id", nargs="?", type=int)
+    target.add_argument("--unmatched", action="store_true", help="every unmatched event")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -75,6 +103,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "check": _check,
         "avatars": _avatars,
         "notifications": _notifications,
+        "events": _events,
+        "maintenance": _maintenance,
     }[args.command]
     return command(args, settings)
 
@@ -123,17 +153,26 @@ def _check(args: argparse.Namespace, settings: Settings) -> int:
     return 1 if problems else 0
 
 
-def _run_db(settings: Settings, work: Callable[[AsyncSession], Awaitable[T]]) -> T:
-    from service.store.engine import create_engine, run_transaction, sessionmaker
+def _with_sessions(
+    settings: Settings, work: Callable[[async_sessionmaker[AsyncSession]], Awaitable[T]]
+) -> T:
+    from service.store.engine import create_engine, sessionmaker
 
     async def go() -> T:
         engine = create_engine(settings.database_url, pool_size=1)
         try:
-            return await run_transaction(sessionmaker(engine), work)
+            return await work(sessionmaker(engine))
         finally:
             await engine.dispose()
 
     return asyncio.run(go())
+
+
+def _run_db(settings: Settings, work: Callable[[AsyncSession], Awaitable[T]]) -> T:
+    """`work` in one transaction (retried on contention) against the configured database."""
+    from service.store.engine import run_transaction
+
+    return _with_sessions(settings, lambda sessions: run_transaction(sessions, work))
 
 
 def _avatars(args: argparse.Namespace, settings: Settings) -> int:
@@ -182,6 +221,61 @@ def _notifications(args: argparse.Namespace, settings: Settings) -> int:
     except (operator.NotFound, operator.Conflict) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    return 0
+
+
+def _events(args: argparse.Namespace, settings: Settings) -> int:
+    from service import operator
+    from service import operator_events as ev
+
+    try:
+        if args.action == "list":
+            since = ev.parse_since(args.since) if args.since else None
+            if args.outcome in ev.NOT_STORED:
+                print("note: duplicates are answered 200 and never stored", file=sys.stderr)
+            rows = _run_db(
+                settings,
+                lambda s: ev.list_events(s, args.outcome, args.request_id, since, args.limit),
+            )
+            if args.json:
+                _print_json(rows)
+            else:
+                _print_table(rows, ev.TABLE_COLUMNS)
+        elif args.action == "show":
+            shown = _run_db(settings, lambda s: ev.show_event(s, args.id))
+            _print_json(shown) if args.json else print(ev.render(shown))
+        else:
+            ids = [args.id] if args.id is not None else _run_db(settings, ev.unmatched_ids)
+            replays = _with_sessions(settings, lambda sessions: ev.replay_each(sessions, ids))
+            for replayed in replays:
+                print(replayed.line, file=sys.stderr if replayed.failed else sys.stdout)
+            if args.unmatched:
+                applied = sum(r.applied for r in replays)
+                print(f"applied {applied} of {len(ids)} unmatched event(s)", file=sys.stderr)
+            return 1 if any(r.failed for r in replays) else 0
+    except ValueError as exc:
+        print(f"error: --since: {exc}", file=sys.stderr)
+        return 2
+    except (operator.NotFound, operator.Conflict) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _maintenance(args: argparse.Namespace, settings: Settings) -> int:
+    from service.store import retention
+
+    report = _with_sessions(
+        settings,
+        lambda sessions: retention.prune(
+            sessions,
+            settings.events_retention_days,
+            settings.notifications_retention_days,
+            batch=args.batch,
+        ),
+    )
+    # One JSON line: journald keeps it with the timer's run.
+    print(json.dumps(report.summary()))
     return 0
 
 
