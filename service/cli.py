@@ -46,10 +46,7 @@ def _parser() -> argparse.ArgumentParser:
     notes = commands.add_parser("notifications", help="inspect or re-queue notifications")
     note_actions = notes.add_subparsers(dest="action", required=True)
     note_list = note_actions.add_parser("list", help="notifications, optionally by state")
-    note_list.add_argument(
-        "--state",
-        choices=[s.value for s in NotificationState],
-    )
+    note_list.add_argument("--state", choices=[s.value for s in NotificationState])
     note_list.add_argument("--json", action="store_true", help="print JSON instead of a table")
     retry = note_actions.add_parser("retry", help="re-queue one notification or all failed")
     target = retry.add_mutually_exclusive_group(required=True)
@@ -76,7 +73,9 @@ def _events_parser(commands: Any) -> None:
         help="duplicates are answered 200 but never stored, so 'duplicate' lists nothing",
     )
     listing.add_argument("--request-id")
-    listing.add_argument("--since", help="30m, 2h, 3d, 1w ago, or an ISO date/time (UTC)")
+    listing.add_argument(
+        "--since", type=_since, help="30m, 2h, 3d, 1w ago, or an ISO date/time (UTC unless given)"
+    )
     listing.add_argument("--limit", type=int, default=100, help="at most N (default 100; 0: all)")
     listing.add_argument("--json", action="store_true", help="print JSON instead of a table")
     show = actions.add_parser("show", help="one event: headers, raw body, what it changed")
@@ -86,6 +85,15 @@ def _events_parser(commands: Any) -> None:
     target = replay.add_mutually_exclusive_group(required=True)
     target.add_argument("id", nargs="?", type=int)
     target.add_argument("--unmatched", action="store_true", help="every unmatched event")
+
+
+def _since(text: str) -> Any:
+    from service.operator_events import parse_since
+
+    try:
+        return parse_since(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -230,17 +238,11 @@ def _events(args: argparse.Namespace, settings: Settings) -> int:
 
     try:
         if args.action == "list":
-            since = ev.parse_since(args.since) if args.since else None
             if args.outcome in ev.NOT_STORED:
                 print("note: duplicates are answered 200 and never stored", file=sys.stderr)
-            rows = _run_db(
-                settings,
-                lambda s: ev.list_events(s, args.outcome, args.request_id, since, args.limit),
-            )
-            if args.json:
-                _print_json(rows)
-            else:
-                _print_table(rows, ev.TABLE_COLUMNS)
+            filters = (args.outcome, args.request_id, args.since, args.limit)
+            rows = _run_db(settings, lambda s: ev.list_events(s, *filters))
+            _print_json(rows) if args.json else _print_table(rows, ev.TABLE_COLUMNS)
         elif args.action == "show":
             shown = _run_db(settings, lambda s: ev.show_event(s, args.id))
             _print_json(shown) if args.json else print(ev.render(shown))
@@ -253,9 +255,6 @@ def _events(args: argparse.Namespace, settings: Settings) -> int:
                 applied = sum(r.applied for r in replays)
                 print(f"applied {applied} of {len(ids)} unmatched event(s)", file=sys.stderr)
             return 1 if any(r.failed for r in replays) else 0
-    except ValueError as exc:
-        print(f"error: --since: {exc}", file=sys.stderr)
-        return 2
     except (operator.NotFound, operator.Conflict) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -265,15 +264,8 @@ def _events(args: argparse.Namespace, settings: Settings) -> int:
 def _maintenance(args: argparse.Namespace, settings: Settings) -> int:
     from service.store import retention
 
-    report = _with_sessions(
-        settings,
-        lambda sessions: retention.prune(
-            sessions,
-            settings.events_retention_days,
-            settings.notifications_retention_days,
-            batch=args.batch,
-        ),
-    )
+    days = (settings.events_retention_days, settings.notifications_retention_days)
+    report = _with_sessions(settings, lambda ss: retention.prune(ss, *days, batch=args.batch))
     # One JSON line: journald keeps it with the timer's run.
     print(json.dumps(report.summary()))
     return 0
