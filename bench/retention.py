@@ -186,7 +186,7 @@ def measure(database_url: str, sqlite_path: Path | None, args: argparse.Namespac
                 server.port, signer, rids, args.rate, lambda: time.monotonic() > deadline
             )
             pruner = subprocess.Popen(
-                [sys.executable, "-m", "service", "maintenance"],
+                [sys.executable, "-m", "service", "maintenance", *args.maintenance_args],
                 env={**env, "LOG_LEVEL": "WARNING"},
                 stdout=subprocess.PIPE,
                 text=True,
@@ -215,7 +215,9 @@ def main() -> int:
     parser.add_argument("--rate", type=float, default=50.0, help="webhooks per second")
     parser.add_argument("--baseline", type=float, default=20.0, help="seconds without pruning")
     parser.add_argument("--max-prune-seconds", type=float, default=900.0)
+    parser.add_argument("--batch", type=int, help="maintenance's --batch (default: its own)")
     args = parser.parse_args()
+    args.maintenance_args = ["--batch", str(args.batch)] if args.batch else []
     if args.sqlite:
         with tempfile.TemporaryDirectory(prefix="retention-") as tmp:
             path = Path(tmp) / "retention.db"
