@@ -262,8 +262,11 @@ def _events(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _maintenance(args: argparse.Namespace, settings: Settings) -> int:
-    from service.store import retention
+    from service.store import migrate, retention
 
+    if problem := migrate.schema_problem(settings.database_url):
+        print(f"cannot run: {problem}", file=sys.stderr)
+        return 3
     days = (settings.events_retention_days, settings.notifications_retention_days)
     report = _with_sessions(settings, lambda ss: retention.prune(ss, *days, batch=args.batch))
     # One JSON line: journald keeps it with the timer's run.

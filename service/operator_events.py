@@ -207,16 +207,14 @@ async def _why_nothing(
 
 
 async def replay_each(sessions: async_sessionmaker[AsyncSession], ids: list[int]) -> list[Replayed]:
-    """Replay each event in a transaction of its own: one that fails does not stop the rest.
-
-    An unknown id alone (`events replay ID`) raises NotFound.
-    """
+    """Replay each event in a transaction of its own: one that fails does not stop the rest."""
     done = []
     for event_id in ids:
         try:
             work = functools.partial(replay, event_id=event_id)
             done.append(await run_transaction(sessions, work))
-        except Conflict as exc:
+        except (Conflict, NotFound) as exc:
+            # An unknown id, or one pruned since the list was read; the others still go.
             done.append(Replayed(False, f"error: {exc}", failed=True))
     return done
 

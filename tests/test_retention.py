@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -165,3 +166,11 @@ def test_a_bad_retention_is_one_line_naming_the_variable(name: str, value: str) 
         Settings.from_mapping({name: value})
     assert str(caught.value).startswith(f"{name}: ")
     assert "\n" not in str(caught.value)
+
+
+def test_maintenance_on_a_database_not_migrated_says_so(tmp_path: Path) -> None:
+    env = base_env(DATABASE_URL=f"sqlite:///{tmp_path}/empty.db")
+    result = run_cli("maintenance", env=env, check=False)
+    assert result.returncode == 3
+    assert "migrate" in result.stderr
+    assert result.stdout == ""
