@@ -202,8 +202,9 @@ async def _why_nothing(
             "nothing changed"
         )
     avatar = await session.get(Avatar, result.avatar_id) if result.avatar_id else None
-    where = f"avatar {avatar.id} is {avatar.status}, " if avatar else ""
-    return f"event {event_id}: {where}the event was applied already; nothing changed"
+    # Applied before, or older news than the avatar's state: the transition table says no.
+    now = f", avatar {avatar.id} is {avatar.status} {avatar.progress}%" if avatar else ""
+    return f"event {event_id}: nothing to apply{now}; nothing changed"
 
 
 async def replay_each(sessions: async_sessionmaker[AsyncSession], ids: list[int]) -> list[Replayed]:

@@ -200,8 +200,8 @@ def test_replay_of_an_applied_event_changes_nothing_and_writes_nothing(url: str)
     [received] = events(url)
     result = cli(url, "events", "replay", str(received["id"]))
     assert result.returncode == 0
-    assert "is completed" in result.stdout
-    assert "applied already; nothing changed" in result.stdout
+    assert "nothing to apply, avatar" in result.stdout
+    assert "is completed 100%; nothing changed" in result.stdout
     assert count(url, WebhookEvent) == 1
     assert count(url, Notification) == 1
 
