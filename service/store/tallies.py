@@ -71,9 +71,20 @@ def _group(tallied: Tallied) -> Any:
 async def advance(session: AsyncSession, tallied: Tallied, now: dt.datetime) -> int:
     """Count the rows older than HOLD_BACK into the tally and move the mark past them.
 
-    Returns how many ids the mark moved. Takes the mark's row lock first (concurrent readers
-    wait for each other here, never for webhooks).
+    Returns how many ids the mark moved. Takes the mark's row lock before counting, when there
+    is something to count (concurrent readers wait for each other there, never for webhooks).
     """
+    # The newest row written before the cut-off, found from the top of the primary key: only
+    # the last HOLD_BACK of rows is walked.
+    newest_old = await session.execute(
+        select(tallied.id)
+        .where(tallied.written_at < now - HOLD_BACK)
+        .order_by(tallied.id.desc())
+        .limit(1)
+    )
+    newest = newest_old.scalar() or 0
+    if newest <= await _mark(session, tallied):
+        return 0  # nothing to move: no write, no lock
     locked = await session.execute(
         update(_marks)
         .where(_marks.c.name == tallied.name)
@@ -83,15 +94,8 @@ async def advance(session: AsyncSession, tallied: Tallied, now: dt.datetime) -> 
     mark = locked.scalar()
     if mark is None:
         return 0
-    # The newest row written before the cut-off, found from the top of the primary key: only
-    # the last HOLD_BACK of rows is walked.
-    newest_old = await session.execute(
-        select(tallied.id)
-        .where(tallied.written_at < now - HOLD_BACK)
-        .order_by(tallied.id.desc())
-        .limit(1)
-    )
-    target = min(newest_old.scalar() or 0, mark + ADVANCE_LIMIT)
+    # Read again under the lock: another reader may have moved it meanwhile.
+    target = min(newest, mark + ADVANCE_LIMIT)
     if target <= mark:
         return 0
     group = _group(tallied)
