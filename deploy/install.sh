@@ -16,12 +16,17 @@
 #   /var/lib/aibots           state: the SQLite database (systemd StateDirectory=)
 #   /etc/ssl/aibots/          aibots_kz.chain.crt and aibots.kz.key (from certs/, see certs/README.md)
 #   /etc/systemd/system/      webhook.service, bot.service
+#   /etc/nginx/conf.d/aibots.kz.conf          http-level definitions both sites use
+#   /etc/nginx/snippets/aibots.kz-error*.conf  nginx's own errors as JSON
 #   /etc/nginx/sites-available/aibots.kz.conf (+ link in sites-enabled), /etc/nginx/aibots.kz.d/
+#   Debian's default site (sites-enabled/default) is disabled: it would answer every other
+#   name on port 80 with nginx's HTML page and version (KEEP_DEFAULT_SITE=1 keeps it).
 #   /usr/local/sbin/aibots    runs `python -m service ...` as the service user with its settings
 #
 # Environment: CERTS_DIR (default: certs in the checkout) is where the built certificate
 # chain and key are taken from; PYTHON (default python3, 3.11 or newer) makes the virtual
-# environment; SKIP_APT=1 skips the apt-get step.
+# environment; SKIP_APT=1 skips the apt-get step; KEEP_DEFAULT_SITE=1 leaves Debian's default
+# nginx site enabled.
 set -euo pipefail
 
 PROG=${0##*/}
@@ -165,6 +170,8 @@ install_dir 0750 root root "$ETC"
 install_dir 0750 "$SERVICE_USER" "$SERVICE_USER" "$STATE"
 install_dir 0750 root root "$SSL"
 install_dir 0755 root root "$UNITS"
+install_dir 0755 root root "$NGINX/conf.d"
+install_dir 0755 root root "$NGINX/snippets"
 install_dir 0755 root root "$NGINX/sites-available"
 install_dir 0755 root root "$NGINX/sites-enabled"
 install_dir 0755 root root "$NGINX/aibots.kz.d"
@@ -206,26 +213,26 @@ if [[ -e $ROOT$ENV_FILE ]]; then
     say "keeping $ENV_FILE"
 else
     say "creating $ENV_FILE (mode 0600): edit it, then start the services"
-    if [[ $DRY_RUN -eq 0 ]]; then
-        tmp=$(mktemp)
-        if [[ -f $SRC/.env.example ]]; then
-            # A relative SQLite path would land under the working directory; the units'
-            # own default (an absolute path in the state directory) is kept instead.
-            sed -E 's|^(DATABASE_URL=sqlite:///)([^/].*)$|# \1\2  (relative: replaced by the line below)\nDATABASE_URL=sqlite:////var/lib/aibots/aisha.db|' \
-                "$SRC/.env.example" >"$tmp"
-        else
-            printf '%s\n' \
-                '# aibots.kz settings (systemd EnvironmentFile= syntax: NAME=value, # comments).' \
-                'DATABASE_URL=sqlite:////var/lib/aibots/aisha.db' \
-                'TELEGRAM_TOKEN=' \
-                'FAL_KEY=' \
-                'FAL_WEBHOOK_URL=https://aibots.kz:8443/api/v1/avatar/status_update' >"$tmp"
-        fi
-        install_file 0600 root root "$tmp" "$ENV_FILE"
-        rm -f "$tmp"
+    # Made in a temporary file in both modes, so that --dry-run shows what would be written.
+    tmp=$(mktemp)
+    if [[ -f $SRC/.env.example ]]; then
+        # A relative SQLite path would land under the working directory; the units'
+        # own default (an absolute path in the state directory) is kept instead.
+        sed -E 's|^(DATABASE_URL=sqlite:///)([^/].*)$|# \1\2  (relative: replaced by the line below)\nDATABASE_URL=sqlite:////var/lib/aibots/aisha.db|' \
+            "$SRC/.env.example" >"$tmp"
     else
-        run install -m 0600 "$SRC/.env.example" "$ROOT$ENV_FILE"
+        printf '%s\n' \
+            '# aibots.kz settings (systemd EnvironmentFile= syntax: NAME=value, # comments).' \
+            'DATABASE_URL=sqlite:////var/lib/aibots/aisha.db' \
+            'TELEGRAM_TOKEN=' \
+            'FAL_KEY=' \
+            'FAL_WEBHOOK_URL=https://aibots.kz:8443/api/v1/avatar/status_update' >"$tmp"
     fi
+    if [[ $DRY_RUN -eq 1 ]]; then
+        say "$ENV_FILE would hold: $(grep -E '^DATABASE_URL=' "$tmp" | tail -n 1) (and the rest of .env.example)"
+    fi
+    install_file 0600 root root "$tmp" "$ENV_FILE"
+    rm -f "$tmp"
 fi
 
 # 7. The command-line wrapper and the systemd units.
@@ -247,12 +254,29 @@ else
     warn "no certificate yet: put the three aibots.kz files in $CERTS_DIR, run 'make certs', run this again"
 fi
 
-# 9. nginx: the site, enabled only once its certificate is in place (nginx -t would fail).
+# 9. nginx: the shared definitions and error pages (harmless without the site: every name
+# starts with aibots_kz_), the sites, and the main site enabled only once its certificate is
+# in place (nginx -t would fail without it).
+install_file 0644 root root "$SRC/deploy/nginx/conf.d/aibots.kz.conf" "$NGINX/conf.d/aibots.kz.conf"
+for snippet in "$SRC"/deploy/nginx/snippets/*.conf; do
+    install_file 0644 root root "$snippet" "$NGINX/snippets/${snippet##*/}"
+done
 install_file 0644 root root "$SRC/deploy/nginx/aibots.kz.conf" "$NGINX/sites-available/aibots.kz.conf"
 install_file 0644 root root "$SRC/deploy/nginx/aibots.kz-legacy-http.conf" "$NGINX/sites-available/aibots.kz-legacy-http.conf"
 install_file 0644 root root "$SRC/deploy/nginx/fal-networks.conf" "$NGINX/aibots.kz.d/fal-networks.conf.example"
+default_site=$ROOT$NGINX/sites-enabled/default
+if [[ ${KEEP_DEFAULT_SITE:-0} != 1 && -L $default_site ]] &&
+    [[ $(readlink "$default_site") == */sites-available/default ]]; then
+    say "disabling Debian's default nginx site (KEEP_DEFAULT_SITE=1 keeps it)"
+    run rm -f "$default_site"
+fi
 site_enabled=0
-if [[ $DRY_RUN -eq 1 || (-s $ROOT$SSL/aibots_kz.chain.crt && -s $ROOT$SSL/aibots.kz.key) ]]; then
+certs_ready=0
+if [[ (-s $CERTS_DIR/aibots_kz.chain.crt && -s $CERTS_DIR/aibots.kz.key) ||
+    (-s $ROOT$SSL/aibots_kz.chain.crt && -s $ROOT$SSL/aibots.kz.key) ]]; then
+    certs_ready=1
+fi
+if [[ $certs_ready -eq 1 ]]; then
     link=$ROOT$NGINX/sites-enabled/aibots.kz.conf
     created_link=0
     if [[ ! -L $link ]]; then
@@ -298,6 +322,6 @@ cat <<EOF
   3. Check from this host (the unsigned test POST is accepted from loopback only):
      curl --resolve aibots.kz:8443:127.0.0.1 https://aibots.kz:8443/health
   4. journalctl -u webhook -f ; tail -f /var/log/nginx/aibots.kz.access.log
-  5. Open port 8443/tcp in the firewall; point FAL_WEBHOOK_URL at
-     https://aibots.kz:8443/api/v1/avatar/status_update
+  5. Firewall: port 8443/tcp must be open (README, install step 1: ufw or nftables);
+     FAL_WEBHOOK_URL must be https://aibots.kz:8443/api/v1/avatar/status_update
 EOF
