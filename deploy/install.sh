@@ -317,8 +317,8 @@ EOF
 fi
 cat <<EOF
   2. systemctl enable --now webhook      (after the old receiver is stopped)
-     systemctl enable --now bot
-     (after an upgrade: systemctl restart webhook bot)
+     systemctl enable --now bot         (after the old bot is stopped: one poller per token)
+     (after an upgrade or a change of $ENV_FILE: systemctl restart webhook bot)
   3. Check from this host (the unsigned test POST is accepted from loopback only):
      curl --resolve aibots.kz:8443:127.0.0.1 https://aibots.kz:8443/health
   4. journalctl -u webhook -f ; tail -f /var/log/nginx/aibots.kz.access.log
