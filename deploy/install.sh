@@ -15,7 +15,7 @@
 #   /etc/aibots/webhook.env   settings and secrets (mode 0600), made from .env.example once
 #   /var/lib/aibots           state: the SQLite database (systemd StateDirectory=)
 #   /etc/ssl/aibots/          aibots_kz.chain.crt and aibots.kz.key (from certs/, see certs/README.md)
-#   /etc/systemd/system/      webhook.service, bot.service
+#   /etc/systemd/system/      webhook.service, bot.service, aibots-certs.{service,timer}
 #   /etc/nginx/conf.d/aibots.kz.conf          http-level definitions both sites use
 #   /etc/nginx/snippets/aibots.kz-error*.conf  nginx's own errors as JSON
 #   /etc/nginx/sites-available/aibots.kz.conf (+ link in sites-enabled), /etc/nginx/aibots.kz.d/
@@ -239,6 +239,8 @@ fi
 install_file 0750 root root "$SRC/deploy/aibots" "$CLI"
 install_file 0644 root root "$SRC/deploy/systemd/webhook.service" "$UNITS/webhook.service"
 install_file 0644 root root "$SRC/deploy/systemd/bot.service" "$UNITS/bot.service"
+install_file 0644 root root "$SRC/deploy/systemd/aibots-certs.service" "$UNITS/aibots-certs.service"
+install_file 0644 root root "$SRC/deploy/systemd/aibots-certs.timer" "$UNITS/aibots-certs.timer"
 
 # 8. Certificates: the chain and key that `deploy/certs.sh build` checked and wrote.
 if [[ -s $CERTS_DIR/aibots_kz.chain.crt && -s $CERTS_DIR/aibots.kz.key ]]; then
@@ -301,8 +303,10 @@ else
     warn "the nginx site is installed but not enabled (no certificate in $SSL)"
 fi
 
-# 10. systemd.
+# 10. systemd: the units, and the daily certificate check (its timer started now; the
+# services are started by the operator once the settings are in place).
 system systemctl daemon-reload
+system systemctl enable --now aibots-certs.timer
 
 cat <<EOF
 

@@ -25,6 +25,9 @@ WEBHOOK_SECONDS = Histogram(
     buckets=(0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0),
 )
 TELEGRAM_SENDS = Counter("telegram_sends_total", "sendMessage attempts by result", ["result"])
+# Counted by the gunicorn master (through mark_process_dead, which its child_exit hook calls
+# for every worker that ends): a reload ends each worker once; crashes and timeouts add more.
+WORKER_EXITS = Counter("webhook_worker_exits_total", "gunicorn workers that have exited")
 NOTIFY_LATENCY = Histogram(
     "notification_delivery_seconds",
     "Time from a notification's commit to Telegram accepting it",
@@ -52,5 +55,6 @@ def gauge_lines(name: str, help_text: str, samples: dict[str, float], label: str
 
 
 def mark_process_dead(pid: int) -> None:
+    WORKER_EXITS.inc()
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         _multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]

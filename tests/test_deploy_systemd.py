@@ -470,6 +470,7 @@ def test_install_into_a_staging_root_is_complete_and_idempotent(tmp_path: Path) 
         "python3 -m venv",
         "/opt/aibots/venv/bin/python -m pip install",
         "systemctl daemon-reload",
+        "systemctl enable --now aibots-certs.timer",
         "nginx -t",
     ):
         assert f"skipped (--root): {step}" in first.stdout.replace("\\ ", " "), step
@@ -479,7 +480,7 @@ def test_install_into_a_staging_root_is_complete_and_idempotent(tmp_path: Path) 
     assert (app / "pyproject.toml").is_file()
     for absent in (".venv", ".git", "certs", "var", ".env"):
         assert not (app / absent).exists(), absent
-    for name in ("webhook.service", "bot.service"):
+    for name in ("webhook.service", "bot.service", "aibots-certs.service", "aibots-certs.timer"):
         installed = root / "etc/systemd/system" / name
         assert installed.read_text() == (UNITS / name).read_text()
     site = root / "etc/nginx/sites-available/aibots.kz.conf"
