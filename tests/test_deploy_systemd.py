@@ -588,3 +588,11 @@ def test_the_cli_wrapper_reads_the_environment_file_like_systemd(tmp_path: Path)
     assert seen["LOG_LEVEL"] == "DEBUG"
     assert seen["LOG_FORMAT"] == "console"
     assert not Path("/tmp/aibots-should-not-exist").exists()
+
+    # AIBOTS_DATABASE_URL points one command elsewhere (the README's restore), file or not.
+    other = "sqlite:////var/lib/aibots/restored.db"
+    result = subprocess.run(["bash", "-c", probe], capture_output=True, text=True, timeout=30,
+                            env={**os.environ, "AIBOTS_ENV_FILE": str(env_file),
+                                 "AIBOTS_DATABASE_URL": other})  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["DATABASE_URL"] == other
