@@ -3,7 +3,7 @@
 # Idempotent: run it again after every update of the checkout; it keeps an existing
 # environment file and certificates, and replaces the code, the units and the nginx site.
 #
-#   sudo deploy/install.sh             (make install) install into this host
+#   deploy/install.sh                  (make install, as root) install into this host
 #   deploy/install.sh --root DIR       write the files under DIR only (a staging tree for a
 #                                      look or a test): no packages, user, venv, chown,
 #                                      systemctl or nginx; prints what it skipped
@@ -131,7 +131,7 @@ install_file() { # MODE OWNER GROUP SOURCE DEST
 
 [[ -f $SRC/pyproject.toml && -d $SRC/service ]] || die "$SRC does not look like the aibots checkout"
 if [[ $STAGING -eq 0 && $DRY_RUN -eq 0 && $EUID -ne 0 ]]; then
-    die "run as root (sudo $0), or use --root DIR / --dry-run"
+    die "run as root, or use --root DIR / --dry-run"
 fi
 
 # 1. Packages.
