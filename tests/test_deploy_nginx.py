@@ -296,6 +296,25 @@ def test_debian_reads_the_legacy_site_first_and_both_sites_still_load(
     assert 'unknown log format "aibots_kz_json"' in broken.stderr, broken.stderr
 
 
+def test_the_sites_load_beside_debians_default_site(tmp_path: Path, certs: Path) -> None:
+    """KEEP_DEFAULT_SITE=1 (a host serving other sites) leaves Debian's own default site
+    enabled: read after both aibots.kz sites, and everything still loads."""
+    default = Path("/etc/nginx/sites-available/default")
+    if not default.is_file():
+        pytest.skip("Debian's default site is not installed here")
+    layout = write_config(tmp_path, certs, upstream=free_port())
+    port = free_port()
+    text = default.read_text()
+    for listen in ("listen 80 default_server;", "listen [::]:80 default_server;"):
+        assert listen in text, f"{listen!r} is gone from Debian's default site"
+    text = text.replace("listen 80 default_server;", f"listen 127.0.0.1:{port} default_server;")
+    text = text.replace("listen [::]:80 default_server;", "")
+    (tmp_path / "sites-enabled" / "default").write_text(text)
+    assert sorted(p.name for p in (tmp_path / "sites-enabled").iterdir())[-1] == "default"
+    result = nginx_test(layout.conf)
+    assert result.returncode == 0, result.stderr
+
+
 def test_only_prefixed_names_are_defined_at_http_level() -> None:
     """conf.d/ is read for every site of the host: nothing there may touch the others."""
     defined = re.findall(r"^(?:log_format|upstream)\s+(\S+)|zone=(\w+)", SHARED.read_text(), re.M)
