@@ -303,10 +303,14 @@ else
     warn "the nginx site is installed but not enabled (no certificate in $SSL)"
 fi
 
-# 10. systemd: the units, and the daily certificate check (its timer started now; the
-# services are started by the operator once the settings are in place).
+# 10. systemd: the units, and the daily check of the served certificate once nginx serves
+# one (the services are started by the operator once the settings are in place).
 system systemctl daemon-reload
-system systemctl enable --now aibots-certs.timer
+if [[ $site_enabled -eq 1 ]]; then
+    system systemctl enable --now aibots-certs.timer
+else
+    say "aibots-certs.timer is installed, not enabled: nginx serves no certificate yet"
+fi
 
 cat <<EOF
 

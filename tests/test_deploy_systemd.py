@@ -532,6 +532,8 @@ def test_install_without_certificates_leaves_the_site_disabled(tmp_path: Path) -
     result = install(root, CERTS_DIR=str(tmp_path / "none"))
     assert result.returncode == 0, result.stderr
     assert "no certificate yet" in result.stderr
+    assert "aibots-certs.timer is installed, not enabled" in result.stdout
+    assert "enable --now aibots-certs.timer" not in result.stdout
     assert (root / "etc/nginx/sites-available/aibots.kz.conf").is_file()
     assert not (root / "etc/nginx/sites-enabled/aibots.kz.conf").exists()
 
