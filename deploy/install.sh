@@ -312,9 +312,14 @@ else
     say "aibots-certs.timer is installed, not enabled: nginx serves no certificate yet"
 fi
 
+if [[ $DRY_RUN -eq 1 ]]; then
+    done_line="dry run, nothing was changed. After a real run, the next steps"
+else
+    done_line="installed. Next steps"
+fi
 cat <<EOF
 
-$PROG: installed. Next steps:
+$PROG: $done_line:
   1. Edit $ENV_FILE (TELEGRAM_TOKEN, FAL_KEY, DATABASE_URL for PostgreSQL, ...).
 EOF
 if [[ $site_enabled -eq 0 ]]; then
