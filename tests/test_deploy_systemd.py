@@ -414,6 +414,9 @@ def test_reload_replaces_the_workers_but_only_a_restart_applies_settings(tmp_pat
         assert refused == [], "the listening socket stays open through a reload"
         assert set(answered) == {200}
         assert server.proc is not None and server.proc.poll() is None
+        # The master counted the two workers that ended (AibotsWorkersRestarting reads it).
+        scraped = requests.get(f"{server.url}/metrics", timeout=5).text
+        assert re.search(r"^webhook_worker_exits_total 2\.0$", scraped, re.M), scraped[-2000:]
         # New workers, old settings: the reload did not apply the edit.
         assert unsigned_from(server) == ["127.0.0.1/32"]
         assert unsigned_post(server) == 200
