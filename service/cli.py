@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service import logs
+from service.outbox.states import NotificationState
 from service.settings import Settings, SettingsError
 
 T = TypeVar("T")
@@ -48,13 +49,15 @@ def _parser() -> argparse.ArgumentParser:
     note_list = note_actions.add_parser("list", help="notifications, optionally by state")
     note_list.add_argument(
         "--state",
-        choices=("pending", "sending", "sent", "uncertain", "undeliverable", "failed"),
+        choices=[s.value for s in NotificationState],
     )
     note_list.add_argument("--json", action="store_true", help="print JSON instead of a table")
     retry = note_actions.add_parser("retry", help="re-queue one notification or all failed")
     target = retry.add_mutually_exclusive_group(required=True)
     target.add_argument("id", nargs="?", type=int)
-    target.add_argument("--failed", action="store_true", help="every notification in 'failed'")
+    target.add_argument(
+        "--failed", action="store_true", help=f"every notification in '{NotificationState.FAILED}'"
+    )
 
     backup = commands.add_parser("backup", help="back up the database, or restore a backup")
     backup.add_argument("action", choices=("create", "restore"))

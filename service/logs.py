@@ -10,17 +10,30 @@ from typing import Any
 
 import structlog
 
-# Telegram puts the bot token in every URL path; nothing that might hold one is logged as is.
+# Telegram puts the bot token in every URL path, and a FAL key (`<key id>:<secret>`) travels
+# in an Authorization header; nothing that might hold one is logged as is.
 _TOKEN = re.compile(r"\d{5,}:[A-Za-z0-9_-]{20,}")
+_FAL_KEY = re.compile(r"[0-9a-fA-F-]{8,}:[0-9a-fA-F]{16,}")
 _SECRET_KEYS = ("token", "signature", "fal_key", "authorization", "password")
+
+
+def _clean(value: Any) -> Any:
+    """The value with every secret-shaped string in it replaced, at any depth."""
+    if isinstance(value, str):
+        return _FAL_KEY.sub("[redacted]", _TOKEN.sub("[redacted]", value))
+    if isinstance(value, dict):
+        return {key: _clean(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_clean(item) for item in value]
+    return value
 
 
 def _redact(_logger: Any, _name: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     for key, value in event.items():
         if any(secret in key.lower() for secret in _SECRET_KEYS) and key != "event":
             event[key] = "[redacted]"
-        elif isinstance(value, str) and _TOKEN.search(value):
-            event[key] = _TOKEN.sub("[redacted]", value)
+        else:
+            event[key] = _clean(value)
     return event
 
 
@@ -29,7 +42,6 @@ def configure(level: str = "INFO", fmt: str = "json") -> None:
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
-        _redact,
     ]
     renderer: Any = (
         structlog.processors.JSONRenderer()
@@ -37,7 +49,8 @@ def configure(level: str = "INFO", fmt: str = "json") -> None:
         else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
     )
     structlog.configure(
-        processors=[*shared, structlog.processors.format_exc_info, renderer],
+        # Redacted after the traceback is rendered: an exception's text can carry a URL.
+        processors=[*shared, structlog.processors.format_exc_info, _redact, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelNamesMapping()[level]),
         logger_factory=structlog.WriteLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=True,
@@ -48,7 +61,12 @@ def configure(level: str = "INFO", fmt: str = "json") -> None:
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
             foreign_pre_chain=[*shared, structlog.stdlib.add_logger_name],
-            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                structlog.processors.format_exc_info,
+                _redact,
+                renderer,
+            ],
         )
     )
     root = logging.getLogger()

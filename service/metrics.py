@@ -24,6 +24,10 @@ WEBHOOK_SECONDS = Histogram(
     "Time from the request's arrival to the answer, commit included",
     buckets=(0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0),
 )
+REQUEST_ID_MISMATCHES = Counter(
+    "webhook_request_id_mismatches_total",
+    "Signed webhooks refused because the signed id is neither of the body's ids",
+)
 TELEGRAM_SENDS = Counter("telegram_sends_total", "sendMessage attempts by result", ["result"])
 # Counted by the gunicorn master (through mark_process_dead, which its child_exit hook calls
 # for every worker that ends): a reload ends each worker once; crashes and timeouts add more.

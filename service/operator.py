@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import Select, and_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from service.jobs.ingest import register_training
+from service.jobs import registry
+from service.jobs.ingest import register
 from service.jobs.states import AvatarStatus
-from service.store.models import Avatar, Notification, User, utcnow
+from service.outbox.states import REQUEUEABLE, NotificationState
+from service.store.models import Avatar, FalJob, Notification, User, utcnow
 from service.store.users import ensure_user
 
 
@@ -21,7 +23,7 @@ class Conflict(ValueError):
     """The request contradicts what is stored (for example, a request id already in use)."""
 
 
-def avatar_json(avatar: Avatar, telegram_id: int) -> dict[str, Any]:
+def avatar_json(avatar: Avatar, telegram_id: int, job: FalJob | None) -> dict[str, Any]:
     return {
         "id": avatar.id,
         "name": avatar.name,
@@ -29,7 +31,7 @@ def avatar_json(avatar: Avatar, telegram_id: int) -> dict[str, Any]:
         "training_type": avatar.training_type,
         "status": avatar.status,
         "progress": avatar.progress,
-        "fal_request_id": avatar.fal_request_id,
+        "fal_request_id": job.request_id if job else None,
         "lora_url": avatar.lora_url,
         "config_url": avatar.config_url,
         "error_message": avatar.error_message,
@@ -42,46 +44,61 @@ async def attach(
     session: AsyncSession, telegram_id: int, name: str, training_type: str, request_id: str
 ) -> dict[str, Any]:
     """Register a training started elsewhere, then apply any events that arrived before it."""
-    taken = (
-        await session.execute(select(Avatar.id).where(Avatar.fal_request_id == request_id))
-    ).scalar_one_or_none()
+    taken = await registry.by_request(session, request_id)
     if taken is not None:
-        raise Conflict(f"request id {request_id} already belongs to avatar {taken}")
+        raise Conflict(f"request id {request_id} already belongs to avatar {taken.avatar_id}")
     user = await ensure_user(session, telegram_id)
+    now = utcnow()
     avatar = Avatar(
         user_id=user.id,
         name=name,
         training_type=training_type,
         status=AvatarStatus.TRAINING.value,
         progress=0,
-        fal_request_id=request_id,
-        training_started_at=utcnow(),
+        training_started_at=now,
     )
     session.add(avatar)
     await session.flush()
-    await register_training(session, avatar)
-    return avatar_json(avatar, telegram_id)
+    job = FalJob(
+        request_id=request_id,
+        kind=registry.JobKind.TRAINING.value,
+        user_id=user.id,
+        avatar_id=avatar.id,
+        submitted_at=now,
+    )
+    await register(session, job)
+    await session.refresh(avatar)
+    return avatar_json(avatar, telegram_id, job)
+
+
+def _with_owner_and_job() -> Select[Avatar, int, FalJob]:
+    """Avatars with their owner's Telegram id and their training job (None if not submitted)."""
+    return (
+        select(Avatar, User.telegram_id, FalJob)
+        .join(User, User.id == Avatar.user_id)
+        .outerjoin(
+            FalJob,
+            and_(FalJob.avatar_id == Avatar.id, FalJob.kind == registry.JobKind.TRAINING.value),
+        )
+    )
 
 
 async def show(session: AsyncSession, request_id: str) -> dict[str, Any]:
     row = (
-        await session.execute(
-            select(Avatar, User.telegram_id)
-            .join(User, User.id == Avatar.user_id)
-            .where(Avatar.fal_request_id == request_id)
-        )
+        await session.execute(_with_owner_and_job().where(FalJob.request_id == request_id))
     ).one_or_none()
     if row is None:
         raise NotFound(f"no avatar with request id {request_id}")
-    return avatar_json(row[0], row[1])
+    avatar, telegram_id, job = row
+    return avatar_json(avatar, telegram_id, job)
 
 
 async def list_avatars(session: AsyncSession, status: str | None) -> list[dict[str, Any]]:
-    query = select(Avatar, User.telegram_id).join(User, User.id == Avatar.user_id)
+    query = _with_owner_and_job()
     if status:
         query = query.where(Avatar.status == status)
     rows = await session.execute(query.order_by(Avatar.created_at))
-    return [avatar_json(avatar, telegram_id) for avatar, telegram_id in rows]
+    return [avatar_json(avatar, telegram_id, job) for avatar, telegram_id, job in rows]
 
 
 def notification_json(n: Notification) -> dict[str, Any]:
@@ -106,27 +123,28 @@ async def list_notifications(session: AsyncSession, state: str | None) -> list[d
     return [notification_json(n) for n in (await session.execute(query)).scalars()]
 
 
-# Sent notifications are never re-queued: that would be a deliberate duplicate.
-RETRYABLE_STATES = ("failed", "undeliverable", "uncertain")
-
-
 async def retry_notifications(
     session: AsyncSession, notification_id: int | None, all_failed: bool
 ) -> int:
     """Put notifications back in the queue; returns how many were re-queued."""
     query = update(Notification).values(
-        state="pending", attempts=0, next_attempt_at=utcnow(), lease_until=None, claimed_by=None
+        state=NotificationState.PENDING.value,
+        attempts=0,
+        next_attempt_at=utcnow(),
+        lease_until=None,
+        claimed_by=None,
     )
     if all_failed:
-        query = query.where(Notification.state == "failed")
+        query = query.where(Notification.state == NotificationState.FAILED)
     else:
         found = await session.get(Notification, notification_id)
         if found is None:
             raise NotFound(f"no notification {notification_id}")
-        if found.state not in RETRYABLE_STATES:
+        # Sent notifications are never re-queued: that would be a deliberate duplicate.
+        if found.state not in REQUEUEABLE:
             raise Conflict(
                 f"notification {notification_id} is {found.state}; only "
-                f"{', '.join(RETRYABLE_STATES)} can be re-queued"
+                f"{', '.join(REQUEUEABLE)} can be re-queued"
             )
         query = query.where(Notification.id == notification_id)
     result = await session.execute(query)

@@ -53,6 +53,19 @@ class Settings:
     # Outbox pacing; Telegram's documented limits are the defaults.
     telegram_rate_per_second: float = 30.0
     telegram_chat_interval: float = 1.0
+    # A send that gets no answer within the read timeout is "uncertain" (it may have arrived);
+    # one that cannot connect within the connect timeout is retried.
+    telegram_read_timeout_seconds: float = 10.0
+    telegram_connect_timeout_seconds: float = 5.0
+    # The outbox (service/outbox/). The lease is long enough for a send that waits its turn
+    # behind the per-chat pacing and then times out.
+    outbox_lease_seconds: float = 120.0
+    # None: the database's own (service/store/dialect.py): often on SQLite, which cannot wake
+    # another process, and as a fallback to NOTIFY on PostgreSQL.
+    outbox_poll_seconds: float | None = None
+    # How soon a worker that is not the dispatcher (or lost its lock) tries to lead again.
+    outbox_election_retry_seconds: float = 2.0
+    outbox_max_in_flight: int = 16
     public_base_url: str = "https://aibots.kz:8443"
     # The bot's reconciler (service/bot/reconciler.py) and its training data (seconds).
     reconcile_interval_seconds: float = 300.0
@@ -63,10 +76,6 @@ class Settings:
     @property
     def telegram_configured(self) -> bool:
         return bool(self.telegram_token)
-
-    @property
-    def is_sqlite(self) -> bool:
-        return self.database_url.startswith("sqlite")
 
     @classmethod
     def from_env(
@@ -125,6 +134,30 @@ class Settings:
             ),
             telegram_chat_interval=_float(
                 "TELEGRAM_CHAT_INTERVAL", get("TELEGRAM_CHAT_INTERVAL", "1.0"), 0.0, 60
+            ),
+            telegram_read_timeout_seconds=_float(
+                "TELEGRAM_READ_TIMEOUT_SECONDS",
+                get("TELEGRAM_READ_TIMEOUT_SECONDS", "10"),
+                0.1,
+                600,
+            ),
+            telegram_connect_timeout_seconds=_float(
+                "TELEGRAM_CONNECT_TIMEOUT_SECONDS",
+                get("TELEGRAM_CONNECT_TIMEOUT_SECONDS", "5"),
+                0.1,
+                600,
+            ),
+            outbox_lease_seconds=_float(
+                "OUTBOX_LEASE_SECONDS", get("OUTBOX_LEASE_SECONDS", "120"), 1, 86400
+            ),
+            outbox_poll_seconds=_optional_float(
+                "OUTBOX_POLL_SECONDS", get("OUTBOX_POLL_SECONDS", ""), 0.01, 60
+            ),
+            outbox_election_retry_seconds=_float(
+                "OUTBOX_ELECTION_RETRY_SECONDS", get("OUTBOX_ELECTION_RETRY_SECONDS", "2"), 0.1, 600
+            ),
+            outbox_max_in_flight=_int(
+                "OUTBOX_MAX_IN_FLIGHT", get("OUTBOX_MAX_IN_FLIGHT", "16"), 1, 1000
             ),
             public_base_url=_http_url(
                 "PUBLIC_BASE_URL", get("PUBLIC_BASE_URL", defaults.public_base_url)
@@ -225,3 +258,8 @@ def _float(name: str, value: str, low: float, high: float) -> float:
     if not low <= number <= high:
         raise SettingsError(f"{name}: expected {low}..{high}, got {number}")
     return number
+
+
+def _optional_float(name: str, value: str, low: float, high: float) -> float | None:
+    """Empty means "not set": the default then comes from elsewhere (see its field)."""
+    return _float(name, value, low, high) if value else None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
@@ -9,7 +10,7 @@ from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.fal.payload import parse_body, parse_event
-from service.jobs.ingest import Delivery, ingest
+from service.jobs.ingest import Delivery, Result, ingest
 from service.store.models import Notification
 from tests.support.db import notifications, run
 from tests.support.servers import base_env, run_cli
@@ -98,7 +99,7 @@ def test_notifications_retry_requeues_one_or_all_failed(tmp_path: Path) -> None:
     for rid in ("n1", "n2", "n3"):
         body = fal_ok(rid)
         delivery = Delivery(body, parse_event(parse_body(body), {}), {}, "", None, signed=False)
-        run(url, lambda s, d=delivery: ingest(s, d))
+        run(url, functools.partial(_ingest, delivery=delivery))
     ids = [n["id"] for n in notifications(url)]
 
     async def mark(session: AsyncSession) -> None:
@@ -122,3 +123,7 @@ def test_notifications_retry_requeues_one_or_all_failed(tmp_path: Path) -> None:
     # A pending (or sent) notification is not re-queued: that would be a deliberate duplicate.
     refused = run_cli("notifications", "retry", str(ids[0]), env=env, check=False)
     assert refused.returncode == 1
+
+
+async def _ingest(session: AsyncSession, delivery: Delivery) -> Result:
+    return await ingest(session, delivery)

@@ -13,7 +13,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Coroutine, Iterator
+from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +38,7 @@ from telegram.warnings import PTBDeprecationWarning
 
 from tests.fakes.fal_keys import FalSigner, JwksServer, signed_message
 from tests.fakes.telegram_api import (
+    TEST_TOKEN,
     EntityParseError,
     FakeBotApi,
     Fault,
@@ -49,19 +50,14 @@ from tests.fakes.telegram_api import (
 )
 
 ROOT = Path(__file__).resolve().parents[1]
-TOKEN = "123456:TEST-token"
+# The token of the suite's `api` fixture (tests/conftest.py).
+TOKEN = TEST_TOKEN
 
 
 @pytest.fixture(autouse=True)
 def _ptb_timedelta(monkeypatch: pytest.MonkeyPatch) -> None:
     # PTB 22.x emits PTBDeprecationWarning whenever it builds RetryAfter unless opted in.
     monkeypatch.setenv("PTB_TIMEDELTA", "true")
-
-
-@pytest.fixture
-def api() -> Iterator[FakeBotApi]:
-    with FakeBotApi(TOKEN) as server:
-        yield server
 
 
 def make_bot(api: FakeBotApi, read_timeout: float = 2.0, token: str = TOKEN) -> TelegramBot:
@@ -92,8 +88,7 @@ def b64url_decode(value: str) -> bytes:
 # --- FAL keys ---------------------------------------------------------------------------------
 
 
-def test_signature_verifies_with_unpadded_jwk_and_fails_on_changed_body() -> None:
-    signer = FalSigner()
+def test_signature_verifies_with_unpadded_jwk_and_fails_on_changed_body(signer: FalSigner) -> None:
     body = b'{"request_id":"req-1","status":"OK","payload":{"x":1}}'
     headers = signer.headers(body, "req-1")
     assert set(headers) == {
@@ -120,8 +115,7 @@ def test_signature_verifies_with_unpadded_jwk_and_fails_on_changed_body() -> Non
         key.verify(signature, signed_message(bytes(tampered), "req-1", "fal-test-user", stamp))
 
 
-def test_explicit_timestamp_and_user_are_signed() -> None:
-    signer = FalSigner()
+def test_explicit_timestamp_and_user_are_signed(signer: FalSigner) -> None:
     headers = signer.headers(b"{}", "req-2", user_id="u-9", timestamp=1_700_000_000)
     assert headers["X-Fal-Webhook-Timestamp"] == "1700000000"
     message = signed_message(b"{}", "req-2", "u-9", 1_700_000_000)
@@ -133,8 +127,7 @@ def test_explicit_timestamp_and_user_are_signed() -> None:
         )
 
 
-def test_padded_jwk_is_the_same_key() -> None:
-    signer = FalSigner()
+def test_padded_jwk_is_the_same_key(signer: FalSigner) -> None:
     padded = signer.jwk(pad=True)
     assert padded["x"].endswith("=")
     assert padded["x"].rstrip("=") == signer.jwk()["x"]

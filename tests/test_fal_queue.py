@@ -15,8 +15,8 @@ import pytest
 
 from service.fal.payload import EventStatus, parse_body, parse_event
 from service.fal.queue import (
+    CancelAnswer,
     FalAuthError,
-    FalNotFound,
     FalQueue,
     FalRejected,
     FalUnavailable,
@@ -24,11 +24,12 @@ from service.fal.queue import (
 )
 from service.fal.signature import parse_headers, verify
 from tests.fakes.fal_keys import FalSigner
-from tests.fakes.fal_queue import PORTRAIT, STYLE, FalQueueServer, lora_output
+from tests.fakes.fal_queue import PORTRAIT, STYLE, TEST_KEY, FalQueueServer, lora_output
 from tests.support.files import FileServer
 from tests.support.images import png
 
-KEY = "fal-key-id:fal-key-secret"
+# The key of the suite's `fal` fixture (tests/conftest.py).
+KEY = TEST_KEY
 T = TypeVar("T")
 
 
@@ -38,12 +39,6 @@ def zip_of(*images: bytes) -> bytes:
         for number, data in enumerate(images):
             archive.writestr(f"{number}.png", data)
     return buffer.getvalue()
-
-
-@pytest.fixture
-def fal() -> Iterator[FalQueueServer]:
-    with FalQueueServer(KEY) as server:
-        yield server
 
 
 @pytest.fixture
@@ -151,7 +146,7 @@ def test_status_result_and_cancel_follow_one_request(
     )
     (request,) = fal.requests()
     assert outcome.succeeded and outcome.output == lora_output(request.request_id)
-    assert cancelled is False  # already completed: FAL answers 400
+    assert cancelled is CancelAnswer.ALREADY_COMPLETED
 
 
 def test_a_failed_request_gives_fals_error_and_a_queued_one_can_be_cancelled(
@@ -167,14 +162,91 @@ def test_a_failed_request_gives_fals_error_and_a_queued_one_can_be_cancelled(
             queued.request_id,
         ]
 
-    outcome, accepted, queued_id = with_client(fal.url, scenario)
+    outcome, answer, queued_id = with_client(fal.url, scenario)
     # The zip was no zip, so the training failed as FAL reports it: 422 with a detail list.
     assert not outcome.succeeded and outcome.http_status == 422
     assert "BadZipFile" in outcome.output["detail"][0]["msg"]
-    assert accepted is True and fal.request(queued_id).cancelled
+    assert answer is CancelAnswer.OK and fal.request(queued_id).cancelled
     missing = f"{fal.url}/{PORTRAIT}/requests/no-such-request/cancel"
-    with pytest.raises(FalNotFound):
-        with_client(fal.url, lambda q: q.cancel(missing))
+    assert with_client(fal.url, lambda q: q.cancel(missing)) is CancelAnswer.NOT_FOUND
+
+
+def test_a_running_request_only_gets_the_signal_and_may_still_complete(
+    fal: FalQueueServer, files: FileServer
+) -> None:
+    async def scenario(queue: FalQueue) -> list[Any]:
+        submitted = await queue.submit(PORTRAIT, portrait(files), "http://x/")
+        fal.start_training(submitted.request_id)
+        answer = await queue.cancel(submitted.cancel_url)
+        still = (await queue.status(submitted.status_url)).state
+        await asyncio.to_thread(fal.complete, submitted.request_id, deliver=False)
+        return [answer, still, await queue.result(submitted.response_url)]
+
+    answer, still, outcome = with_client(fal.url, scenario)
+    assert answer is CancelAnswer.CANCELLATION_REQUESTED
+    assert still is QueueState.IN_PROGRESS
+    assert outcome.succeeded and "diffusers_lora_file" in outcome.output
+
+
+@pytest.mark.parametrize(
+    ("answer", "expected"),
+    [
+        ((200, {"status": "OK"}), CancelAnswer.OK),
+        ((202, {"status": "cancellation_requested"}), CancelAnswer.CANCELLATION_REQUESTED),
+        ((400, {"status": "ALREADY_COMPLETED"}), CancelAnswer.ALREADY_COMPLETED),
+        ((404, {"status": "NOT_FOUND"}), CancelAnswer.NOT_FOUND),
+        # Answers without a readable status: only the HTTP status is left to go by.
+        ((400, {"detail": "Request already completed"}), CancelAnswer.ALREADY_COMPLETED),
+        ((404, {"detail": "Not Found"}), CancelAnswer.NOT_FOUND),
+    ],
+)
+def test_the_cancel_answer_is_read_from_the_body(
+    fal: FalQueueServer, answer: tuple[int, dict[str, Any]], expected: CancelAnswer
+) -> None:
+    fal.plan("cancel", answer)
+    url = f"{fal.url}/{PORTRAIT}/requests/r-1/cancel"
+    assert with_client(fal.url, lambda q: q.cancel(url)) is expected
+
+
+@pytest.mark.parametrize("answer", [(200, {}), (202, {"status": "MAYBE"}), (204, {})])
+def test_a_bare_2xx_is_never_taken_for_a_cancel(
+    fal: FalQueueServer, answer: tuple[int, dict[str, Any]]
+) -> None:
+    fal.plan("cancel", answer)
+    url = f"{fal.url}/{PORTRAIT}/requests/r-1/cancel"
+    with pytest.raises(FalUnavailable, match="no status"):
+        with_client(fal.url, lambda q: q.cancel(url))
+
+
+@pytest.mark.parametrize(
+    ("status", "error_type"), [(500, "internal_error"), (504, "timeout")], ids=["500", "504"]
+)
+def test_a_run_that_broke_or_timed_out_is_a_failure_with_fals_reason(
+    fal: FalQueueServer, files: FileServer, status: int, error_type: str
+) -> None:
+    async def scenario(queue: FalQueue) -> list[Any]:
+        submitted = await queue.submit(PORTRAIT, portrait(files), "http://x/")
+        fal.start_training(submitted.request_id)
+        fal.fail_run(submitted.request_id, status=status, error_type=error_type, deliver=False)
+        return [
+            await queue.status(submitted.status_url),
+            await queue.result(submitted.response_url),
+        ]
+
+    state, outcome = with_client(fal.url, scenario)
+    assert state.state is QueueState.COMPLETED
+    assert (state.error, state.error_type) == ("the runner crashed", error_type)
+    assert not outcome.succeeded and outcome.http_status == status
+    assert outcome.error_type == error_type and outcome.error == "the runner crashed"
+
+
+def test_a_5xx_without_fals_error_marks_is_fal_being_unwell(
+    fal: FalQueueServer, files: FileServer
+) -> None:
+    submitted = with_client(fal.url, lambda q: q.submit(PORTRAIT, portrait(files), "http://x/"))
+    fal.plan("result", (503, {"detail": "Service Unavailable"}))
+    with pytest.raises(FalUnavailable, match="503"):
+        with_client(fal.url, lambda q: q.result(submitted.response_url))
 
 
 def test_the_key_is_never_sent_outside_fal_queue_url(fal: FalQueueServer) -> None:

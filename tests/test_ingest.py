@@ -5,16 +5,18 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import event, func, select
 
-from service.fal.payload import parse_body, parse_event
+from service.fal.payload import Event, EventStatus, parse_body, parse_event
 from service.jobs.ingest import Delivery, Outcome, Result, ingest
+from service.jobs.registry import Source
 from service.operator import attach, show
 from service.store import migrate
 from service.store.engine import create_engine, run_transaction, sessionmaker
-from service.store.models import Avatar, Notification, WebhookEvent
+from service.store.models import Avatar, FalJob, Notification, WebhookEvent
 from service.store.users import ensure_user
 from tests.support.db import run
+from tests.support.trainings import training_job
 from tests.support.webhooks import fal_error, fal_ok, legacy
 
 
@@ -30,15 +32,12 @@ def make_avatar(database_url: str, request_id: str | None, name: str = "Ann") ->
     async def work(session: Any) -> str:
         user = await ensure_user(session, 4242, language_code="ru")
         avatar = Avatar(
-            user_id=user.id,
-            name=name,
-            training_type="portrait",
-            status="training",
-            progress=0,
-            fal_request_id=request_id,
+            user_id=user.id, name=name, training_type="portrait", status="training", progress=0
         )
         session.add(avatar)
         await session.flush()
+        if request_id is not None:
+            session.add(training_job(request_id, user.id, avatar.id))
         return avatar.id
 
     return run(database_url, work)
@@ -203,3 +202,79 @@ def test_notification_text_escapes_the_name(database_url: str) -> None:
 
     (text,) = run(url, texts)
     assert "<b>&lt;b&gt;Ann_2*[x]&lt;/b&gt; &amp; Co</b>" in text
+
+
+def test_an_avatar_found_by_its_hint_gets_its_training_registered(database_url: str) -> None:
+    url = migrated(database_url)
+    avatar_id = make_avatar(url, None)
+    deliver(url, legacy("rid-12", "in_progress", progress=10), query=f"avatar_id={avatar_id}")
+    job = run(url, lambda s: s.get(FalJob, "rid-12"))
+    assert job is not None
+    assert (job.kind, job.avatar_id, job.status_url) == ("training", avatar_id, None)
+    # The next event needs no hint: the registry knows the request id now.
+    assert deliver(url, fal_ok("rid-12")).avatar_id == avatar_id
+
+
+def test_an_event_learnt_from_fal_records_its_source(database_url: str) -> None:
+    url = migrated(database_url)
+    make_avatar(url, "rid-13")
+    event = Event("rid-13", EventStatus.FAILED, error_message="stopped after 1 hours")
+    evidence = {"request_id": "rid-13", "status": "ERROR", "error": "stopped after 1 hours"}
+    learnt = Delivery.learnt(event, Source.RECONCILER, evidence)
+    assert run(url, lambda s: ingest(s, learnt)).outcome is Outcome.RECEIVED
+    assert avatar(url, "rid-13")["error_message"] == "stopped after 1 hours"
+
+    async def recorded(session: Any) -> tuple[str, bytes, dict[str, str], bool]:
+        row = (await session.execute(select(WebhookEvent))).scalar_one()
+        return row.source, row.body, row.headers, row.signed
+
+    source, body, headers, signed = run(url, recorded)
+    assert (source, headers, signed) == ("reconciler", {}, False)
+    assert parse_body(body) == evidence
+    # Told twice, it is one event.
+    assert run(url, lambda s: ingest(s, learnt)).outcome is Outcome.DUPLICATE
+
+
+def test_a_cancel_request_keeps_the_outcome_counting(database_url: str) -> None:
+    url = migrated(database_url)
+    make_avatar(url, "rid-14")
+    make_avatar(url, "rid-15", name="Bob")
+    for rid in ("rid-14", "rid-15"):
+        asked = Event(rid, EventStatus.CANCEL_REQUESTED)
+        assert apply(url, asked, {"status": "CANCELLATION_REQUESTED"}).transition == (
+            "training->cancelling:0"
+        )
+    assert deliver(url, legacy("rid-14", "in_progress", progress=50)).outcome is Outcome.RECEIVED
+    assert avatar(url, "rid-14")["status"] == "cancelling"
+    # Finished before the cancel reached it: the avatar is usable.
+    assert deliver(url, fal_ok("rid-14")).transition == "cancelling->completed:100"
+    # Stopped by the cancel, which FAL reports as an error: cancelled, not failed.
+    assert deliver(url, fal_error("rid-15")).transition == "cancelling->cancelled:0"
+    assert sorted(run(url, _kinds)) == ["cancelled", "completed"]
+
+
+def apply(url: str, event: Event, evidence: dict[str, Any]) -> Result:
+    learnt = Delivery.learnt(event, Source.RECONCILER, evidence)
+    return run(url, lambda s: ingest(s, learnt))
+
+
+def test_a_matched_event_on_postgresql_is_two_statements(postgres_url: str) -> None:
+    """The look-up under the row lock, then record + change + outbox row as one statement."""
+    url = migrated(postgres_url)
+    make_avatar(url, "rid-16")
+    body = fal_ok("rid-16")
+    delivery = Delivery(body, parse_event(parse_body(body), {}), {}, "", None, signed=True)
+    statements: list[str] = []
+
+    async def go() -> Result:
+        engine = create_engine(url)
+        event.listens_for(engine.sync_engine, "before_cursor_execute")(
+            lambda *args: statements.append(args[2])
+        )
+        try:
+            return await run_transaction(sessionmaker(engine), lambda s: ingest(s, delivery))
+        finally:
+            await engine.dispose()
+
+    assert asyncio.run(go()).notification_enqueued
+    assert len([s for s in statements if not s.startswith(("BEGIN", "COMMIT"))]) == 2

@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable
 import pytest
 from alembic import command
 from sqlalchemy import create_engine as create_sync_engine
-from sqlalchemy import inspect, update
+from sqlalchemy import inspect, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from telegram import User as TelegramUser
@@ -20,7 +20,7 @@ from service.operator import attach
 from service.settings import Settings
 from service.store import migrate
 from service.store.engine import sync_url
-from service.store.models import Avatar
+from service.store.models import Avatar, User
 from service.store.users import ensure_user
 from tests.support.db import run
 
@@ -71,6 +71,21 @@ def test_trainings_attached_by_an_operator_do_not_take_the_slot(db: str) -> None
 
     run(db, attach_two)
     run(db, bot_training(9203, "New"))
+
+    async def trainings(session: AsyncSession) -> list[tuple[str, str]]:
+        rows = await session.execute(
+            select(Avatar.started_by, Avatar.status)
+            .join(User, User.id == Avatar.user_id)
+            .where(User.telegram_id == 9203)
+        )
+        return sorted((by or "operator", status) for by, status in rows)
+
+    # All three run at once: the bot's own and the two the operator attached.
+    assert run(db, trainings) == [
+        ("bot", "training"),
+        ("operator", "training"),
+        ("operator", "training"),
+    ]
 
 
 def test_two_simultaneous_starts_let_exactly_one_through(db: str) -> None:

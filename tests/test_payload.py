@@ -11,7 +11,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from service.fal.comment import KNOWN_KEYS, parse_comment
-from service.fal.payload import Event, EventStatus, PayloadError, parse_body, parse_event
+from service.fal.payload import (
+    Event,
+    EventStatus,
+    PayloadError,
+    RequestIdMismatch,
+    parse_body,
+    parse_event,
+)
 
 LORA_URL = "https://v3.fal.media/files/koala/pytorch_lora_weights.safetensors"
 CONFIG_URL = "https://v3.fal.media/files/koala/config.json"
@@ -305,9 +312,21 @@ def test_a_signed_request_id_equal_to_the_bodys_is_accepted() -> None:
     assert event({"request_id": "r-1", "status": "OK"}, signed="r-1").request_id == "r-1"
 
 
-def test_a_signed_request_id_different_from_the_bodys_is_refused() -> None:
-    with pytest.raises(PayloadError, match="differs"):
-        event({"request_id": "r-1", "status": "OK"}, signed="r-2")
+def test_a_signed_request_id_different_from_both_body_ids_is_refused() -> None:
+    with pytest.raises(RequestIdMismatch, match="neither"):
+        event({"request_id": "r-1", "gateway_request_id": "g-1", "status": "OK"}, signed="r-2")
+
+
+def test_a_delivery_signed_with_the_gateway_id_is_matched_on_the_queue_id() -> None:
+    # FAL retried the run: the header carries the gateway's id, the body both.
+    body = {"request_id": "r-1", "gateway_request_id": "g-2", "status": "OK", "payload": {}}
+    assert event(body, signed="g-2").request_id == "r-1"
+    assert event(body, signed="r-1").request_id == "r-1"
+
+
+def test_a_gateway_id_that_is_not_a_string_never_matches() -> None:
+    with pytest.raises(RequestIdMismatch):
+        event({"request_id": "r-1", "gateway_request_id": 7, "status": "OK"}, signed="7")
 
 
 def test_a_signed_request_id_different_from_finetune_id_is_refused() -> None:

@@ -15,8 +15,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.bot.reconciler import Policy, Report, reconcile_once
 from service.bot.services import Services
-from service.fal.payload import parse_body, parse_event
+from service.fal.payload import Event, EventStatus, parse_body, parse_event
 from service.jobs.ingest import Delivery, ingest
+from service.jobs.registry import Source
 from service.operator import attach
 from service.settings import Settings
 from service.store import migrate, training_data
@@ -25,6 +26,7 @@ from service.store.users import ensure_user
 from tests.fakes.fal_queue import PORTRAIT, FalQueueServer
 from tests.support.files import FileServer
 from tests.support.images import png
+from tests.support.trainings import training_job
 
 KEY = "fal-key-id:fal-key-secret"
 POLICY = Policy(interval=1, expected=60, hard_limit=3600, stale_claim=120, data_retention=86400)
@@ -93,14 +95,12 @@ class World:
                     status="training",
                     progress=0,
                     started_by="bot",
-                    fal_request_id=submission.request_id,
-                    fal_status_url=submission.status_url,
-                    fal_response_url=submission.response_url,
-                    fal_cancel_url=submission.cancel_url,
                     training_started_at=utcnow() - dt.timedelta(seconds=age_seconds),
                 )
                 session.add(avatar)
                 await session.flush()
+                job = training_job(submission.request_id, user.id, avatar.id, urls_from=submission)
+                session.add(job)
                 return avatar.id
 
             return await svc.transaction(store), submission.request_id
@@ -153,7 +153,7 @@ def test_a_finished_training_whose_callback_was_lost_is_applied_once(world: Worl
     assert world.notifications(avatar_id) == ["completed"]
     (event,) = world.events(rid)
     assert event.signed is False and event.outcome == "received"
-    assert event.headers == {"x-aibots-source": "reconciler"}
+    assert event.source == "reconciler" and event.headers == {}
     assert parse_body(event.body)["payload"]["diffusers_lora_file"]["url"] == avatar.lora_url
     # Done now: the next pass does not even ask.
     asked = status_calls(world.fal)
@@ -197,6 +197,25 @@ def test_a_training_that_failed_at_fal_fails_with_fals_reason(world: World) -> N
     avatar = world.avatar(avatar_id)
     assert avatar.status == "failed"
     assert "no face found in 7 of 10 images" in (avatar.error_message or "")
+    assert world.notifications(avatar_id) == ["failed"]
+
+
+@pytest.mark.parametrize(
+    ("status", "error_type"), [(500, "internal_error"), (504, "timeout")], ids=["500", "504"]
+)
+def test_a_run_that_broke_at_fal_fails_at_once_with_fals_reason(
+    world: World, status: int, error_type: str
+) -> None:
+    # FAL answers such a result with a 5xx: read as FAL's reason, not as FAL being unwell
+    # (which would be retried for hours and then blamed on the time limit).
+    avatar_id, rid = world.training(8010 + status, age_seconds=POLICY.expected + 5)
+    world.fal.start_training(rid)
+    world.fal.fail_run(rid, status=status, error_type=error_type, deliver=False)
+    report = world.reconcile()
+    assert (report.checked, report.applied, report.timed_out) == (1, 1, 0)
+    avatar = world.avatar(avatar_id)
+    assert avatar.status == "failed"
+    assert "the runner crashed" in (avatar.error_message or "")
     assert world.notifications(avatar_id) == ["failed"]
 
 
@@ -295,3 +314,18 @@ def test_long_expired_zips_are_purged_and_others_kept(world: World) -> None:
 
     assert world.query(left) == [recent]
     assert ancient != recent
+
+
+def test_a_cancelling_training_is_still_followed_and_its_completion_counts(world: World) -> None:
+    avatar_id, rid = world.training(8012, age_seconds=POLICY.expected + 5)
+    asked = Delivery.learnt(
+        Event(rid, EventStatus.CANCEL_REQUESTED), Source.RECONCILER, {"status": "asked"}
+    )
+    world.query(lambda s: ingest(s, asked))
+    assert world.avatar(avatar_id).status == "cancelling"
+    world.fal.complete(rid, deliver=False)
+    report = world.reconcile()
+    assert (report.checked, report.applied) == (1, 1)
+    assert world.avatar(avatar_id).status == "completed"
+    assert world.notifications(avatar_id) == ["completed"]
+    assert sorted(e.source for e in world.events(rid)) == ["reconciler", "reconciler"]

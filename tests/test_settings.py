@@ -27,6 +27,12 @@ CONFIG_NAMES = (
     "WEB_CONCURRENCY",
     "LOG_LEVEL",
     "LOG_FORMAT",
+    "TELEGRAM_READ_TIMEOUT_SECONDS",
+    "TELEGRAM_CONNECT_TIMEOUT_SECONDS",
+    "OUTBOX_LEASE_SECONDS",
+    "OUTBOX_POLL_SECONDS",
+    "OUTBOX_ELECTION_RETRY_SECONDS",
+    "OUTBOX_MAX_IN_FLIGHT",
 )
 
 
@@ -53,7 +59,32 @@ def test_defaults_match_the_architecture_table() -> None:
     assert settings.log_level == "INFO"
     assert settings.log_format == "json"
     assert not settings.telegram_configured
-    assert settings.is_sqlite
+
+
+def test_outbox_and_telegram_timing_defaults_are_the_values_the_code_had() -> None:
+    settings = Settings.from_mapping({})
+    assert settings.telegram_read_timeout_seconds == 10.0
+    assert settings.telegram_connect_timeout_seconds == 5.0
+    assert settings.outbox_lease_seconds == 120.0
+    assert settings.outbox_election_retry_seconds == 2.0
+    assert settings.outbox_max_in_flight == 16
+    # Unset: the dispatcher takes the database's own interval (service/store/dialect.py).
+    assert settings.outbox_poll_seconds is None
+    assert Settings.from_mapping({"OUTBOX_POLL_SECONDS": ""}).outbox_poll_seconds is None
+
+
+@pytest.mark.parametrize(
+    ("database_url", "expected"),
+    [("sqlite:///var/aisha.db", 0.2), ("postgresql://u@db/aisha", 1.0)],
+)
+def test_the_poll_interval_defaults_to_the_databases_own(
+    database_url: str, expected: float
+) -> None:
+    from service.outbox.dispatcher import poll_seconds
+
+    assert poll_seconds(Settings.from_mapping({"DATABASE_URL": database_url})) == expected
+    chosen = Settings.from_mapping({"DATABASE_URL": database_url, "OUTBOX_POLL_SECONDS": "0.5"})
+    assert poll_seconds(chosen) == 0.5
 
 
 def test_from_mapping_equals_the_dataclass_defaults() -> None:
@@ -105,6 +136,20 @@ def test_secrets_do_not_appear_in_the_repr() -> None:
         ("WEB_CONCURRENCY", "2.5"),
         ("LOG_LEVEL", "loud"),
         ("LOG_FORMAT", "xml"),
+        ("OUTBOX_LEASE_SECONDS", "two minutes"),
+        ("OUTBOX_LEASE_SECONDS", "0"),
+        ("OUTBOX_POLL_SECONDS", "fast"),
+        ("OUTBOX_POLL_SECONDS", "0"),
+        ("OUTBOX_POLL_SECONDS", "-1"),
+        ("OUTBOX_ELECTION_RETRY_SECONDS", "soon"),
+        ("OUTBOX_ELECTION_RETRY_SECONDS", "0"),
+        ("OUTBOX_MAX_IN_FLIGHT", "many"),
+        ("OUTBOX_MAX_IN_FLIGHT", "0"),
+        ("OUTBOX_MAX_IN_FLIGHT", "1.5"),
+        ("TELEGRAM_READ_TIMEOUT_SECONDS", "ten"),
+        ("TELEGRAM_READ_TIMEOUT_SECONDS", "0"),
+        ("TELEGRAM_CONNECT_TIMEOUT_SECONDS", "-5"),
+        ("TELEGRAM_CONNECT_TIMEOUT_SECONDS", "nan"),
     ],
 )
 def test_a_bad_value_is_refused_with_a_message_starting_with_its_name(
@@ -139,6 +184,12 @@ def test_a_bad_value_is_refused_with_a_message_starting_with_its_name(
         ("WEB_CONCURRENCY", "4", "web_concurrency", 4),
         ("LOG_LEVEL", "debug", "log_level", "DEBUG"),
         ("LOG_FORMAT", "console", "log_format", "console"),
+        ("OUTBOX_LEASE_SECONDS", "3", "outbox_lease_seconds", 3.0),
+        ("OUTBOX_POLL_SECONDS", "0.05", "outbox_poll_seconds", 0.05),
+        ("OUTBOX_ELECTION_RETRY_SECONDS", "0.5", "outbox_election_retry_seconds", 0.5),
+        ("OUTBOX_MAX_IN_FLIGHT", "64", "outbox_max_in_flight", 64),
+        ("TELEGRAM_READ_TIMEOUT_SECONDS", "30", "telegram_read_timeout_seconds", 30.0),
+        ("TELEGRAM_CONNECT_TIMEOUT_SECONDS", "2.5", "telegram_connect_timeout_seconds", 2.5),
         (
             "ALLOWED_HOSTS",
             " AIBOTS.KZ , example.org ",
@@ -255,6 +306,22 @@ def test_check_on_an_unmigrated_database_says_to_migrate_then_passes_after(
     assert after.stdout == ""
 
 
+@pytest.mark.parametrize(
+    ("name", "value"), [("OUTBOX_LEASE_SECONDS", "soon"), ("TELEGRAM_READ_TIMEOUT_SECONDS", "0")]
+)
+@pytest.mark.parametrize("command", ["check", "serve", "bot", "migrate"])
+def test_every_command_refuses_a_bad_outbox_setting_by_name(
+    tmp_path: Path, command: str, name: str, value: str
+) -> None:
+    env = cli_env(DATABASE_URL=f"sqlite:///{tmp_path}/x.db", **{name: value})
+    result = run_cli(command, env=env, cwd=tmp_path, check=False)
+    assert result.returncode == 2, result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith(f"configuration error: {name}: expected"), line
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "x.db").exists()
+
+
 def test_check_reads_a_dotenv_in_the_working_directory(tmp_path: Path) -> None:
     (tmp_path / ".env").write_text("WEB_CONCURRENCY=zero\n", encoding="utf-8")
     result = run_cli(
@@ -262,3 +329,20 @@ def test_check_reads_a_dotenv_in_the_working_directory(tmp_path: Path) -> None:
     )
     assert result.returncode == 2, result.stderr
     assert "WEB_CONCURRENCY" in result.stderr
+
+
+def test_every_setting_read_is_documented_in_the_readme_and_env_example() -> None:
+    asked: set[str] = set()
+
+    class Recording(dict[str, str]):
+        def get(self, key: str, default: object = None) -> object:  # type: ignore[override]
+            asked.add(key)
+            return super().get(key, default)
+
+    Settings.from_mapping(Recording())
+    root = Path(__file__).resolve().parents[1]
+    readme = (root / "README.md").read_text(encoding="utf-8")
+    example = (root / ".env.example").read_text(encoding="utf-8")
+    assert "OUTBOX_LEASE_SECONDS" in asked
+    assert sorted(n for n in asked if f"`{n}`" not in readme) == []
+    assert sorted(n for n in asked if f"{n}=" not in example) == []

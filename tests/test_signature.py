@@ -26,6 +26,7 @@ from service.fal.signature import (
 )
 from tests.fakes import LoopbackHandler, LoopbackServer
 from tests.fakes.fal_keys import FalSigner, JwksServer
+from tests.support.clock import FakeClock
 
 T = TypeVar("T")
 
@@ -250,7 +251,8 @@ def test_a_jwk_with_extra_members_is_still_used(signer: FalSigner) -> None:
         {"kty": "OKP", "crv": "Ed25519", "x": "c2hvcnQ"},
         {"kty": "OKP", "crv": "Ed25519", "x": "a"},
         {"kty": "OKP", "crv": "Ed25519", "x": ""},
-        {"crv": "Ed25519", "x": "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"},
+        {"kty": "OKP", "crv": "X25519", "x": "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"},
+        {"crv": "P-256", "x": "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"},
         {},
     ],
     ids=[
@@ -264,7 +266,8 @@ def test_a_jwk_with_extra_members_is_still_used(signer: FalSigner) -> None:
         "x-too-short",
         "x-bad-base64",
         "x-empty",
-        "no-kty",
+        "names-another-curve",
+        "no-kty-another-curve",
         "empty",
     ],
 )
@@ -273,19 +276,6 @@ def test_jwk_entries_of_other_kinds_or_broken_are_ignored(entry: dict[str, objec
 
 
 # --- the key set over HTTP ------------------------------------------------------------------
-
-
-class FakeClock:
-    """The key set's monotonic clock, moved by hand."""
-
-    def __init__(self, start: float = 10_000.0) -> None:
-        self.now = start
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 def run_with_keyset(url: str, clock: FakeClock, scenario: Callable[[KeySet], Awaitable[T]]) -> T:
@@ -304,13 +294,29 @@ def fresh(signer: FalSigner, body: bytes = BODY, request_id: str = "req-1") -> S
     return parse_headers(lower(signer.headers(body, request_id, timestamp=int(now))), now=now)
 
 
-def test_the_first_verification_fetches_the_key_set_once(
-    signer: FalSigner, jwks: JwksServer
-) -> None:
+def verify_once(url: str, signer: FalSigner) -> None:
+    """One webhook signed by `signer`, checked against the key set served at `url`."""
+
     async def scenario(keyset: KeySet) -> None:
         await keyset.verify(fresh(signer), BODY)
 
-    run_with_keyset(jwks.jwks_url, FakeClock(), scenario)
+    run_with_keyset(url, FakeClock(), scenario)
+
+
+def verify_unavailable(url: str, signer: FalSigner) -> None:
+    """One webhook signed by `signer`: the key set at `url` cannot be had (KeySetUnavailable)."""
+
+    async def scenario(keyset: KeySet) -> None:
+        with pytest.raises(KeySetUnavailable):
+            await keyset.verify(fresh(signer), BODY)
+
+    run_with_keyset(url, FakeClock(), scenario)
+
+
+def test_the_first_verification_fetches_the_key_set_once(
+    signer: FalSigner, jwks: JwksServer
+) -> None:
+    verify_once(jwks.jwks_url, signer)
     assert jwks.requests == 1
 
 
@@ -350,11 +356,7 @@ def test_the_key_set_is_refetched_after_a_day(signer: FalSigner, jwks: JwksServe
 
 def test_a_padded_key_set_verifies_too(signer: FalSigner) -> None:
     with JwksServer([signer], pad=True) as server:
-
-        async def scenario(keyset: KeySet) -> None:
-            await keyset.verify(fresh(signer), BODY)
-
-        run_with_keyset(server.jwks_url, FakeClock(), scenario)
+        verify_once(server.jwks_url, signer)
         assert server.requests == 1
 
 
@@ -367,11 +369,8 @@ def test_other_kinds_of_keys_in_the_served_set_are_ignored(signer: FalSigner) ->
         ]
     }
     with DocumentServer(document) as server:
-
-        async def scenario(keyset: KeySet) -> None:
-            await keyset.verify(fresh(signer), BODY)
-
-        run_with_keyset(server.jwks_url, FakeClock(), scenario)
+        verify_once(server.jwks_url, signer)
+        assert server.requests == 1
 
 
 def test_a_rotated_key_verifies_only_after_the_minute_since_the_last_fetch(
@@ -436,11 +435,7 @@ def test_a_dead_key_server_without_cached_keys_is_unavailable(
     else:
         jwks.fail(int(failure.split("-")[1]))
 
-    async def scenario(keyset: KeySet) -> None:
-        with pytest.raises(KeySetUnavailable):
-            await keyset.verify(fresh(signer), BODY)
-
-    run_with_keyset(jwks.jwks_url, FakeClock(), scenario)
+    verify_unavailable(jwks.jwks_url, signer)
     assert jwks.requests == 1
 
 
@@ -449,11 +444,7 @@ def test_an_unreachable_key_server_is_unavailable(signer: FalSigner) -> None:
     url = server.jwks_url
     server.stop()
 
-    async def scenario(keyset: KeySet) -> None:
-        with pytest.raises(KeySetUnavailable):
-            await keyset.verify(fresh(signer), BODY)
-
-    run_with_keyset(url, FakeClock(), scenario)
+    verify_unavailable(url, signer)
 
 
 def test_unavailability_is_not_a_signature_error(signer: FalSigner, jwks: JwksServer) -> None:
@@ -630,21 +621,41 @@ def nonsense_server(request: pytest.FixtureRequest) -> Iterator[DocumentServer]:
 def test_a_key_set_without_usable_keys_is_unavailable(
     signer: FalSigner, nonsense_server: DocumentServer
 ) -> None:
-    async def scenario(keyset: KeySet) -> None:
-        with pytest.raises(KeySetUnavailable):
-            await keyset.verify(fresh(signer), BODY)
-
-    run_with_keyset(nonsense_server.jwks_url, FakeClock(), scenario)
+    verify_unavailable(nonsense_server.jwks_url, signer)
     assert nonsense_server.requests == 1
+
+
+@pytest.mark.parametrize(
+    "shape",
+    [
+        lambda x: {"kty": "OKP", "crv": "Ed25519", "x": x, "kid": "k1"},
+        # FAL's documentation promises only "a list of public keys, each with an x field".
+        lambda x: {"x": x},
+        lambda x: {"x": x, "kid": "k1"},
+        lambda x: {"kty": "OKP", "x": x},
+        lambda x: {"crv": "Ed25519", "x": x},
+    ],
+    ids=["full-jwk", "bare-x", "x-and-kid", "kty-without-crv", "crv-without-kty"],
+)
+def test_a_key_set_entry_needs_only_its_x(
+    signer: FalSigner, shape: Callable[[str], dict[str, str]]
+) -> None:
+    raw_x = base64.urlsafe_b64encode(signer.raw_public_key).decode().rstrip("=")
+    other = {"kty": "RSA", "n": "0vx7agoebGcQSuuPiLJXZptN9nndrQmbXEps2aiAFbWhM78LhWx4", "e": "AQAB"}
+    # An entry of another kind before it is skipped, not a reason to give up on the set.
+    with DocumentServer({"keys": [other, shape(raw_x)]}) as server:
+
+        async def scenario(keyset: KeySet) -> None:
+            await keyset.verify(fresh(signer), BODY)
+            with pytest.raises(BadSignature):
+                await keyset.verify(fresh(signer), BODY + b" ")
+
+        run_with_keyset(server.jwks_url, FakeClock(), scenario)
 
 
 def test_the_key_in_a_real_fal_shaped_document_is_decoded(signer: FalSigner) -> None:
     raw_x = base64.urlsafe_b64encode(signer.raw_public_key).decode().rstrip("=")
     document = {"keys": [{"kty": "OKP", "crv": "Ed25519", "x": raw_x, "kid": "k1"}]}
     with DocumentServer(document) as server:
-
-        async def scenario(keyset: KeySet) -> None:
-            await keyset.verify(fresh(signer), BODY)
-
-        run_with_keyset(server.jwks_url, FakeClock(), scenario)
+        verify_once(server.jwks_url, signer)
         assert server.requests == 1

@@ -13,7 +13,8 @@ from service.jobs.states import TERMINAL, TRANSITIONS, AvatarStatus, Change, tra
 
 S, E = AvatarStatus, EventStatus
 
-# The contract, written out independently of the module: only draft and training move.
+# The contract, written out independently of the module: only draft, training and cancelling
+# move; only a running training can be asked to cancel.
 EXPECTED: dict[tuple[AvatarStatus, EventStatus], AvatarStatus] = {
     **{
         (start, event): S.TRAINING
@@ -23,6 +24,15 @@ EXPECTED: dict[tuple[AvatarStatus, EventStatus], AvatarStatus] = {
     **{(start, E.COMPLETED): S.COMPLETED for start in (S.DRAFT, S.TRAINING)},
     **{(start, E.FAILED): S.FAILED for start in (S.DRAFT, S.TRAINING)},
     **{(start, E.CANCELLED): S.CANCELLED for start in (S.DRAFT, S.TRAINING)},
+    (S.TRAINING, E.CANCEL_REQUESTED): S.CANCELLING,
+    # "The outcome still counts": news keeps it cancelling, a completion completes it, and
+    # an error (what a cancelled run reports) or a cancellation ends it as cancelled.
+    **{
+        (S.CANCELLING, event): S.CANCELLING for event in (E.QUEUED, E.IN_PROGRESS, E.RESULT_PENDING)
+    },
+    (S.CANCELLING, E.COMPLETED): S.COMPLETED,
+    (S.CANCELLING, E.FAILED): S.CANCELLED,
+    (S.CANCELLING, E.CANCELLED): S.CANCELLED,
 }
 
 ALL_PAIRS = list(itertools.product(AvatarStatus, EventStatus))
@@ -41,6 +51,7 @@ def test_terminal_states_are_completed_failed_and_cancelled() -> None:
     assert all(status.is_terminal for status in TERMINAL)
     assert not S.DRAFT.is_terminal
     assert not S.TRAINING.is_terminal
+    assert not S.CANCELLING.is_terminal
 
 
 def test_no_transition_leaves_a_terminal_state() -> None:
@@ -166,3 +177,19 @@ def test_a_late_event_after_completion_never_moves_the_avatar_back(late: EventSt
 def test_a_repeated_terminal_event_is_a_no_op(terminal: AvatarStatus) -> None:
     event = {S.COMPLETED: E.COMPLETED, S.FAILED: E.FAILED, S.CANCELLED: E.CANCELLED}[terminal]
     assert transition(terminal, 100, event, None) is None
+
+
+def test_a_cancelling_training_that_completes_anyway_is_completed() -> None:
+    asked = transition(S.TRAINING, 40, E.CANCEL_REQUESTED, None)
+    assert asked == Change(S.CANCELLING, 40)
+    assert transition(asked.status, asked.progress, E.COMPLETED, None) == Change(S.COMPLETED, 100)
+
+
+def test_a_cancelling_training_that_errors_ends_cancelled_not_failed() -> None:
+    assert transition(S.CANCELLING, 40, E.FAILED, None) == Change(S.CANCELLED, 40)
+    assert transition(S.CANCELLING, 40, E.CANCELLED, None) == Change(S.CANCELLED, 40)
+
+
+def test_a_second_cancel_request_changes_nothing() -> None:
+    assert transition(S.CANCELLING, 40, E.CANCEL_REQUESTED, None) is None
+    assert transition(S.DRAFT, 0, E.CANCEL_REQUESTED, None) is None

@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.operator import attach
 from service.store import training_data
-from service.store.models import Avatar, TrainingData
+from service.store.models import Avatar, FalJob, TrainingData
 from tests.fakes.fal_keys import FalSigner, JwksServer
 from tests.support import postgres
 from tests.support.db import run
@@ -150,7 +150,12 @@ def test_a_zip_of_an_ended_training_is_refused_even_if_its_row_remains(
 
     async def end_behind_the_back(session: AsyncSession) -> None:
         await session.execute(
-            update(Avatar).where(Avatar.fal_request_id == rid).values(status="completed")
+            update(Avatar)
+            .where(
+                Avatar.id
+                == select(FalJob.avatar_id).where(FalJob.request_id == rid).scalar_subquery()
+            )
+            .values(status="completed")
         )
 
     run(server.database_url, end_behind_the_back)
@@ -163,8 +168,9 @@ def test_renewing_gives_a_new_token_and_retires_the_old_one(server: GunicornServ
 
     async def renew(session: AsyncSession) -> str:
         avatar_id = (
-            await session.execute(select(Avatar.id).where(Avatar.fal_request_id == rid))
+            await session.execute(select(FalJob.avatar_id).where(FalJob.request_id == rid))
         ).scalar_one()
+        assert avatar_id is not None
         renewed = await training_data.renew(session, avatar_id, 3600)
         assert renewed is not None
         return renewed.token

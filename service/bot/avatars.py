@@ -5,7 +5,7 @@ from __future__ import annotations
 import html
 
 import structlog
-from sqlalchemy import select
+from sqlalchemy import and_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from telegram import InlineKeyboardButton, Update
 from telegram.ext import ContextTypes
@@ -13,27 +13,41 @@ from telegram.ext import ContextTypes
 from service.bot import keyboards, reconciler, training
 from service.bot.services import Services, lang, services
 from service.bot.texts import Lang, age, kind_name, status_name, t
-from service.fal.queue import FalError, FalNotFound, QueueState
+from service.fal.payload import Event, EventStatus
+from service.fal.queue import CancelAnswer, FalError, FalNotFound, QueueState
+from service.jobs import registry
 from service.jobs.outcomes import shorten
 from service.jobs.states import AvatarStatus
-from service.store.models import Avatar, User, utcnow
+from service.store.models import Avatar, FalJob, User, utcnow
 
 log = structlog.get_logger("service.bot.avatars")
 
 LISTED = 10
 ERROR_CHARS = 150
-_ICONS = {"draft": "📝", "training": "⏳", "completed": "✅", "failed": "❌", "cancelled": "🚫"}
+_ICONS = {
+    "draft": "📝",
+    "training": "⏳",
+    "cancelling": "⏹",
+    "completed": "✅",
+    "failed": "❌",
+    "cancelled": "🚫",
+}
 
 
-async def _latest(session: AsyncSession, telegram_id: int) -> list[Avatar]:
+async def _latest(session: AsyncSession, telegram_id: int) -> list[tuple[Avatar, FalJob | None]]:
+    """The person's latest avatars, each with its training job if FAL accepted one."""
     rows = await session.execute(
-        select(Avatar)
+        select(Avatar, FalJob)
         .join(User, User.id == Avatar.user_id)
+        .outerjoin(
+            FalJob,
+            and_(FalJob.avatar_id == Avatar.id, FalJob.kind == registry.JobKind.TRAINING.value),
+        )
         .where(User.telegram_id == telegram_id)
         .order_by(Avatar.created_at.desc())
         .limit(LISTED)
     )
-    return list(rows.scalars())
+    return [(avatar, job) for avatar, job in rows]
 
 
 def _line(language: Lang, avatar: Avatar) -> str:
@@ -67,10 +81,10 @@ async def list_avatars(update: Update, context: ContextTypes.DEFAULT_TYPE) -> No
     if not avatars:
         await chat.send_message(t(language, "avatars_empty"))
         return
-    lines = [t(language, "avatars_title"), *(_line(language, a) for a in avatars)]
+    lines = [t(language, "avatars_title"), *(_line(language, a) for a, _ in avatars)]
     buttons: list[list[InlineKeyboardButton]] = []
-    for avatar in avatars:
-        if avatar.status == AvatarStatus.TRAINING.value and avatar.fal_cancel_url:
+    for avatar, job in avatars:
+        if avatar.status == AvatarStatus.TRAINING.value and job and job.cancel_url:
             buttons.append(keyboards.training_actions(language, avatar.id, avatar.name))
         elif avatar.status == AvatarStatus.DRAFT.value:
             buttons.append(keyboards.draft_actions(language, avatar.id, avatar.name))
@@ -101,8 +115,13 @@ async def avatar_action(update: Update, context: ContextTypes.DEFAULT_TYPE) -> N
             text = t(language, "discarded", name=name)
         await chat.send_message(text)
         return
+
+    async def own(session: AsyncSession) -> tuple[Avatar, FalJob | None]:
+        avatar = await training.own_avatar(session, person.id, avatar_id)
+        return avatar, await registry.training_of(session, avatar.id)
+
     try:
-        avatar = await svc.transaction(lambda s: training.own_avatar(s, person.id, avatar_id))
+        avatar, job = await svc.transaction(own)
     except training.NotFound:
         await chat.send_message(t(language, "not_found"))
         return
@@ -114,10 +133,10 @@ async def avatar_action(update: Update, context: ContextTypes.DEFAULT_TYPE) -> N
         status = status_name(language, avatar.status)
         await chat.send_message(t(language, "not_training", name=avatar.name, status=status))
         return
-    if avatar.fal_request_id is None or avatar.fal_status_url is None:
+    if job is None or job.status_url is None:
         await chat.send_message(t(language, "not_submitted", name=avatar.name))
         return
-    current = reconciler.training_of(avatar)
+    current = reconciler.training_of(avatar, job)
     if action == "refresh":
         await chat.send_message(await _refresh(svc, language, current))
     elif action == "cancel":
@@ -139,27 +158,58 @@ async def _refresh(svc: Services, language: Lang, current: reconciler.Training) 
 
 
 async def _stop(svc: Services, language: Lang, current: reconciler.Training) -> str:
+    """Ask FAL to cancel, and act on its answer (fal.ai docs, "Cancel a request")."""
     if current.cancel_url is None:
         return t(language, "not_submitted", name=current.name)
     try:
-        accepted = await svc.fal.cancel(current.cancel_url)
+        answer = await svc.fal.cancel(current.cancel_url)
     except FalNotFound:
-        # FAL no longer knows it: nothing will ever finish it, so it is cancelled here.
-        accepted = True
+        answer = CancelAnswer.NOT_FOUND
     except FalError as exc:
         log.warning("cancel_failed", avatar_id=current.avatar_id, error=str(exc))
         return t(language, "refresh_failed", reason=_reason(language, exc))
-    if not accepted:
-        try:
-            await reconciler.resolve(svc, current)
-        except FalError as exc:
-            log.warning("cancel_resolve_failed", avatar_id=current.avatar_id, error=str(exc))
+    log.info("cancel_answered", avatar_id=current.avatar_id, answer=answer.value)
+    if answer is CancelAnswer.OK:
+        # Removed from FAL's queue: it will never run. The outbox tells the person, once.
+        await _apply(svc, current, EventStatus.CANCELLED, "cancelled")
+        return t(language, "cancel_requested", name=current.name)
+    if answer is CancelAnswer.CANCELLATION_REQUESTED:
+        # Running: the app only got a signal. The outcome still counts (a LoRA that finishes
+        # anyway completes the avatar); the outbox tells the person how it ends.
+        await _apply(svc, current, EventStatus.CANCEL_REQUESTED, "CANCELLATION_REQUESTED")
+        return t(language, "cancel_signalled", name=current.name)
+    if answer is CancelAnswer.ALREADY_COMPLETED:
+        await _resolve_quietly(svc, current)
         return t(language, "cancel_too_late", name=current.name)
-    # Through the webhook's path: the outbox then tells the person, once, that it is cancelled.
-    await reconciler.apply_body(
-        svc, current, {"request_id": current.request_id, "status": "cancelled"}
-    )
-    return t(language, "cancel_requested", name=current.name)
+    # NOT_FOUND: FAL's status URL says what became of it.
+    try:
+        state = await reconciler.resolve(svc, current)
+    except FalNotFound:
+        # FAL knows nothing of it at all: nothing will ever finish it.
+        await _apply(svc, current, EventStatus.CANCELLED, "cancelled")
+        return t(language, "cancel_unknown", name=current.name)
+    except FalError as exc:
+        log.warning("cancel_resolve_failed", avatar_id=current.avatar_id, error=str(exc))
+        return t(language, "refresh_failed", reason=_reason(language, exc))
+    if state is QueueState.COMPLETED:
+        return t(language, "cancel_too_late", name=current.name)
+    return t(language, "cancel_unknown_running", name=current.name)
+
+
+async def _apply(
+    svc: Services, current: reconciler.Training, status: EventStatus, said: str
+) -> None:
+    """Record what the cancel learnt through the webhook's domain path."""
+    event = Event(current.request_id, status)
+    await reconciler.apply(svc, current, event, {"request_id": current.request_id, "status": said})
+
+
+async def _resolve_quietly(svc: Services, current: reconciler.Training) -> None:
+    try:
+        await reconciler.resolve(svc, current)
+    except FalError as exc:
+        # The reconciler asks again later; the person is told the result will come.
+        log.warning("cancel_resolve_failed", avatar_id=current.avatar_id, error=str(exc))
 
 
 def _reason(language: Lang, exc: FalError) -> str:

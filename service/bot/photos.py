@@ -88,16 +88,17 @@ def clean_name(text: str) -> tuple[str, NameProblem | None]:
     return name, None
 
 
-def check_before_download(
-    draft: Draft, file_unique_id: str, size: int | None, mime_type: str | None
-) -> Refusal | None:
-    """What can be refused from Telegram's description alone (documents: before fetching)."""
+def check_before_download(draft: Draft, file_unique_id: str, size: int | None) -> Refusal | None:
+    """What can be refused from Telegram's description alone (documents: before fetching).
+
+    Never the MIME type or the name: a phone's file manager sends a JPEG as `scan` with
+    `application/octet-stream`. Whether a file is an image is read from its own header, after
+    the size limits have kept the download small.
+    """
     if len(draft.photos) >= MAX_PHOTOS:
         return Refusal.TOO_MANY
     if draft.has(file_unique_id):
         return Refusal.DUPLICATE
-    if mime_type is not None and not mime_type.lower().startswith("image/"):
-        return Refusal.NOT_IMAGE
     if size is not None and size > MAX_FILE_BYTES:
         return Refusal.TOO_BIG
     if size is not None and draft.total_bytes + size > MAX_TOTAL_BYTES:

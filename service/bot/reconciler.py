@@ -1,22 +1,23 @@
-"""Trainings whose callback never came: ask FAL, and apply the answer as if it were the callback.
+"""Trainings whose callback never came: ask FAL, and apply its answer as the callback would.
 
 Why it runs in the bot and not in the webhook service:
 - the bot already holds FAL_KEY (it submits trainings); the internet-facing webhook service
   only verifies FAL's signatures and never needs to call FAL's API with our key;
 - the bot is one process (Telegram allows one getUpdates poller per token), while the webhook
   service runs several gunicorn workers that would need electing a leader for it;
-- it changes nothing about notifications: what it learns goes through service.jobs.ingest.ingest,
-  the webhook's own transaction, so the outcome is recorded once and its message is enqueued
-  once in the outbox, which the webhook service's dispatcher sends. Should two reconcilers ever
-  run, ingest's dedupe (request id + body) and the one-row-per-outcome outbox keep it at one.
+- it changes nothing about notifications: what it learns goes, as an event from the source
+  `reconciler`, through service.jobs.ingest.ingest, the webhook's own transaction, so the
+  outcome is recorded once and its message is enqueued once in the outbox, which the webhook
+  service's dispatcher sends. Should two reconcilers ever run, ingest's dedupe (request id +
+  body) and the one-row-per-outcome outbox keep it at one.
 
 Every RECONCILE_INTERVAL_SECONDS (with +-20 % jitter) it looks at the bot's avatars in
-`training`:
+`training` (or `cancelling`):
 - submitted more than TRAINING_EXPECTED_SECONDS ago, or with a stored `payload_error` callback
   (FAL finished but could not send the output): ask the status URL; on COMPLETED fetch the
-  result and ingest it as FAL's webhook body would have been (`status` OK or ERROR);
+  result and apply it (completed, or failed with FAL's reason);
 - older than TRAINING_HARD_LIMIT_SECONDS and still not done: cancel at FAL (best effort) and
-  ingest an ERROR saying so, which fails the avatar with a clear message;
+  apply a failure saying so, which fails the avatar with a clear message;
 - claimed but never submitted (the bot stopped between creating the avatar and hearing from
   FAL) for a while: back to `draft`, from which the person can retry.
 It also deletes training zips that expired long ago (drafts nobody retried).
@@ -26,30 +27,29 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import json
 import random
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qsl, urlencode
 
 import structlog
-from sqlalchemy import exists, select, update
+from sqlalchemy import and_, exists, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.bot.services import Services
-from service.fal.payload import EventStatus, parse_body, parse_event
-from service.fal.queue import FalError, QueueState
+from service.fal.payload import Event, EventStatus, from_result
+from service.fal.queue import FalError, FalUnavailable, Outcome, QueueState
 from service.jobs.ingest import Delivery, Result, ingest
+from service.jobs.registry import JobKind, Source
 from service.jobs.states import AvatarStatus
 from service.settings import Settings
 from service.store import training_data
-from service.store.models import Avatar, WebhookEvent, utcnow
+from service.store.models import Avatar, FalJob, WebhookEvent, utcnow
 
 log = structlog.get_logger("service.bot.reconciler")
 
 JITTER = 0.2
-# Where the synthesised deliveries are recorded as coming from (webhook_events.headers).
-SOURCE_HEADER = "x-aibots-source"
+# The trainings FAL may still be working on (a cancelled one may yet finish).
+UNFINISHED = (AvatarStatus.TRAINING.value, AvatarStatus.CANCELLING.value)
 
 
 @dataclass(frozen=True)
@@ -97,34 +97,28 @@ class Report:
     purged: int = 0
 
 
-def training_of(avatar: Avatar, result_pending: bool = False) -> Training:
-    assert avatar.fal_request_id is not None
+def training_of(avatar: Avatar, job: FalJob, result_pending: bool = False) -> Training:
     return Training(
         avatar.id,
         avatar.name,
         avatar.training_type,
-        avatar.fal_request_id,
-        avatar.fal_status_url,
-        avatar.fal_response_url,
-        avatar.fal_cancel_url,
+        job.request_id,
+        job.status_url,
+        job.response_url,
+        job.cancel_url,
         avatar.training_started_at or avatar.created_at,
         result_pending,
     )
 
 
-async def apply_body(svc: Services, training: Training, body: dict[str, Any]) -> Result:
-    """Ingest `body` as the training's webhook: the same transaction a callback runs."""
-    raw = json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
-    query = urlencode({"avatar_id": training.avatar_id, "training_type": training.training_type})
-    event = parse_event(parse_body(raw), dict(parse_qsl(query)), training.request_id)
-    delivery = Delivery(
-        raw_body=raw,
-        event=event,
-        headers={SOURCE_HEADER: "reconciler"},
-        query=query,
-        client_ip=None,
-        signed=False,
-    )
+async def apply(
+    svc: Services, training: Training, event: Event, evidence: dict[str, Any]
+) -> Result:
+    """Apply what the bot learnt from FAL to the training's job, in the webhook's transaction.
+
+    `evidence` (what FAL answered) is kept as the event's raw record, with its source.
+    """
+    delivery = Delivery.learnt(event, Source.RECONCILER, evidence)
     result = await svc.transaction(lambda session: ingest(session, delivery))
     log.info(
         "reconciled",
@@ -143,22 +137,32 @@ async def resolve(svc: Services, training: Training) -> QueueState:
         raise FalError("the training was not submitted by this bot: no status URL")
     status = await svc.fal.status(training.status_url)
     if status.state is QueueState.COMPLETED:
-        outcome = await svc.fal.result(training.response_url)
+        try:
+            outcome = await svc.fal.result(training.response_url)
+        except FalUnavailable:
+            if status.error is None:
+                raise
+            # The status already says the run failed and why; the result adds nothing to wait
+            # for.
+            detail = {"detail": status.error}
+            outcome = Outcome(False, detail, 0, error_type=status.error_type, error=status.error)
+        # The evidence reads as FAL's webhook for the same result would have.
+        evidence: dict[str, Any] = {"request_id": training.request_id}
         if outcome.succeeded:
-            body: dict[str, Any] = {
-                "request_id": training.request_id,
-                "status": "OK",
-                "payload": outcome.output,
-            }
+            event = from_result(training.request_id, outcome.output)
+            evidence.update(status="OK", payload=outcome.output)
         else:
-            body = {
-                "request_id": training.request_id,
-                "status": "ERROR",
-                "error": f"Invalid status code: {outcome.http_status}",
-                "payload": outcome.output,
-            }
-        await apply_body(svc, training, body)
+            error = _failure_words(outcome)
+            event = from_result(training.request_id, outcome.output, error)
+            evidence.update(status="ERROR", error=error, payload=outcome.output)
+        await apply(svc, training, event, evidence)
     return status.state
+
+
+def _failure_words(outcome: Outcome) -> str:
+    """FAL's reason for a failed run, as a webhook's `error` would carry it."""
+    reason = outcome.error or f"Invalid status code: {outcome.http_status}"
+    return f"{outcome.error_type}: {reason}" if outcome.error_type else reason
 
 
 async def _give_up(svc: Services, training: Training, policy: Policy) -> None:
@@ -169,34 +173,29 @@ async def _give_up(svc: Services, training: Training, policy: Policy) -> None:
         except FalError as exc:
             log.warning("reconciler_cancel_failed", avatar_id=training.avatar_id, error=str(exc))
     hours = policy.hard_limit / 3600
-    await apply_body(
-        svc,
-        training,
-        {
-            "request_id": training.request_id,
-            "status": "ERROR",
-            "error": f"The training did not finish within {hours:g} hours, so it was stopped.",
-        },
-    )
+    reason = f"The training did not finish within {hours:g} hours, so it was stopped."
+    event = Event(training.request_id, EventStatus.FAILED, error_message=reason)
+    evidence = {"request_id": training.request_id, "status": "ERROR", "error": reason}
+    await apply(svc, training, event, evidence)
 
 
 async def _candidates(session: AsyncSession, policy: Policy, now: dt.datetime) -> list[Training]:
     pending = exists().where(
-        WebhookEvent.request_id == Avatar.fal_request_id,
+        WebhookEvent.request_id == FalJob.request_id,
         WebhookEvent.status == EventStatus.RESULT_PENDING.value,
     )
     due = now - dt.timedelta(seconds=policy.expected)
     rows = await session.execute(
-        select(Avatar, pending)
+        select(Avatar, FalJob, pending)
+        .join(FalJob, and_(FalJob.avatar_id == Avatar.id, FalJob.kind == JobKind.TRAINING.value))
         .where(
-            Avatar.status == AvatarStatus.TRAINING.value,
+            Avatar.status.in_(UNFINISHED),
             Avatar.started_by == "bot",
-            Avatar.fal_request_id.is_not(None),
             (Avatar.training_started_at <= due) | pending,
         )
         .order_by(Avatar.training_started_at)
     )
-    return [training_of(avatar, bool(flag)) for avatar, flag in rows]
+    return [training_of(avatar, job, bool(flag)) for avatar, job, flag in rows]
 
 
 async def _revert_stale_claims(session: AsyncSession, policy: Policy, now: dt.datetime) -> int:
@@ -205,7 +204,7 @@ async def _revert_stale_claims(session: AsyncSession, policy: Policy, now: dt.da
         .where(
             Avatar.status == AvatarStatus.TRAINING.value,
             Avatar.started_by == "bot",
-            Avatar.fal_request_id.is_(None),
+            ~exists().where(FalJob.avatar_id == Avatar.id),
             Avatar.updated_at <= now - dt.timedelta(seconds=policy.stale_claim),
         )
         .values(

@@ -7,35 +7,34 @@ The order keeps every crash recoverable and every network call outside a transac
    token (a transaction of its own);
 3. the training is submitted to FAL, with the avatar id in the webhook URL so that a callback
    racing step 4 still finds the avatar;
-4. one transaction stores the request id and FAL's URLs, and applies any callback that came
-   first (`register_training`).
+4. one transaction registers the FAL job (request id, app, URLs) and applies any callback
+   that came first (`service.jobs.ingest.register`).
 A failure in 2 or 3 puts the avatar back to `draft`, from which the person can retry; the zip,
 if made, is kept for that retry.
 """
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import structlog
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from telegram import Bot
 from telegram import User as TelegramUser
-from telegram.error import TelegramError
 
-from service.bot import keyboards
-from service.bot.photos import Draft, make_zip
+from service.bot import keyboards, submit
+from service.bot.photos import Draft
 from service.bot.services import Services
+from service.bot.submit import PhotosUnavailable
 from service.bot.texts import Lang, t
-from service.fal.queue import FalAuthError, FalError, FalRejected, Submission
-from service.jobs.ingest import register_training
+from service.fal.queue import FalAuthError, FalError, FalRejected
+from service.jobs import registry
 from service.jobs.states import AvatarStatus
 from service.store import training_data
-from service.store.models import Avatar, TrainingData, User, new_id, utcnow
+from service.store.models import Avatar, TrainingData, User, new_id
 from service.store.users import ensure_user
 
 log = structlog.get_logger("service.bot.training")
@@ -46,7 +45,6 @@ TRAINERS = {
 }
 # What the person is told to expect; FAL's trainers at their default steps.
 EXPECTED_MINUTES = {"portrait": 30, "style": 15}
-DOWNLOAD_CONCURRENCY = 4
 
 
 class AlreadyTraining(Exception):
@@ -68,10 +66,6 @@ class NotDraft(Exception):
         super().__init__(status)
         self.name = name
         self.status = status
-
-
-class PhotosUnavailable(Exception):
-    """Telegram would not give the photos back."""
 
 
 @dataclass(frozen=True)
@@ -194,7 +188,8 @@ async def discard(svc: Services, telegram_id: int, avatar_id: str) -> str:
 
     async def work(session: AsyncSession) -> str:
         avatar = await own_avatar(session, telegram_id, avatar_id)
-        if avatar.status != AvatarStatus.DRAFT.value or avatar.fal_request_id is not None:
+        submitted = await registry.training_of(session, avatar.id)
+        if avatar.status != AvatarStatus.DRAFT.value or submitted is not None:
             raise NotDraft(avatar.name, avatar.status)
         await session.execute(delete(TrainingData).where(TrainingData.avatar_id == avatar.id))
         await session.delete(avatar)
@@ -210,7 +205,7 @@ async def launch(svc: Services, bot: Bot, avatar: AvatarRef) -> str:
     """
     settings = svc.settings
     try:
-        token = await _training_data(svc, bot, avatar.id)
+        token = await submit.training_data_token(svc, bot, avatar.id)
         submission = await svc.fal.submit(
             TRAINERS[avatar.training_type],
             fal_arguments(
@@ -223,87 +218,11 @@ async def launch(svc: Services, bot: Bot, avatar: AvatarRef) -> str:
     except (FalError, PhotosUnavailable) as exc:
         error = str(exc)
         log.warning("training_not_submitted", avatar_id=avatar.id, error=error)
-        await svc.transaction(lambda s: _back_to_draft(s, avatar.id, error))
+        await svc.transaction(lambda s: submit.back_to_draft(s, avatar.id, error))
         raise
     log.info("training_submitted", avatar_id=avatar.id, request_id=submission.request_id)
-    return await svc.transaction(lambda s: _record(s, avatar.id, submission))
-
-
-async def _training_data(svc: Services, bot: Bot, avatar_id: str) -> str:
-    """The token of the avatar's zip: the stored one renewed, or a new one from Telegram."""
-    ttl = svc.settings.training_data_ttl_seconds
-    renewed = await svc.transaction(lambda s: training_data.renew(s, avatar_id, ttl))
-    if renewed is not None:
-        return renewed.token
-    photos = await svc.transaction(lambda s: _photos_of(s, avatar_id))
-    images = await download(bot, [photo["file_id"] for photo in photos])
-    content = make_zip(images)
-    stored = await svc.transaction(
-        lambda s: training_data.store(s, avatar_id, content, len(images), ttl)
-    )
-    return stored.token
-
-
-async def _photos_of(session: AsyncSession, avatar_id: str) -> list[dict[str, str]]:
-    photos = (
-        await session.execute(select(Avatar.photos).where(Avatar.id == avatar_id))
-    ).scalar_one()
-    if not photos:
-        raise PhotosUnavailable("the avatar has no photos on record")
-    return list(photos)
-
-
-async def download(bot: Bot, file_ids: list[str]) -> list[bytes]:
-    """The files' bytes from Telegram, in order, a few at a time."""
-    gate = asyncio.Semaphore(DOWNLOAD_CONCURRENCY)
-
-    async def one(file_id: str) -> bytes:
-        async with gate:
-            telegram_file = await bot.get_file(file_id)
-            return bytes(await telegram_file.download_as_bytearray())
-
-    try:
-        return list(await asyncio.gather(*(one(file_id) for file_id in file_ids)))
-    except TelegramError as exc:
-        raise PhotosUnavailable(f"Telegram: {exc}") from exc
-
-
-async def _back_to_draft(session: AsyncSession, avatar_id: str, error: str) -> None:
-    # Only if FAL never answered with a request id: a callback may have matched it meanwhile.
-    await session.execute(
-        update(Avatar)
-        .where(
-            Avatar.id == avatar_id,
-            Avatar.status == AvatarStatus.TRAINING.value,
-            Avatar.fal_request_id.is_(None),
-        )
-        .values(status=AvatarStatus.DRAFT.value, error_message=error[:2000], updated_at=utcnow())
-    )
-
-
-async def _record(session: AsyncSession, avatar_id: str, submission: Submission) -> str:
-    avatar = (
-        await session.execute(select(Avatar).where(Avatar.id == avatar_id).with_for_update())
-    ).scalar_one()
-    if avatar.fal_request_id is None:
-        avatar.fal_request_id = submission.request_id
-    elif avatar.fal_request_id != submission.request_id:
-        log.warning(
-            "training_request_mismatch",
-            avatar_id=avatar_id,
-            stored=avatar.fal_request_id,
-            submitted=submission.request_id,
-        )
-        return avatar.status
-    avatar.fal_status_url = submission.status_url
-    avatar.fal_response_url = submission.response_url
-    avatar.fal_cancel_url = submission.cancel_url
-    if avatar.training_started_at is None:
-        avatar.training_started_at = utcnow()
-    await session.flush()
-    # A callback that arrived before this commit and found no avatar is applied now.
-    await register_training(session, avatar)
-    return avatar.status
+    app = TRAINERS[avatar.training_type]
+    return await svc.transaction(lambda s: submit.record(s, avatar.id, submission, app))
 
 
 def failure_reason(lang: Lang, exc: Exception) -> str:

@@ -21,6 +21,9 @@ class EventStatus(enum.StrEnum):
     COMPLETED = "completed"
     FAILED = "failed"
     CANCELLED = "cancelled"
+    # FAL accepted a cancel of a running request (its cancel answer, never a webhook): the
+    # request may still finish.
+    CANCEL_REQUESTED = "cancel_requested"
 
 
 TRAINING_TYPES = ("portrait", "style")
@@ -52,6 +55,10 @@ _STATUS_WORDS: dict[str, EventStatus] = {
 
 class PayloadError(ValueError):
     """The body cannot be understood; the message says why (answer 400)."""
+
+
+class RequestIdMismatch(PayloadError):
+    """The signed header names neither of the body's ids: not this body's signature."""
 
 
 @dataclass(frozen=True)
@@ -123,16 +130,42 @@ def parse_event(
     )
 
 
+def from_result(
+    request_id: str, output: Mapping[str, Any] | None, error: str | None = None
+) -> Event:
+    """The event a finished request's result means: completed with its files, or failed.
+
+    For what the bot learns by asking FAL (its result URL) rather than from a webhook; the
+    same rules as a webhook body carrying that output as `payload`.
+    """
+    if error is None:
+        return Event(
+            request_id=request_id,
+            status=EventStatus.COMPLETED,
+            lora_url=_file_url(output, "diffusers_lora_file"),
+            config_url=_file_url(output, "config_file"),
+        )
+    return Event(
+        request_id=request_id,
+        status=EventStatus.FAILED,
+        error_message=_error_message({"error": error, "payload": output}),
+    )
+
+
 def _request_id(body: Mapping[str, Any], signed_request_id: str | None) -> str:
     in_body = body.get("request_id", body.get("finetune_id"))
     if in_body is not None and (not isinstance(in_body, str | int) or isinstance(in_body, bool)):
         raise PayloadError("request_id must be a string")
     body_id = str(in_body).strip() if in_body is not None else ""
-    if signed_request_id and body_id and body_id != signed_request_id:
-        raise PayloadError(
-            "request_id in the body differs from the signed X-Fal-Webhook-Request-Id"
+    gateway = body.get("gateway_request_id")
+    # FAL signs with either id: they differ when it retried the run. The queue's request_id is
+    # what the job is registered under, so that is the one matched.
+    if signed_request_id and body_id and signed_request_id not in (body_id, gateway):
+        raise RequestIdMismatch(
+            "the signed X-Fal-Webhook-Request-Id is neither the body's request_id nor its "
+            "gateway_request_id"
         )
-    request_id = signed_request_id or body_id
+    request_id = body_id or signed_request_id
     if not request_id:
         raise PayloadError("no request id: expected request_id (or finetune_id)")
     if len(request_id) > MAX_ID_LENGTH or not request_id.isprintable():

@@ -55,6 +55,19 @@ class QueueState(enum.StrEnum):
     COMPLETED = "COMPLETED"
 
 
+class CancelAnswer(enum.StrEnum):
+    """What FAL's cancel endpoint says, in its body's `status` (fal.ai docs, "Cancel a request").
+
+    Only OK means the request will never run; a request in progress merely gets a signal and
+    may still complete, so CANCELLATION_REQUESTED is not an outcome.
+    """
+
+    OK = "OK"  # it was still queued and is removed
+    CANCELLATION_REQUESTED = "CANCELLATION_REQUESTED"  # running: the app decides whether to stop
+    ALREADY_COMPLETED = "ALREADY_COMPLETED"  # it ended: fetch the result and apply it
+    NOT_FOUND = "NOT_FOUND"  # FAL does not know it (any more): resolve through its status
+
+
 @dataclass(frozen=True)
 class Submission:
     request_id: str
@@ -68,6 +81,9 @@ class Submission:
 class QueueStatus:
     state: QueueState
     queue_position: int | None = None
+    # A COMPLETED status may say that the run failed, and why.
+    error: str | None = None
+    error_type: str | None = None
 
 
 @dataclass(frozen=True)
@@ -77,6 +93,10 @@ class Outcome:
     succeeded: bool
     output: dict[str, Any]
     http_status: int
+    # For a failure: FAL's error type (`X-Fal-Error-Type` or the body's `error_type`) and its
+    # explanation in words.
+    error_type: str | None = None
+    error: str | None = None
 
 
 class FalQueue:
@@ -116,32 +136,53 @@ class FalQueue:
             state = QueueState(str(body.get("status")))
         except ValueError:
             raise FalUnavailable(f"unknown queue status {body.get('status')!r}") from None
-        return QueueStatus(state, _int_or_none(body.get("queue_position")))
+        return QueueStatus(
+            state,
+            _int_or_none(body.get("queue_position")),
+            error=_short_text(body.get("error")),
+            error_type=_short_text(body.get("error_type")),
+        )
 
     async def result(self, response_url: str) -> Outcome:
         """The output of a COMPLETED request, or FAL's error answer if the request failed.
 
         FAL answers a failed request's result with its error: 422 with a `detail` list for the
-        model's validation, or a 5xx carrying `error_type` for a failure of the run itself.
-        A 5xx without `error_type` is FAL being unwell, so it raises FalUnavailable.
+        model's validation, or 500 (internal) / 504 (timeout) with a `detail`, the error type
+        in the `X-Fal-Error-Type` header (older answers put `error_type` in the body). A 5xx
+        with none of these is FAL being unwell, so it raises FalUnavailable.
         """
         response = await self._send("GET", response_url)
         if response.status_code == 200:
             return Outcome(True, _object(response), 200)
         body = _maybe_object(response)
-        if response.status_code in (400, 422) and body is not None:
-            return Outcome(False, body, response.status_code)
-        if response.status_code >= 500 and body is not None and "error_type" in body:
-            return Outcome(False, body, response.status_code)
+        if body is not None and _is_failed_run(response, body):
+            error_type = _short_text(response.headers.get("x-fal-error-type")) or _short_text(
+                body.get("error_type")
+            )
+            return Outcome(
+                False, body, response.status_code, error_type=error_type, error=_detail(response)
+            )
         raise _error_for(response)
 
-    async def cancel(self, cancel_url: str) -> bool:
-        """Ask FAL to cancel; True if accepted, False if the request had already completed."""
+    async def cancel(self, cancel_url: str) -> CancelAnswer:
+        """Ask FAL to cancel, and say what it answered (see CancelAnswer)."""
         response = await self._send("PUT", cancel_url)
-        if response.status_code in (200, 202):
-            return True
+        body = _maybe_object(response) or {}
+        try:
+            return CancelAnswer(str(body.get("status", "")).upper())
+        except ValueError:
+            pass
+        # No status in the body: the HTTP status is all there is. Never read a bare 2xx as
+        # "cancelled": what FAL did is unknown, so the caller tries again later.
         if response.status_code == 400:
-            return False
+            return CancelAnswer.ALREADY_COMPLETED
+        if response.status_code == 404:
+            return CancelAnswer.NOT_FOUND
+        if response.status_code < 300:
+            raise FalUnavailable(
+                f"FAL answered the cancel with {response.status_code} but no status",
+                response.status_code,
+            )
         raise _error_for(response)
 
     async def _call(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
@@ -196,6 +237,22 @@ def _detail(response: httpx.Response) -> str:
         detail = "; ".join(parts)
     text = detail if isinstance(detail, str) else json.dumps(detail, ensure_ascii=False)
     return text.strip()[:500] or response.reason_phrase
+
+
+def _is_failed_run(response: httpx.Response, body: dict[str, Any]) -> bool:
+    """A result answer that is the request's own failure, not FAL's trouble answering."""
+    status = response.status_code
+    if status in (400, 422):
+        return True
+    if status < 500:
+        return False
+    if "x-fal-error-type" in response.headers or "error_type" in body:
+        return True
+    return status in (500, 504) and isinstance(body.get("detail"), list | str)
+
+
+def _short_text(value: object, limit: int = 500) -> str | None:
+    return value.strip()[:limit] or None if isinstance(value, str) else None
 
 
 def _maybe_object(response: httpx.Response) -> dict[str, Any] | None:

@@ -87,8 +87,12 @@ def verify(signed: SignedHeaders, body: bytes, keys: Iterable[Ed25519PublicKey])
 
 
 def key_from_jwk(jwk: Mapping[str, object]) -> Ed25519PublicKey | None:
-    """An Ed25519 key from a JWKS entry, or None for entries of other kinds or broken ones."""
-    if jwk.get("kty") != "OKP" or jwk.get("crv") != "Ed25519":
+    """An Ed25519 key from a JWKS entry, or None for entries of other kinds or broken ones.
+
+    FAL documents its key set only as "a list of public keys, each with an `x` field", so an
+    entry without `kty`/`crv` is read as Ed25519; only one that names another kind is skipped.
+    """
+    if jwk.get("kty", "OKP") != "OKP" or jwk.get("crv", "Ed25519") != "Ed25519":
         return None
     x = jwk.get("x")
     if not isinstance(x, str):

@@ -1,26 +1,32 @@
-"""One transaction per event: record it, apply the status change, enqueue the notification."""
+"""One transaction per event: record it, match its FAL job, let the job's kind apply it.
+
+The webhook, the bot's reconciler and its cancel button all change a job's state through
+`ingest`, each saying where the event came from; `register` adds a job to the registry and
+applies the events that arrived before it.
+"""
 
 from __future__ import annotations
 
-import datetime as dt
 import enum
 import hashlib
+import json
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 from urllib.parse import parse_qsl
 
 import structlog
-from sqlalchemy import func, select, update
+from sqlalchemy import Table, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.fal.payload import Event, EventStatus, PayloadError, parse_body, parse_event
-from service.jobs import ingest_sql as sql
-from service.jobs.outcomes import render_outcome
-from service.jobs.states import AvatarStatus, Change, transition
-from service.outbox.messages import Message, row_values
-from service.store.models import Avatar, utcnow
+from service.jobs import training
+from service.jobs.registry import ENQUEUED, Handler, JobKind, Plan, Source, Subject
+from service.store.dialect import Step, StepContext, dialect_of
+from service.store.models import FalJob, UTCDateTime, WebhookEvent, utcnow
 
 log = structlog.get_logger(__name__)
+
+events = cast(Table, WebhookEvent.__table__)
 
 
 class Outcome(enum.StrEnum):
@@ -32,7 +38,7 @@ class Outcome(enum.StrEnum):
 
 @dataclass(frozen=True)
 class Delivery:
-    """A webhook as it arrived, already verified and parsed."""
+    """An event with the raw record of how it reached us (a webhook: verified and parsed)."""
 
     raw_body: bytes
     event: Event
@@ -40,6 +46,13 @@ class Delivery:
     query: str
     client_ip: str | None
     signed: bool
+    source: Source = Source.WEBHOOK
+
+    @classmethod
+    def learnt(cls, event: Event, source: Source, evidence: dict[str, Any]) -> Delivery:
+        """An event we learnt ourselves; `evidence` (what FAL answered) is its raw record."""
+        body = json.dumps(evidence, sort_keys=True, separators=(",", ":")).encode()
+        return cls(body, event, {}, "", None, signed=False, source=source)
 
     @property
     def dedupe_key(self) -> str:
@@ -57,94 +70,84 @@ class Result:
     notification_enqueued: bool = False
 
 
-def _dialect(session: AsyncSession) -> str:
-    return session.get_bind().dialect.name
+EVENT_COLUMNS = (
+    "dedupe_key", "request_id", "avatar_id", "status", "outcome", "signed", "client_ip",
+    "query", "headers", "body", "transition", "source", "received_at", "applied_at",
+)  # fmt: skip
 
 
-@dataclass
-class Target:
-    """The avatar an event is about, as read under its row lock, with its owner's chat."""
-
-    id: str
-    name: str
-    training_type: str
-    status: AvatarStatus
-    progress: int
-    request_id: str | None
-    telegram_id: int
-    language_code: str | None
+def _record(ctx: StepContext) -> Any:
+    return (
+        ctx.dialect.insert(events)
+        .values({c: ctx.param(c, events.c[c].type) for c in EVENT_COLUMNS})
+        .on_conflict_do_nothing(index_elements=["dedupe_key"])
+        .returning(events.c.id)
+    )
 
 
-async def _find(session: AsyncSession, query: Any, key: str) -> Target | None:
-    row = (await session.execute(query, {"key": key})).one_or_none()
-    if row is None:
-        return None
-    return Target(row[0], row[1], row[2], AvatarStatus(row[3]), row[4], row[5], row[6], row[7])
-
-
-async def _lock_request_id(session: AsyncSession, request_id: str) -> None:
-    """Serialise, on PostgreSQL, a webhook that found no avatar with the registration of that
-    request id: whichever takes the lock second sees the other's commit, so the event is either
-    matched or found by the registration, never neither. (SQLite's BEGIN IMMEDIATE serialises
-    all writers anyway.) Matched webhooks, the common case, never take it."""
-    if _dialect(session) == "postgresql":
-        await session.execute(
-            select(func.pg_advisory_xact_lock(func.hashtextextended(request_id, 0)))
+def _rematch(ctx: StepContext) -> Any:
+    """A stored unmatched event, now applied to the job registered for it."""
+    p = ctx.param
+    return (
+        update(events)
+        .where(events.c.id == p("id"))
+        .values(
+            avatar_id=p("avatar_id"),
+            outcome=p("outcome"),
+            transition=p("transition"),
+            applied_at=p("applied_at", UTCDateTime()),
         )
+        .returning(events.c.id)
+    )
+
+
+RECORD, REMATCH = Step("recorded", _record), Step("rematched", _rematch)
+
+# Each kind of job and its handler; an event goes to the kind whose registry row it matches.
+HANDLERS: dict[JobKind, Handler[Any]] = {JobKind.TRAINING: training.HANDLER}
 
 
 async def ingest(session: AsyncSession, delivery: Delivery) -> Result:
-    """Record the delivery and apply it; call inside a transaction, answer after the commit."""
+    """Record the event and apply it to its job; call inside a transaction, answer after it."""
     event = delivery.event
-    target = await _match(session, event)
-    change = _plan(target, event) if target is not None else None
-    change_text = _describe(target, change) if target is not None else None
-    if target is None:
+    dialect = dialect_of(session)
+    found = await _match(session, event)
+    now = utcnow()
+    target: Subject | None = None
+    if found is None:
+        plan = Plan()
         outcome = Outcome.UNMATCHED
     else:
-        outcome = Outcome.RECEIVED if change or _is_news(event) else Outcome.IGNORED
-    now = utcnow()
-    event_row = {
-        "e_dedupe_key": delivery.dedupe_key,
-        "e_request_id": event.request_id,
-        "e_avatar_id": target.id if target else None,
-        "e_status": event.status.value,
-        "e_outcome": outcome.value,
-        "e_signed": delivery.signed,
-        "e_client_ip": delivery.client_ip,
-        "e_query": delivery.query,
-        "e_headers": delivery.headers,
-        "e_body": delivery.raw_body,
-        "e_transition": change_text,
-        "e_received_at": now,
-        "e_applied_at": now if target else None,
+        handler, target = found
+        plan = handler.plan(target, event, now)
+        outcome = Outcome.RECEIVED if plan.transition or _is_news(event) else Outcome.IGNORED
+    record = {
+        "dedupe_key": delivery.dedupe_key,
+        "request_id": event.request_id,
+        # The subject's id (a training's avatar); a generation will need its own column.
+        "avatar_id": target.id if target else None,
+        "status": event.status.value,
+        "outcome": outcome.value,
+        "signed": delivery.signed,
+        "client_ip": delivery.client_ip,
+        "query": delivery.query,
+        "headers": delivery.headers,
+        "body": delivery.raw_body,
+        "transition": plan.transition,
+        "source": delivery.source.value,
+        "received_at": now,
+        "applied_at": now if target else None,
     }
+    # On PostgreSQL the event, the change and the outbox row go as one statement.
+    written = await dialect.write_chain(
+        session, (RECORD, *plan.steps), {RECORD.name: record, **plan.params}
+    )
     avatar_id = target.id if target else None
-    if target is not None and change is not None and _dialect(session) == "postgresql":
-        # The common case on the production database, in one round trip.
-        row = (
-            await session.execute(
-                sql.RECORD_AND_APPLY,
-                {
-                    **event_row,
-                    **_change_row(target, event, change, now),
-                    **_notification_row(target, change, now),
-                },
-            )
-        ).one()
-        if row[0] == 0:
-            return Result(Outcome.DUPLICATE, event.request_id, avatar_id)
-        _moved(target, event, change)
-        return Result(outcome, event.request_id, avatar_id, change_text, row[1] > 0)
-    insert_event, _ = sql.UPSERTS[_dialect(session)]
-    inserted = await session.execute(insert_event, event_row)
-    if inserted.scalar_one_or_none() is None:
+    if not written[RECORD.name]:
         # Nothing else has been written in this transaction, so answering now changes nothing.
         return Result(Outcome.DUPLICATE, event.request_id, avatar_id)
-    enqueued = False
-    if target is not None and change is not None:
-        enqueued = await _apply(session, target, event, change)
-    return Result(outcome, event.request_id, avatar_id, change_text, enqueued)
+    enqueued = written.get(ENQUEUED, 0) > 0
+    return Result(outcome, event.request_id, avatar_id, plan.transition, enqueued)
 
 
 def _is_news(event: Event) -> bool:
@@ -152,138 +155,80 @@ def _is_news(event: Event) -> bool:
     return event.status is EventStatus.RESULT_PENDING
 
 
-async def _match(session: AsyncSession, event: Event) -> Target | None:
-    """The avatar this event is about: by request id, else by an avatar id without one."""
-    target = await _find(session, sql.TARGET_BY_REQUEST, event.request_id)
-    if target is None:
+async def _match(session: AsyncSession, event: Event) -> tuple[Handler[Any], Subject] | None:
+    """The job's kind and subject: by the registry's request id, else by the event's hint."""
+    found = await _by_request(session, event.request_id)
+    if found is None:
         await _lock_request_id(session, event.request_id)
         # Again under the lock: a registration may have committed since the first look.
-        target = await _find(session, sql.TARGET_BY_REQUEST, event.request_id)
-    if target is None and event.avatar_id is not None:
-        target = await _find(session, sql.TARGET_BY_ID, event.avatar_id)
-        if target is not None and target.request_id is not None:
-            # avatar_id is a hint from the URL or comment; a known request id is the stronger
-            # fact.
-            log.warning(
-                "webhook_avatar_request_mismatch",
-                request_id=event.request_id,
-                avatar_id=target.id,
-                avatar_request_id=target.request_id,
-            )
-            return None
-    return target
+        found = await _by_request(session, event.request_id)
+    if found is None:
+        for handler in HANDLERS.values():
+            subject = await handler.by_hint(session, event)
+            if subject is not None:
+                return handler, subject
+    return found
 
 
-def _plan(target: Target, event: Event) -> Change | None:
-    return transition(target.status, target.progress, event.status, event.progress)
+async def _by_request(
+    session: AsyncSession, request_id: str
+) -> tuple[Handler[Any], Subject] | None:
+    # One query per kind (one, today), each joining the registry to its own subject's table,
+    # so that the matched path stays a single look-up.
+    for handler in HANDLERS.values():
+        subject = await handler.by_request(session, request_id)
+        if subject is not None:
+            return handler, subject
+    return None
 
 
-def _describe(target: Target, change: Change | None) -> str | None:
-    """The transition as logged and stored with the event, e.g. `training->completed:100`."""
-    return f"{target.status.value}->{change.status.value}:{change.progress}" if change else None
+async def _lock_request_id(session: AsyncSession, request_id: str) -> None:
+    """Serialise a webhook that found no job with the registration of that request id:
+    whichever takes the lock second sees the other's commit, so the event is either matched
+    or found by the registration, never neither. Matched webhooks, the common case, never
+    take it."""
+    await dialect_of(session).lock_key(session, request_id)
 
 
-def _change_row(target: Target, event: Event, change: Change, now: dt.datetime) -> dict[str, Any]:
-    return {
-        "target_id": target.id,
-        "new_status": change.status.value,
-        "new_progress": change.progress,
-        "now": now,
-        "new_request_id": event.request_id,
-        "new_finished_at": now if change.status.is_terminal else None,
-        "new_lora_url": event.lora_url,
-        "new_config_url": event.config_url,
-        "new_error_message": event.error_message,
-    }
+async def register(session: AsyncSession, job: FalJob) -> list[Result]:
+    """Add `job` to the registry, then apply the events stored as unmatched for it, oldest first.
 
-
-def _notification_row(target: Target, change: Change, now: dt.datetime) -> dict[str, Any]:
-    """The outbox row for the avatar's final state (rendered now, in the owner's language).
-
-    For a change that is not final the statement still needs every parameter, but writes
-    no row (`terminal` is false), so nothing is rendered.
+    Call in the transaction that created (or claimed) the job's subject (`avatars attach`,
+    the bot's submission); the subject is up to date in the database afterwards.
     """
-    terminal = change.status.is_terminal
-    kind = change.status.value
-    rendered = (
-        render_outcome(kind, target.id, target.name, target.training_type, target.language_code)
-        if terminal
-        else None
-    )
-    message = Message(
-        chat_id=target.telegram_id,
-        text=rendered.text if rendered else "",
-        reply_markup=rendered.reply_markup if rendered else None,
-    )
-    # One message per avatar outcome: terminal states are final, so one per avatar.
-    values = row_values(f"avatar:{target.id}:outcome", kind, message, avatar_id=target.id, now=now)
-    return {"terminal": terminal, **{f"n_{name}": value for name, value in values.items()}}
-
-
-def _moved(target: Target, event: Event, change: Change) -> None:
-    target.status, target.progress = change.status, change.progress
-    target.request_id = target.request_id or event.request_id
-
-
-async def _apply(session: AsyncSession, target: Target, event: Event, change: Change) -> bool:
-    """Write the avatar's new state; on an outcome, enqueue its notification. True if enqueued.
-
-    Statement by statement: SQLite, and events applied by register_training.
-    """
-    now = utcnow()
-    await session.execute(sql.UPDATE_AVATAR, _change_row(target, event, change, now))
-    _moved(target, event, change)
-    if not change.status.is_terminal:
-        return False
-    await session.execute(sql.DELETE_TRAINING_DATA, {"target_id": target.id})
-    _, insert_notification = sql.UPSERTS[_dialect(session)]
-    inserted = await session.execute(insert_notification, _notification_row(target, change, now))
-    return inserted.first() is not None
-
-
-async def register_training(session: AsyncSession, avatar: Avatar) -> list[Result]:
-    """Apply the events stored as unmatched for the avatar's new request id, oldest first.
-
-    Call in the transaction that gave the avatar its request id (`avatars attach`, the bot);
-    `avatar` is refreshed afterwards, as the events may have moved it on.
-    """
-    request_id = avatar.fal_request_id
-    assert request_id is not None, "register the avatar's request id first"
+    await _lock_request_id(session, job.request_id)
+    session.add(job)
     await session.flush()
-    await _lock_request_id(session, request_id)
-    target = await _find(session, sql.TARGET_BY_REQUEST, request_id)
-    assert target is not None, "register the avatar's request id first"
     waiting = await session.execute(
-        select(sql.events.c.id, sql.events.c.body, sql.events.c.query)
-        .where(
-            sql.events.c.request_id == request_id,
-            sql.events.c.outcome == Outcome.UNMATCHED.value,
-        )
-        .order_by(sql.events.c.id)
+        select(events.c.id, events.c.body, events.c.query)
+        .where(events.c.request_id == job.request_id, events.c.outcome == Outcome.UNMATCHED.value)
+        .order_by(events.c.id)
     )
+    dialect = dialect_of(session)
+    handler = HANDLERS[JobKind(job.kind)]
     results = []
     for event_id, body, query in waiting.all():
         try:
-            event = parse_event(parse_body(body), dict(parse_qsl(query)), request_id)
+            event = parse_event(parse_body(body), dict(parse_qsl(query)), job.request_id)
         except PayloadError:
             # It was parsed once before it was stored; only a code change can make this fail.
             log.exception("stored_event_unparseable", event_id=event_id)
             continue
-        change = _plan(target, event)
-        change_text = _describe(target, change)
-        enqueued = await _apply(session, target, event, change) if change else False
-        outcome = Outcome.RECEIVED if change else Outcome.IGNORED
-        await session.execute(
-            update(sql.events)
-            .where(sql.events.c.id == event_id)
-            .values(
-                avatar_id=target.id,
-                outcome=outcome.value,
-                transition=change_text,
-                applied_at=utcnow(),
-            )
+        # Read again for each event: the one before may have moved it on.
+        target = await handler.by_request(session, job.request_id)
+        assert target is not None, "the job was registered above"
+        plan = handler.plan(target, event, utcnow())
+        outcome = Outcome.RECEIVED if plan.transition else Outcome.IGNORED
+        rematch = {
+            "id": event_id,
+            "avatar_id": target.id,
+            "outcome": outcome.value,
+            "transition": plan.transition,
+            "applied_at": utcnow(),
+        }
+        written = await dialect.write_chain(
+            session, (REMATCH, *plan.steps), {REMATCH.name: rematch, **plan.params}
         )
-        results.append(Result(outcome, request_id, target.id, change_text, enqueued))
-    if results:
-        await session.refresh(avatar)
+        enqueued = written.get(ENQUEUED, 0) > 0
+        results.append(Result(outcome, job.request_id, target.id, plan.transition, enqueued))
     return results

@@ -11,6 +11,8 @@ from service.fal.payload import EventStatus
 class AvatarStatus(enum.StrEnum):
     DRAFT = "draft"
     TRAINING = "training"
+    # FAL said CANCELLATION_REQUESTED: the training may still finish, and its outcome counts.
+    CANCELLING = "cancelling"
     COMPLETED = "completed"
     FAILED = "failed"
     CANCELLED = "cancelled"
@@ -40,6 +42,15 @@ TRANSITIONS: dict[tuple[AvatarStatus, EventStatus], AvatarStatus] = {
     (_S.TRAINING, _E.COMPLETED): _S.COMPLETED,
     (_S.TRAINING, _E.FAILED): _S.FAILED,
     (_S.TRAINING, _E.CANCELLED): _S.CANCELLED,
+    (_S.TRAINING, _E.CANCEL_REQUESTED): _S.CANCELLING,
+    (_S.CANCELLING, _E.QUEUED): _S.CANCELLING,
+    (_S.CANCELLING, _E.IN_PROGRESS): _S.CANCELLING,
+    (_S.CANCELLING, _E.RESULT_PENDING): _S.CANCELLING,
+    # The training finished before the cancellation reached it: the avatar is usable.
+    (_S.CANCELLING, _E.COMPLETED): _S.COMPLETED,
+    # Stopped by the cancellation (FAL reports it as an error) or cancelled outright.
+    (_S.CANCELLING, _E.FAILED): _S.CANCELLED,
+    (_S.CANCELLING, _E.CANCELLED): _S.CANCELLED,
 }
 
 

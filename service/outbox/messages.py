@@ -7,6 +7,8 @@ import enum
 from dataclasses import dataclass, field
 from typing import Any
 
+from service.outbox.states import NotificationState
+
 # Woken on commit; the elected dispatcher LISTENs on it where the database can wake listeners.
 OUTBOX_CHANNEL = "outbox"
 
@@ -45,7 +47,7 @@ def row_values(
         "text": message.text,
         "media": list(message.media) or None,
         "reply_markup": message.reply_markup,
-        "state": "pending",
+        "state": NotificationState.PENDING.value,
         "attempts": 0,
         "next_attempt_at": now,
         "created_at": now,

@@ -1,42 +1,60 @@
-"""The outbox's states and moves: claim under a lease, then sent, retried or given up.
-
-pending --claim--> sending --sent--> sent
-   ^                 |  \\--(403, 400)--> undeliverable
-   |                 |   \\--(read timeout)--> uncertain   (never resent on its own)
-   +---(429, 5xx)----+    \\--(too many attempts or too old)--> failed
-sending with an expired lease (its process died) is claimed again like pending.
-"""
+"""The outbox's queue: enqueue, claim under a lease, record what the send did (see states.py)."""
 
 from __future__ import annotations
 
 import datetime as dt
 import random
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import Select, func, select, update
+from sqlalchemy import Select, Table, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from service.outbox.telegram import SendResult, Verdict
+from service.outbox.messages import OUTBOX_CHANNEL, Message, MessageType, row_values
+from service.outbox.sender import SendResult
+from service.outbox.states import NotificationState, SendOutcome, after_send
+from service.store.dialect import dialect_of
 from service.store.models import Notification, utcnow
 
 MAX_ATTEMPTS = 20
 MAX_AGE = dt.timedelta(hours=2)
 BACKOFF_BASE_SECONDS = 1.0
 BACKOFF_CAP_SECONDS = 60.0
-FINAL_STATES = ("sent", "undeliverable", "uncertain", "failed")
+
+_notifications = cast(Table, Notification.__table__)
 
 
 @dataclass(frozen=True)
 class Claimed:
     id: int
-    chat_id: int
-    text: str
-    reply_markup: dict[str, Any] | None
+    message: Message
     attempts: int
     created_at: dt.datetime
     # The previous claim's lease ran out: its process died, maybe after Telegram accepted.
     reclaimed: bool
+
+    @property
+    def chat_id(self) -> int:
+        return self.message.chat_id
+
+
+async def enqueue(
+    session: AsyncSession, dedupe_key: str, kind: str, message: Message, *, avatar_id: str | None
+) -> bool:
+    """Add `message` to the outbox once per `dedupe_key`; False when that key is already there.
+
+    Commits with the caller's transaction; where the database can, the commit wakes the
+    dispatcher. A dispatcher in this very process is woken by the caller (Runtime).
+    """
+    dialect = dialect_of(session)
+    values = row_values(dedupe_key, kind, message, avatar_id=avatar_id, now=utcnow())
+    statement = (
+        dialect.insert(_notifications)
+        .values(values)
+        .on_conflict_do_nothing(index_elements=[_notifications.c.dedupe_key])
+        .returning(_notifications.c.id, *dialect.wake(OUTBOX_CHANNEL))
+    )
+    return (await session.execute(statement)).first() is not None
 
 
 async def claim(
@@ -44,28 +62,27 @@ async def claim(
 ) -> list[Claimed]:
     """Take up to `limit` due notifications under a lease; committed before any send."""
     now = utcnow()
-    postgres = session.get_bind().dialect.name == "postgresql"
+    dialect = dialect_of(session)
 
     async def take(query: Select[int], room: int) -> list[int]:
-        query = query.limit(room)
-        if postgres:
-            # Rows another dispatcher is claiming right now are skipped, not waited for.
-            query = query.with_for_update(skip_locked=True)
-        return list((await session.execute(query)).scalars())
+        return list((await session.execute(dialect.skip_locked(query.limit(room)))).scalars())
 
     # Two index-ordered reads instead of one with an OR, which made PostgreSQL read and sort
     # the whole backlog for every claim. Rows whose sender died come first (they are few: at
     # most what was in flight).
     ids = await take(
         select(Notification.id).where(
-            Notification.state == "sending", Notification.lease_until < now
+            Notification.state == NotificationState.SENDING, Notification.lease_until < now
         ),
         limit,
     )
     if len(ids) < limit:
         ids += await take(
             select(Notification.id)
-            .where(Notification.state == "pending", Notification.next_attempt_at <= now)
+            .where(
+                Notification.state == NotificationState.PENDING,
+                Notification.next_attempt_at <= now,
+            )
             .order_by(Notification.next_attempt_at),
             limit - len(ids),
         )
@@ -75,12 +92,10 @@ async def claim(
     claimed = [
         Claimed(
             id=n.id,
-            chat_id=n.chat_id,
-            text=n.text,
-            reply_markup=n.reply_markup,
+            message=_message(n),
             attempts=n.attempts + 1,
             created_at=n.created_at,
-            reclaimed=n.state == "sending",
+            reclaimed=n.state == NotificationState.SENDING,
         )
         for n in rows
     ]
@@ -88,7 +103,7 @@ async def claim(
         update(Notification)
         .where(Notification.id.in_(ids))
         .values(
-            state="sending",
+            state=NotificationState.SENDING.value,
             claimed_by=worker,
             lease_until=now + lease,
             attempts=Notification.attempts + 1,
@@ -98,29 +113,44 @@ async def claim(
     return sorted(claimed, key=lambda c: c.id)
 
 
+def _message(row: Notification) -> Message:
+    return Message(
+        chat_id=row.chat_id,
+        text=row.text,
+        reply_markup=row.reply_markup,
+        message_type=MessageType(row.message_type),
+        media=tuple(row.media or ()),
+    )
+
+
 def backoff(attempts: int) -> float:
     """Exponential with full jitter around it, so retries of many rows spread out."""
     ceiling = min(BACKOFF_CAP_SECONDS, BACKOFF_BASE_SECONDS * 2.0 ** max(0, attempts - 1))
     return ceiling * random.uniform(0.5, 1.0)
 
 
-async def record(session: AsyncSession, worker: str, claimed: Claimed, result: SendResult) -> str:
+async def record(
+    session: AsyncSession, worker: str, claimed: Claimed, result: SendResult
+) -> NotificationState:
     """Store what the send did; returns the new state. A lost lease makes this a no-op."""
     now = utcnow()
-    values: dict[str, Any] = {"updated_at": now, "lease_until": None, "last_error": result.error}
-    if result.verdict is Verdict.SENT:
-        values.update(state="sent", sent_at=now, telegram_message_id=result.message_id)
-    elif result.verdict in (Verdict.UNDELIVERABLE, Verdict.UNCERTAIN):
-        values.update(state=result.verdict.value)
-    elif claimed.attempts >= MAX_ATTEMPTS or now - claimed.created_at > MAX_AGE:
-        values.update(state="failed")
-    else:
+    gave_up = claimed.attempts >= MAX_ATTEMPTS or now - claimed.created_at > MAX_AGE
+    state = after_send(result.outcome, gave_up=gave_up)
+    values: dict[str, Any] = {
+        "state": state.value,
+        "updated_at": now,
+        "lease_until": None,
+        "last_error": result.error,
+    }
+    if state is NotificationState.SENT:
+        values.update(sent_at=now, telegram_message_id=result.message_id)
+    elif state is NotificationState.PENDING:
         delay = (
             result.retry_after
-            if result.verdict is Verdict.RATE_LIMITED
+            if result.outcome is SendOutcome.RATE_LIMITED
             else backoff(claimed.attempts)
         )
-        values.update(state="pending", next_attempt_at=now + dt.timedelta(seconds=delay))
+        values.update(next_attempt_at=now + dt.timedelta(seconds=delay))
         if result.migrate_to_chat_id is not None:
             values.update(chat_id=result.migrate_to_chat_id)
     await session.execute(
@@ -128,11 +158,11 @@ async def record(session: AsyncSession, worker: str, claimed: Claimed, result: S
         .where(
             Notification.id == claimed.id,
             Notification.claimed_by == worker,
-            Notification.state == "sending",
+            Notification.state == NotificationState.SENDING,
         )
         .values(**values)
     )
-    return str(values["state"])
+    return state
 
 
 async def expedite(session: AsyncSession) -> int:
@@ -145,7 +175,7 @@ async def expedite(session: AsyncSession) -> int:
     now = utcnow()
     result = await session.execute(
         update(Notification)
-        .where(Notification.state == "pending", Notification.next_attempt_at > now)
+        .where(Notification.state == NotificationState.PENDING, Notification.next_attempt_at > now)
         .values(next_attempt_at=now, updated_at=now)
     )
     return int(result.rowcount)  # type: ignore[attr-defined]
@@ -155,7 +185,9 @@ async def next_due_in(session: AsyncSession) -> float | None:
     """Seconds until the earliest pending notification is due (None when nothing waits)."""
     earliest = (
         await session.execute(
-            select(func.min(Notification.next_attempt_at)).where(Notification.state == "pending")
+            select(func.min(Notification.next_attempt_at)).where(
+                Notification.state == NotificationState.PENDING
+            )
         )
     ).scalar()
     if earliest is None:

@@ -1,10 +1,8 @@
-"""The sending seam: one sendMessage through python-telegram-bot, sorted into what to do next."""
+"""The Telegram seam: one sendMessage through python-telegram-bot, sorted into send outcomes."""
 
 from __future__ import annotations
 
-import enum
 import os
-from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
@@ -23,44 +21,33 @@ from telegram.error import (
 )
 from telegram.request import HTTPXRequest
 
+from service.outbox.messages import Message, MessageType
+from service.outbox.sender import SendResult, not_supported
+from service.outbox.states import SendOutcome
+from service.settings import Settings
+
 # python-telegram-bot 22 warns on every RetryAfter unless this opts in to its future behaviour
-# (retry_after as a timedelta), which send() already handles.
+# (retry_after as a timedelta), which send() already handles. The library reads it itself on
+# every call: it is a switch of the library, not a setting of ours.
 os.environ.setdefault("PTB_TIMEDELTA", "true")
 
-READ_TIMEOUT_SECONDS = 10.0
-CONNECT_TIMEOUT_SECONDS = 5.0
 
-
-class Verdict(enum.StrEnum):
-    SENT = "sent"
-    # Telegram said "too many requests": try again after retry_after, nothing was sent.
-    RATE_LIMITED = "rate_limited"
-    # Not delivered and worth another try later (5xx, connection refused, connect timeout).
-    RETRY = "retry"
-    # Telegram will never accept it (blocked, chat not found, malformed): stop now.
-    UNDELIVERABLE = "undeliverable"
-    # The request went out and no answer came back: it may have been delivered.
-    UNCERTAIN = "uncertain"
-
-
-@dataclass(frozen=True)
-class SendResult:
-    verdict: Verdict
-    message_id: int | None = None
-    retry_after: float = 0.0
-    error: str | None = None
-    migrate_to_chat_id: int | None = None
-
-
-def bot_for(token: str, api_url: str, pool_size: int = 32) -> Bot:
+def bot_for(
+    token: str,
+    api_url: str,
+    *,
+    read_timeout: float,
+    connect_timeout: float,
+    pool_size: int = 32,
+) -> Bot:
     """A Bot pointed at `api_url` (Telegram, a self-hosted Bot API server, or a test server)."""
     api_url = api_url.rstrip("/")
     request = HTTPXRequest(
         connection_pool_size=pool_size,
-        read_timeout=READ_TIMEOUT_SECONDS,
-        write_timeout=READ_TIMEOUT_SECONDS,
-        connect_timeout=CONNECT_TIMEOUT_SECONDS,
-        pool_timeout=READ_TIMEOUT_SECONDS,
+        read_timeout=read_timeout,
+        write_timeout=read_timeout,
+        connect_timeout=connect_timeout,
+        pool_timeout=read_timeout,
     )
     return Bot(
         token,
@@ -83,8 +70,22 @@ def keyboard(markup: dict[str, Any] | None) -> InlineKeyboardMarkup | None:
     return InlineKeyboardMarkup(rows)
 
 
+def sender_for(settings: Settings) -> TelegramSender:
+    """The sender the dispatcher uses: TELEGRAM_TOKEN at TELEGRAM_API_URL, with its timeouts."""
+    bot = bot_for(
+        settings.telegram_token,
+        settings.telegram_api_url,
+        read_timeout=settings.telegram_read_timeout_seconds,
+        connect_timeout=settings.telegram_connect_timeout_seconds,
+    )
+    return TelegramSender(bot)
+
+
 class TelegramSender:
-    """Sends HTML messages; never raises for Telegram's answers, returns a verdict instead."""
+    """Sends HTML texts; never raises for Telegram's answers, returns an outcome instead."""
+
+    # Photos and albums (sendPhoto, sendMediaGroup) come with the generations.
+    message_types = frozenset({MessageType.TEXT})
 
     def __init__(self, bot: Bot) -> None:
         self.bot = bot
@@ -96,13 +97,15 @@ class TelegramSender:
     async def stop(self) -> None:
         await self.bot.shutdown()
 
-    async def send(self, chat_id: int, text: str, markup: dict[str, Any] | None) -> SendResult:
+    async def send(self, message: Message) -> SendResult:
+        if message.message_type not in self.message_types:
+            return not_supported(message)
         try:
-            message = await self.bot.send_message(
-                chat_id=chat_id,
-                text=text,
+            sent = await self.bot.send_message(
+                chat_id=message.chat_id,
+                text=message.text,
                 parse_mode=ParseMode.HTML,
-                reply_markup=keyboard(markup),
+                reply_markup=keyboard(message.reply_markup),
                 disable_notification=False,
             )
         except RetryAfter as exc:
@@ -112,33 +115,33 @@ class TelegramSender:
                 if isinstance(retry_after, timedelta)
                 else float(retry_after)
             )
-            return SendResult(Verdict.RATE_LIMITED, retry_after=seconds, error=str(exc))
+            return SendResult(SendOutcome.RATE_LIMITED, retry_after=seconds, error=str(exc))
         except Forbidden as exc:
-            return SendResult(Verdict.UNDELIVERABLE, error=str(exc))
+            return SendResult(SendOutcome.UNDELIVERABLE, error=str(exc))
         except ChatMigrated as exc:
             return SendResult(
-                Verdict.RETRY, error=str(exc), migrate_to_chat_id=int(exc.new_chat_id)
+                SendOutcome.RETRY, error=str(exc), migrate_to_chat_id=int(exc.new_chat_id)
             )
         except BadRequest as exc:
             # Checked before NetworkError, its base class: a 400 is final.
-            return SendResult(Verdict.UNDELIVERABLE, error=str(exc))
+            return SendResult(SendOutcome.UNDELIVERABLE, error=str(exc))
         except TimedOut as exc:
-            return SendResult(_timeout_verdict(exc), error=f"timed out: {exc}")
+            return SendResult(_timeout_outcome(exc), error=f"timed out: {exc}")
         except InvalidToken as exc:
             # Our configuration, not the message: keep it and try again after the operator acts.
-            return SendResult(Verdict.RETRY, error=f"invalid token: {exc}")
+            return SendResult(SendOutcome.RETRY, error=f"invalid token: {exc}")
         except NetworkError as exc:
-            return SendResult(Verdict.RETRY, error=str(exc))
+            return SendResult(SendOutcome.RETRY, error=str(exc))
         except TelegramError as exc:
-            return SendResult(Verdict.RETRY, error=str(exc))
-        return SendResult(Verdict.SENT, message_id=message.message_id)
+            return SendResult(SendOutcome.RETRY, error=str(exc))
+        return SendResult(SendOutcome.SENT, message_id=sent.message_id)
 
 
-def _timeout_verdict(exc: TimedOut) -> Verdict:
+def _timeout_outcome(exc: TimedOut) -> SendOutcome:
     """A timeout before the request left (connect, pool) cannot have delivered anything."""
     cause = exc.__cause__
     if isinstance(cause, httpx.ConnectTimeout | httpx.PoolTimeout):
-        return Verdict.RETRY
+        return SendOutcome.RETRY
     if "pool" in str(exc).lower():
-        return Verdict.RETRY
-    return Verdict.UNCERTAIN
+        return SendOutcome.RETRY
+    return SendOutcome.UNCERTAIN

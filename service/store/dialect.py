@@ -2,22 +2,38 @@
 
 Everything else asks the `Dialect` chosen once for a database URL (`dialect_for`) or found for
 a session (`dialect_of`) what it can do: whether claims can skip locked rows, whether a commit
-can wake a listener, how one process is elected leader. Nothing outside this module compares
-driver names or URL prefixes.
+can wake a listener, how one process is elected leader, how a chain of writes (the webhook's
+event, its job's change, its outbox row) reaches the server: as one statement of
+data-modifying CTEs on PostgreSQL, statement by statement on SQLite. Nothing outside this
+module compares driver names or URL prefixes.
 """
 
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sqlalchemy import Select, event, func, make_url, select
+from sqlalchemy import (
+    BindParameter,
+    ColumnElement,
+    Select,
+    bindparam,
+    event,
+    exists,
+    func,
+    literal,
+    make_url,
+    select,
+    true,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, create_async_engine
+from sqlalchemy.types import TypeEngine
 
 Q = TypeVar("Q", bound=Select[Any])
 
@@ -42,6 +58,8 @@ class Dialect:
     wakes_on_commit: bool
     # How often the outbox looks for due rows when nothing woke it.
     outbox_poll_seconds: float
+    # Data-modifying CTEs: a chain of writes goes to the server as one statement.
+    combines_writes: bool
 
     def async_url(self, database_url: str) -> URL:
         driver = "sqlite+aiosqlite" if self.name == "sqlite" else "postgresql+psycopg"
@@ -111,10 +129,42 @@ class Dialect:
         """Lock contention or a serialization conflict: the transaction may simply run again."""
         return is_retryable(exc)
 
+    async def write_chain(
+        self, session: AsyncSession, chain: Chain, params: Mapping[str, Mapping[str, Any]]
+    ) -> dict[str, int]:
+        """Run `chain`: its first write, then the others only if the first wrote a row.
 
-POSTGRESQL = Dialect("postgresql", row_locks=True, wakes_on_commit=True, outbox_poll_seconds=1.0)
+        `params` gives each step's parameters under the step's name. Answers how many rows
+        each step wrote (0 for the steps after a first one that wrote none).
+        """
+        if self.combines_writes:
+            # One round trip for the whole chain, however long.
+            row = (await session.execute(_combined(self, chain), _flat(params))).one()
+            return dict(row._mapping)
+        written = dict.fromkeys((step.name for step in chain), 0)
+        for index, step in enumerate(chain):
+            values = _flat({step.name: params.get(step.name, {})})
+            written[step.name] = len((await session.execute(_single(self, step), values)).all())
+            if index == 0 and not written[step.name]:
+                break
+        return written
+
+
+POSTGRESQL = Dialect(
+    "postgresql",
+    row_locks=True,
+    wakes_on_commit=True,
+    outbox_poll_seconds=1.0,
+    combines_writes=True,
+)
 # SQLite cannot wake a process from another one: poll often (a cheap indexed query).
-SQLITE = Dialect("sqlite", row_locks=False, wakes_on_commit=False, outbox_poll_seconds=0.2)
+SQLITE = Dialect(
+    "sqlite",
+    row_locks=False,
+    wakes_on_commit=False,
+    outbox_poll_seconds=0.2,
+    combines_writes=False,
+)
 _BY_NAME = {d.name: d for d in (POSTGRESQL, SQLITE)}
 
 
@@ -133,6 +183,67 @@ def dialect_of(bind: AsyncSession | AsyncConnection | AsyncEngine) -> Dialect:
     """The dialect a session, connection or engine talks to."""
     engine = bind.get_bind() if isinstance(bind, AsyncSession) else bind
     return _BY_NAME[engine.dialect.name]
+
+
+@dataclass(frozen=True)
+class StepContext:
+    """What a step's statement is built from: the dialect, its own parameters, its gate."""
+
+    dialect: Dialect
+    step: str
+    # True only when the chain's first write wrote a row: a step that is not the first puts
+    # it in its WHERE (an INSERT through `from_select`).
+    gate: ColumnElement[bool]
+
+    def param(self, name: str, type_: TypeEngine[Any] | None = None) -> BindParameter[Any]:
+        """The step's parameter `name`, filled from `params[step][name]` at run time."""
+        return bindparam(f"{self.step}__{name}", type_=type_)
+
+
+@dataclass(frozen=True)
+class Step:
+    """One write of a chain, named; `build` makes its statement, with a RETURNING clause."""
+
+    name: str
+    build: Callable[[StepContext], Any]
+
+
+# Writes that go together: the first (typically recording an event) gates the others.
+Chain = tuple[Step, ...]
+
+
+def _flat(params: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    return {
+        f"{step}__{name}": value
+        for step, values in params.items()
+        for name, value in values.items()
+    }
+
+
+@functools.cache
+def _single(dialect: Dialect, step: Step) -> Any:
+    """A step alone, for a dialect that runs a chain statement by statement."""
+    return step.build(StepContext(dialect, step.name, true()))
+
+
+@functools.cache
+def _combined(dialect: Dialect, chain: Chain) -> Any:
+    """The chain as one statement of data-modifying CTEs, answering each step's row count.
+
+    Built once per chain: SQLAlchemy then reuses its compiled form.
+    """
+    first, *rest = chain
+    recorded = first.build(StepContext(dialect, first.name, true())).cte(f"w_{first.name}")
+    gate = exists(select(literal(1)).select_from(recorded))
+    ctes = [recorded] + [
+        step.build(StepContext(dialect, step.name, gate)).cte(f"w_{step.name}") for step in rest
+    ]
+    return select(
+        *(
+            select(func.count()).select_from(cte).scalar_subquery().label(step.name)
+            for step, cte in zip(chain, ctes, strict=True)
+        )
+    )
 
 
 def is_retryable(exc: BaseException) -> bool:

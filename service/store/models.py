@@ -24,6 +24,8 @@ from sqlalchemy import (
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from service.outbox.messages import MessageType
+from service.outbox.states import NotificationState
 from service.store.dialect import dialect_named
 
 # Stable constraint names so migrations read the same on SQLite and PostgreSQL.
@@ -107,10 +109,6 @@ class Avatar(Base):
     training_type: Mapped[str] = mapped_column(String(16))
     status: Mapped[str] = mapped_column(String(16), default="draft", index=True)
     progress: Mapped[int] = mapped_column(Integer, default=0)
-    fal_request_id: Mapped[str | None] = mapped_column(String(128), unique=True)
-    fal_status_url: Mapped[str | None] = mapped_column(Text)
-    fal_response_url: Mapped[str | None] = mapped_column(Text)
-    fal_cancel_url: Mapped[str | None] = mapped_column(Text)
     trigger_word: Mapped[str | None] = mapped_column(String(64))
     lora_url: Mapped[str | None] = mapped_column(Text)
     config_url: Mapped[str | None] = mapped_column(Text)
@@ -125,6 +123,38 @@ class Avatar(Base):
     # The Telegram files the photos came from, so a retry can rebuild an expired zip:
     # [{"file_id": ..., "file_unique_id": ..., "kind": "photo" | "document"}, ...]
     photos: Mapped[list[dict[str, str]] | None] = mapped_column(JSON)
+
+
+# A subject has at most one training job (a retry before FAL accepted one reuses the avatar).
+ONE_TRAINING_PER_AVATAR = "kind = 'training'"
+
+
+class FalJob(Base):
+    """One request submitted to FAL (a training, later a generation), keyed by FAL's id."""
+
+    __tablename__ = "fal_jobs"
+    __table_args__ = (
+        Index(
+            "uq_fal_jobs_training_per_avatar",
+            "avatar_id",
+            unique=True,
+            postgresql_where=text(ONE_TRAINING_PER_AVATAR),
+            sqlite_where=text(ONE_TRAINING_PER_AVATAR),
+        ),
+    )
+
+    request_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    # "training" (its subject is an avatar); "generation" comes next.
+    kind: Mapped[str] = mapped_column(String(16))
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    avatar_id: Mapped[str | None] = mapped_column(ForeignKey("avatars.id"))
+    # The FAL app id (e.g. fal-ai/flux-lora-portrait-trainer); None when registered by a hint,
+    # by `avatars attach`, or before the registry existed for an operator's training.
+    app: Mapped[str | None] = mapped_column(String(128))
+    status_url: Mapped[str | None] = mapped_column(Text)
+    response_url: Mapped[str | None] = mapped_column(Text)
+    cancel_url: Mapped[str | None] = mapped_column(Text)
+    submitted_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
 class WebhookEvent(Base):
@@ -147,6 +177,8 @@ class WebhookEvent(Base):
     headers: Mapped[dict[str, str]] = mapped_column(JSON)
     body: Mapped[bytes] = mapped_column(LargeBinary)
     transition: Mapped[str | None] = mapped_column(String(40))
+    # Who told us: "webhook" (FAL's callback), "reconciler" (the bot asked FAL), "operator".
+    source: Mapped[str] = mapped_column(String(16), default="webhook", server_default="webhook")
     received_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
     applied_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
 
@@ -163,13 +195,15 @@ class Notification(Base):
     chat_id: Mapped[int] = mapped_column(BigInteger)
     kind: Mapped[str] = mapped_column(String(16))
     # What is sent: "text" (sendMessage), "photo" (sendPhoto) or "album" (sendMediaGroup).
-    message_type: Mapped[str] = mapped_column(String(16), default="text", server_default="text")
+    message_type: Mapped[str] = mapped_column(
+        String(16), default=MessageType.TEXT.value, server_default=MessageType.TEXT.value
+    )
     text: Mapped[str] = mapped_column(Text)
     # Photos and albums: [{"url": ..., "file_id": ..., "caption": ...}, ...]; None for a text.
     media: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)
     reply_markup: Mapped[dict[str, Any] | None] = mapped_column(JSON)
-    # pending -> sending -> sent | uncertain | undeliverable | failed (see service/outbox.py).
-    state: Mapped[str] = mapped_column(String(16), default="pending")
+    # A NotificationState; its moves are the table in service/outbox/states.py.
+    state: Mapped[str] = mapped_column(String(16), default=NotificationState.PENDING.value)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     next_attempt_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
     lease_until: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)

@@ -33,9 +33,12 @@ def create_app(settings: Settings, *, start_dispatcher: bool = True) -> Starlett
         app.state.runtime = runtime
         background = None
         if start_dispatcher:
-            from service.outbox.dispatcher import run_in_service
+            # Every worker runs it; only the elected one sends (service/outbox/dispatcher.py).
+            from service.outbox.dispatcher import run_elected
 
-            background = asyncio.create_task(run_in_service(runtime), name="dispatcher")
+            background = asyncio.create_task(
+                run_elected(settings, runtime.sessions, runtime.outbox_wakeup), name="dispatcher"
+            )
         try:
             yield
         finally:

@@ -12,6 +12,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from service import metrics
+from service.jobs.states import AvatarStatus
+from service.outbox.states import UNSENT, NotificationState
 from service.store.models import Avatar, Notification, WebhookEvent, utcnow
 from service.web.runtime import Runtime
 
@@ -22,7 +24,8 @@ HEALTH_TIMEOUT_SECONDS = 2.0
 # in the Prometheus text format, passed on as it is. The service cannot read the
 # certificate itself (/etc/ssl/aibots is root's) and should not depend on nginx to answer.
 TLS_METRICS_FILE = Path("tls-certificate.prom")
-AVATAR_STATUSES = ("draft", "training", "cancelling", "completed", "failed", "cancelled")
+# Still running at FAL: the age of the oldest of these is the "stuck training" signal.
+RUNNING = (AvatarStatus.TRAINING.value, AvatarStatus.CANCELLING.value)
 
 
 async def health(request: Request) -> Response:
@@ -54,16 +57,14 @@ async def _counts(session: AsyncSession) -> dict[str, Any]:
     notifications = await _count_by(session, Notification.state)
     oldest_pending = (
         await session.execute(
-            select(func.min(Notification.created_at)).where(
-                Notification.state.in_(("pending", "sending"))
-            )
+            select(func.min(Notification.created_at)).where(Notification.state.in_(UNSENT))
         )
     ).scalar()
     avatars = await _count_by(session, Avatar.status)
     oldest_training = (
         await session.execute(
             select(func.min(func.coalesce(Avatar.training_started_at, Avatar.created_at))).where(
-                Avatar.status.in_(("training", "cancelling"))
+                Avatar.status.in_(RUNNING)
             )
         )
     ).scalar()
@@ -122,9 +123,8 @@ async def prometheus(request: Request) -> Response:
         "database_up", "1 when the database answered this scrape", {"": 1.0 if counts else 0.0}, ""
     )
     if counts is not None:
-        states = {
-            s: 0.0 for s in ("pending", "sending", "sent", "uncertain", "undeliverable", "failed")
-        }
+        # Every state, so a gauge falls back to 0 instead of vanishing when its last row moves.
+        states = {s.value: 0.0 for s in NotificationState}
         states.update({k: float(v) for k, v in counts["notifications"].items()})
         output += metrics.gauge_lines(
             "notifications", "Notifications in the outbox by state", states, "state"
@@ -141,7 +141,7 @@ async def prometheus(request: Request) -> Response:
             {k: float(v) for k, v in counts["events"].items()},
             "outcome",
         )
-        avatars = dict.fromkeys(AVATAR_STATUSES, 0.0)
+        avatars = {s.value: 0.0 for s in AvatarStatus}
         avatars.update({k: float(v) for k, v in counts["avatars"].items()})
         output += metrics.gauge_lines("avatars", "Avatars by status", avatars, "status")
         output += metrics.gauge_lines(

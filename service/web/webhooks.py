@@ -12,7 +12,7 @@ from starlette.responses import JSONResponse, Response
 
 from service import metrics
 from service.fal.keyset import KeySetUnavailable
-from service.fal.payload import PayloadError, parse_body, parse_event
+from service.fal.payload import PayloadError, RequestIdMismatch, parse_body, parse_event
 from service.fal.signature import SignatureError, has_signature_headers, parse_headers
 from service.jobs.ingest import Delivery, ingest
 from service.settings import MAX_BODY_BYTES
@@ -80,6 +80,9 @@ async def _handle(
         raise RequestRefused(401, "unsigned", "the request carries no X-Fal-Webhook-* signature")
     try:
         event = parse_event(parse_body(raw), request.query_params, signed_request_id)
+    except RequestIdMismatch as exc:
+        metrics.REQUEST_ID_MISMATCHES.inc()
+        raise RequestRefused(400, "request_id_mismatch", str(exc)) from None
     except PayloadError as exc:
         raise RequestRefused(400, "bad_request", str(exc)) from None
     fields.update(request_id=event.request_id, event_status=event.status.value)

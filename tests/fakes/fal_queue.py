@@ -49,6 +49,14 @@ class FalRequest:
     succeeded: bool | None = None
     output: JsonDict | None = None
     error_body: JsonDict | None = None
+    # The result's HTTP status and headers when the run failed (422 for validation; 500/504
+    # with X-Fal-Error-Type for a run that broke or timed out).
+    error_status: int = 422
+    error_headers: dict[str, str] = field(default_factory=dict)
+    # A COMPLETED status's `error` / `error_type`, as FAL reports a failed run there.
+    status_error: JsonDict = field(default_factory=dict)
+    # A cancel was asked and not refused: a queued request is then removed (OK); one in
+    # progress only got the signal (CANCELLATION_REQUESTED) and still runs to its end.
     cancelled: bool = False
     # The files of the downloaded zip, by name; None until downloaded or when it failed.
     archive: dict[str, bytes] | None = None
@@ -101,15 +109,20 @@ class _QueueHandler(LoopbackHandler):
         path = parts.path.strip("/")
         body = self.read_body()
         authorized = self.headers.get("Authorization") == f"Key {fal.key}"
+        headers: dict[str, str] = {}
         if not authorized:
             status, answer = 401, {"detail": "Unauthorized: invalid or missing key"}
         else:
-            status, answer = fal.answer(method, path, dict(parse_qsl(parts.query)), body)
+            status, answer, headers = fal.answer(method, path, dict(parse_qsl(parts.query)), body)
         fal.record(QueueCall(method, path, status, authorized))
         if status == 0:
             self.drop()
             return
-        self.send_json(status, answer)
+        self.send_body(status, json.dumps(answer).encode(), headers=headers)
+
+
+# The FAL_KEY every queue of the test suite accepts, unless a test needs another.
+TEST_KEY = "fal-test-key-id:fal-test-key-secret"
 
 
 class FalQueueServer(LoopbackServer):
@@ -119,7 +132,7 @@ class FalQueueServer(LoopbackServer):
 
     def __init__(
         self,
-        key: str = "fal-test-key-id:fal-test-key-secret",
+        key: str = TEST_KEY,
         signer: FalSigner | None = None,
         *,
         port: int = 0,
@@ -176,6 +189,45 @@ class FalQueueServer(LoopbackServer):
             request.error_body = {"detail": detail}
             request.last_callback = _callback(
                 request_id, "ERROR", payload={"detail": detail}, error="Invalid status code: 422"
+            )
+        return self.deliver(request_id) if deliver else None
+
+    def fail_run(
+        self,
+        request_id: str,
+        *,
+        status: int = 500,
+        error_type: str = "internal_error",
+        message: str = "the runner crashed",
+        deliver: bool = True,
+    ) -> int | None:
+        """End the request as a broken (500) or timed-out (504) run: the result answers that
+        status with a `detail` list and `X-Fal-Error-Type`, the status carries `error`."""
+        detail = [{"msg": message, "type": error_type}]
+        with self._lock:
+            request = self._requests[request_id]
+            request.state, request.succeeded = "COMPLETED", False
+            request.error_body = {"detail": detail}
+            request.error_status = status
+            request.error_headers = {"X-Fal-Error-Type": error_type}
+            request.status_error = {"error": message, "error_type": error_type}
+            request.last_callback = _callback(
+                request_id,
+                "ERROR",
+                payload={"detail": detail},
+                error=f"Invalid status code: {status}",
+            )
+        return self.deliver(request_id) if deliver else None
+
+    def end_cancelled(self, request_id: str, *, deliver: bool = True) -> int | None:
+        """A run that was asked to cancel stops: FAL calls back with an ERROR for it."""
+        detail = [{"msg": "Request was cancelled by the user", "type": "request_cancelled"}]
+        with self._lock:
+            request = self._requests[request_id]
+            request.state, request.succeeded = "COMPLETED", False
+            request.error_body = {"detail": detail}
+            request.last_callback = _callback(
+                request_id, "ERROR", payload={"detail": detail}, error="Request cancelled"
             )
         return self.deliver(request_id) if deliver else None
 
@@ -253,24 +305,29 @@ class FalQueueServer(LoopbackServer):
 
     def answer(
         self, method: str, path: str, query: dict[str, str], body: bytes
-    ) -> tuple[int, JsonDict]:
+    ) -> tuple[int, JsonDict, dict[str, str]]:
+        """(HTTP status, JSON body, extra headers) for one call; status 0 drops it."""
         app_id, marker, rest = path.partition("/requests/")
         if not marker:
             if method != "POST":
-                return 405, {"detail": "Method Not Allowed"}
-            return self._planned("submit") or self._submit(app_id, query, body)
+                return 405, {"detail": "Method Not Allowed"}, {}
+            return _plain(self._planned("submit") or self._submit(app_id, query, body))
         request_id, _, action = rest.partition("/")
         with self._lock:
             request = self._requests.get(request_id)
         if request is None or request.app_id != app_id:
-            return 404, {"detail": f"Request {request_id} not found"}
+            if method == "PUT" and action == "cancel":
+                missing = {"status": "NOT_FOUND", "detail": f"Request {request_id} not found"}
+                return _plain(self._planned("cancel") or (404, missing))
+            return 404, {"detail": f"Request {request_id} not found"}, {}
         if method == "GET" and action == "status":
-            return self._planned("status") or (200, self._status(request))
+            return _plain(self._planned("status") or (200, self._status(request)))
         if method == "GET" and action == "":
-            return self._planned("result") or self._result(request)
+            planned = self._planned("result")
+            return _plain(planned) if planned else self._result(request)
         if method == "PUT" and action == "cancel":
-            return self._planned("cancel") or self._cancel(request)
-        return 405, {"detail": "Method Not Allowed"}
+            return _plain(self._planned("cancel") or self._cancel(request))
+        return 405, {"detail": "Method Not Allowed"}, {}
 
     def _planned(self, operation: str) -> tuple[int, JsonDict] | None:
         with self._lock:
@@ -324,24 +381,31 @@ class FalQueueServer(LoopbackServer):
         }
         if request.state == "IN_QUEUE":
             answer["queue_position"] = 0
+        if request.state == "COMPLETED":
+            answer.update(request.status_error)
         return answer
 
-    def _result(self, request: FalRequest) -> tuple[int, JsonDict]:
+    def _result(self, request: FalRequest) -> tuple[int, JsonDict, dict[str, str]]:
         if request.state != "COMPLETED":
-            return 400, {"detail": "Request is still in progress"}
+            return 400, {"detail": "Request is still in progress"}, {}
         if request.succeeded:
             assert request.output is not None
-            return 200, request.output
-        return 422, request.error_body or {"detail": "failed"}
+            return 200, request.output, {}
+        body = request.error_body or {"detail": "failed"}
+        return request.error_status, body, dict(request.error_headers)
 
     def _cancel(self, request: FalRequest) -> tuple[int, JsonDict]:
+        """FAL's four answers (fal.ai docs, "Cancel a request")."""
         with self._lock:
             if request.state == "COMPLETED":
                 return 400, {"status": "ALREADY_COMPLETED"}
             request.cancelled = True
+            if request.state == "IN_PROGRESS":
+                # Only a signal: the run goes on, and complete()/fail()/end_cancelled() end it.
+                return 202, {"status": "CANCELLATION_REQUESTED"}
             request.state, request.succeeded = "COMPLETED", False
             request.error_body = {"detail": "Request was cancelled by the user"}
-        return 202, {"status": "CANCELLATION_REQUESTED"}
+        return 200, {"status": "OK"}
 
     def _download(self, request: FalRequest) -> None:
         url = request.arguments.get("images_data_url")
@@ -361,6 +425,10 @@ class FalQueueServer(LoopbackServer):
             request.downloaded.set()
 
 
+def _plain(answer: tuple[int, JsonDict]) -> tuple[int, JsonDict, dict[str, str]]:
+    return answer[0], answer[1], {}
+
+
 def _callback(request_id: str, status: str, **fields: Any) -> bytes:
     body = {"request_id": request_id, "gateway_request_id": request_id, "status": status}
     body.update(fields)
@@ -369,6 +437,7 @@ def _callback(request_id: str, status: str, **fields: Any) -> bytes:
 
 def _post(url: str, body: bytes, headers: dict[str, str]) -> int | None:
     parts = urlsplit(url)
+    assert parts.hostname, url
     conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=15)
     try:
         target = parts.path + (f"?{parts.query}" if parts.query else "")

@@ -671,6 +671,10 @@ class _BotApiHandler(LoopbackHandler):
         self.send_body(200, stored.data, "application/octet-stream")
 
 
+# The token every server of the test suite is started with, unless a test needs another.
+TEST_TOKEN = "123456:TEST-token-for-the-local-bot-api"
+
+
 class FakeBotApi(LoopbackServer):
     """A Telegram Bot API server on loopback.
 
@@ -684,7 +688,7 @@ class FakeBotApi(LoopbackServer):
 
     def __init__(
         self,
-        token: str = "123456:TEST-token",
+        token: str = TEST_TOKEN,
         *,
         port: int = 0,
         host: str = "127.0.0.1",
@@ -833,6 +837,27 @@ class FakeBotApi(LoopbackServer):
                         f"expected {n} delivered messages within {timeout}s, got {len(sent)}: "
                         f"{sent!r}; all calls (method, outcome, status): {others!r}"
                     )
+                self._calls_changed.wait(remaining)
+
+    def wait_for_exactly(self, n: int, timeout: float = 5.0, settle: float = 2.5) -> list[JsonDict]:
+        """Block until n messages were delivered, then watch `settle` seconds more and fail as
+        soon as an (n+1)th arrives; the n messages otherwise.
+
+        The default window outlasts what a second copy of a message would wait for after the
+        first: the outbox's poll (at most 1 s, PostgreSQL) plus Telegram's one message a
+        second to one chat (TELEGRAM_CHAT_INTERVAL, 1 s), with half a second of slack for a
+        busy machine. A test that lifts the pacing may pass a shorter window.
+        """
+        sent = self.wait_for_messages(n, timeout)
+        deadline = time.monotonic() + settle
+        with self._calls_changed:
+            while True:
+                sent = self._sent_locked()
+                if len(sent) > n:
+                    raise AssertionError(f"expected exactly {n} messages, got {len(sent)}: {sent}")
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return sent
                 self._calls_changed.wait(remaining)
 
     # -- request bookkeeping (handler side) ----------------------------------------------------
@@ -1021,7 +1046,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.fakes.telegram_api")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--token", default="123456:TEST-token")
+    parser.add_argument("--token", default=TEST_TOKEN)
     parser.add_argument("--record", help="append each delivered sendMessage as a JSON line")
     parser.add_argument("--fail-ratio", type=float, default=0.0)
     parser.add_argument("--seed", type=int, default=0)

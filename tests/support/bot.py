@@ -9,11 +9,11 @@ API server's getUpdates and reads what the bot (and the outbox) sent to them.
 from __future__ import annotations
 
 import itertools
-import time
 from typing import Any
 
-from tests.fakes.fal_queue import FalQueueServer
+from tests.fakes.fal_queue import TEST_KEY, FalQueueServer
 from tests.fakes.telegram_api import (
+    TEST_TOKEN,
     FakeBotApi,
     callback_update,
     default_user,
@@ -24,8 +24,8 @@ from tests.fakes.telegram_api import (
 from tests.support.images import png
 from tests.support.servers import GunicornServer, ServiceProcess, base_env, wait_until
 
-TOKEN = "123456:TEST-token-for-the-bot-tests"
-FAL_KEY = "fal-test-key-id:fal-test-key-secret"
+TOKEN = TEST_TOKEN
+FAL_KEY = TEST_KEY
 WEBHOOK = "/api/v1/avatar/status_update"
 _file_numbers = itertools.count(1)
 
@@ -170,8 +170,3 @@ class Person:
     def buttons(self, message: dict[str, Any]) -> list[str]:
         markup = message["sent"].get("reply_markup") or {}
         return [b["callback_data"] for row in markup.get("inline_keyboard", []) for b in row]
-
-
-def settle(seconds: float = 1.0) -> None:
-    """Give in-flight deliveries a moment before asserting that nothing more arrived."""
-    time.sleep(seconds)

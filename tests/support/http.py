@@ -29,6 +29,7 @@ def call(
     timeout: float = 30.0,
 ) -> Answer:
     parts = urlsplit(url)
+    assert parts.hostname, url
     conn = http.client.HTTPConnection(
         parts.hostname, parts.port, timeout=timeout, source_address=(source, 0)
     )

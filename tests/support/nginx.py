@@ -20,17 +20,18 @@ import json
 import os
 import re
 import shutil
-import signal
 import socket
 import ssl
 import subprocess
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.support import procs
+from tests.support.http import Answer
 from tests.support.servers import ROOT, free_port, wait_until
 
 DEPLOY = ROOT / "deploy" / "nginx"
@@ -207,18 +208,10 @@ class Nginx:
 
     def pids(self) -> list[int]:
         """The master and its workers."""
-        children = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children")
-        workers = [int(p) for p in children.read_text().split()] if children.exists() else []
-        return [self.process.pid, *workers]
+        return [self.process.pid, *procs.children(self.process.pid)]
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            os.kill(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.kill(self.process.pid, signal.SIGKILL)
-                self.process.wait(timeout=5)
+        procs.terminate(self.process)
 
 
 @dataclass
@@ -332,14 +325,8 @@ def running_nginx(
 # An HTTPS client for the site (http.client over TLS to 127.0.0.1, SNI and Host aibots.kz)
 
 
-@dataclass
-class Reply:
-    status: int
-    headers: dict[str, str]
-    body: bytes
-
-    def json(self) -> Any:
-        return json.loads(self.body)
+# An answer over TLS has the same shape as one over plain HTTP (header names in lower case).
+Reply = Answer
 
 
 class TLSConnection(http.client.HTTPConnection):
@@ -378,7 +365,7 @@ class TLSConnection(http.client.HTTPConnection):
         method: str,
         path: str,
         body: bytes | None = None,
-        headers: dict[str, str] | None = None,
+        headers: Mapping[str, str | bytes] | None = None,
     ) -> Reply:
         self.request(method, path, body=body, headers=headers or {})
         response = self.getresponse()
@@ -402,3 +389,26 @@ def call_once(
         return connection.call(method, path, body, headers)
     finally:
         connection.close()
+
+
+class TLSFront:
+    """Requests to a site behind nginx, on the `port` and with the `context` of the subclass."""
+
+    context: ssl.SSLContext
+
+    @property
+    def port(self) -> int:
+        raise NotImplementedError
+
+    def connection(self, source: str = "127.0.0.1", timeout: float = 30) -> TLSConnection:
+        return TLSConnection(self.port, self.context, source=source, timeout=timeout)
+
+    def call(
+        self,
+        method: str,
+        path: str,
+        body: bytes | None = None,
+        headers: dict[str, str] | None = None,
+        source: str = "127.0.0.1",
+    ) -> Reply:
+        return call_once(self.port, self.context, method, path, body, headers, source)

@@ -1,8 +1,11 @@
-"""What the kernel says about a process: its children, CPU time and resident memory (Linux)."""
+"""Processes of the tests: what the kernel says about one (children, CPU time, resident memory;
+Linux), and stopping one politely."""
 
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
 from pathlib import Path
 
 _TICKS = os.sysconf("SC_CLK_TCK")
@@ -50,3 +53,17 @@ def machine_cpu_seconds() -> tuple[float, float]:
     idle = values[3] + values[4]  # idle + iowait
     total = sum(values[:8])  # without guest time, which is already counted in user
     return (total - idle) / _TICKS, total / _TICKS
+
+
+def terminate(process: subprocess.Popen[bytes], *, group: bool = False, grace: float = 15) -> None:
+    """SIGTERM, then SIGKILL if it is still there after `grace` seconds; with `group`, to the
+    whole process group (a gunicorn master and its workers)."""
+    if process.poll() is not None:
+        return
+    send = os.killpg if group else os.kill
+    send(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        send(process.pid, signal.SIGKILL)
+        process.wait(timeout=10)

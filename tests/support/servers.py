@@ -15,6 +15,8 @@ from typing import IO
 
 import requests
 
+from tests.support import procs
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -33,6 +35,22 @@ def wait_until(check: object, timeout: float, interval: float = 0.05, what: str 
             return
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout} s waiting for {what or check}")
+
+
+def holds(check: object, seconds: float, interval: float = 0.05, what: str = "") -> None:
+    """Watch `check()` for `seconds`; AssertionError as soon as it turns falsy.
+
+    For "nothing more arrives": the test first waits until what it expects is there, then
+    holds the check for a window it must justify (how late could a wrong extra one come?).
+    """
+    assert callable(check)
+    deadline = time.monotonic() + seconds
+    while True:
+        if not check():
+            raise AssertionError(f"no longer true: {what or check}")
+        if time.monotonic() >= deadline:
+            return
+        time.sleep(interval)
 
 
 def base_env(**extra: str) -> dict[str, str]:
@@ -111,14 +129,8 @@ class ServiceProcess:
         self._log.close()
 
     def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        os.killpg(self.proc.pid, signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(timeout=10)
+        if self.proc is not None:
+            procs.terminate(self.proc, group=True, grace=30)
 
 
 class GunicornServer(ServiceProcess):
@@ -175,5 +187,4 @@ class GunicornServer(ServiceProcess):
 
     def worker_pids(self) -> list[int]:
         """The gunicorn workers: children of the master."""
-        children = Path(f"/proc/{self.pid}/task/{self.pid}/children")
-        return [int(p) for p in children.read_text().split()] if children.exists() else []
+        return procs.children(self.pid)

@@ -1,8 +1,9 @@
 """The service as deployed, on loopback: nginx with the real site and TLS in front of one or
 more gunicorn instances (`python -m service serve`) that share one PostgreSQL database.
 
-FAL's key set and the Bot API server are the callers' choice (in-process fakes, or the
-standalone Bot API process); they reach the service through `env`.
+`running_stack` takes the service's settings as they are (the benchmark chooses its own Bot
+API server); `Deployment`, the suite's `deployment` fixture, holds everything a stack is built
+from (certificates, the local Bot API server, FAL's key set) and starts stacks from it.
 """
 
 from __future__ import annotations
@@ -16,14 +17,16 @@ from pathlib import Path
 
 import psycopg
 
-from service.outbox.dispatcher import LEADER_LOCK_KEY
+from service.outbox.leadership import LEADER_LOCK_KEY
+from tests.fakes.fal_keys import FalSigner, JwksServer
+from tests.fakes.telegram_api import FakeBotApi
 from tests.support import procs
-from tests.support.nginx import Nginx, Reply, TLSConnection, call_once, running_nginx
+from tests.support.nginx import Nginx, TLSFront, running_nginx
 from tests.support.servers import GunicornServer
 
 
 @dataclass
-class Stack:
+class Stack(TLSFront):
     nginx: Nginx
     apps: list[GunicornServer]
     database_url: str
@@ -32,19 +35,6 @@ class Stack:
     @property
     def port(self) -> int:
         return self.nginx.port
-
-    def connection(self, source: str = "127.0.0.1", timeout: float = 30) -> TLSConnection:
-        return TLSConnection(self.nginx.port, self.context, source=source, timeout=timeout)
-
-    def call(
-        self,
-        method: str,
-        path: str,
-        body: bytes | None = None,
-        headers: dict[str, str] | None = None,
-        source: str = "127.0.0.1",
-    ) -> Reply:
-        return call_once(self.nginx.port, self.context, method, path, body, headers, source)
 
     def workers(self) -> list[int]:
         return [pid for app in self.apps for pid in app.worker_pids()]
@@ -142,3 +132,32 @@ def running_stack(
     finally:
         for app in apps:
             app.close()
+
+
+@dataclass
+class Deployment:
+    """What a running stack is made of; `start` runs one on a database."""
+
+    prefix: Path
+    certs: Path
+    context: ssl.SSLContext
+    api: FakeBotApi
+    jwks: JwksServer
+    signer: FalSigner
+
+    def env(self, database_url: str, **extra: str) -> dict[str, str]:
+        """The service's settings: this database, the local Bot API server and key set."""
+        return {
+            "DATABASE_URL": database_url,
+            "TELEGRAM_TOKEN": self.api.token,
+            "TELEGRAM_API_URL": self.api.url,
+            "FAL_JWKS_URL": self.jwks.jwks_url,
+            **extra,
+        }
+
+    def start(
+        self, database_url: str, *, instances: int = 1, **extra: str
+    ) -> contextlib.AbstractContextManager[Stack]:
+        """`instances` gunicorn services on `database_url` behind one nginx, with `extra`."""
+        env = self.env(database_url, **extra)
+        return running_stack(self.prefix, self.certs, self.context, env, instances=instances)

@@ -14,8 +14,10 @@ from typing import Any, cast
 from sqlalchemy import Table, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from service.fal.queue import Submission
+from service.jobs.registry import JobKind
 from service.jobs.states import AvatarStatus
-from service.store.models import Avatar, User, new_id, utcnow
+from service.store.models import Avatar, FalJob, User, new_id, utcnow
 from tests.support.db import run
 
 _BATCH = 2000
@@ -29,12 +31,29 @@ class Training:
     name: str
 
 
+def training_job(
+    request_id: str, user_id: int, avatar_id: str, *, urls_from: Submission | None = None
+) -> FalJob:
+    """The registry's row for an avatar's training; `urls_from` a FAL Submission, if any."""
+    return FalJob(
+        request_id=request_id,
+        kind=JobKind.TRAINING.value,
+        user_id=user_id,
+        avatar_id=avatar_id,
+        status_url=urls_from.status_url if urls_from else None,
+        response_url=urls_from.response_url if urls_from else None,
+        cancel_url=urls_from.cancel_url if urls_from else None,
+        submitted_at=utcnow(),
+    )
+
+
 def seed_trainings(
     database_url: str, count: int, first_chat: int, name: str = "Load"
 ) -> list[Training]:
     """Register `count` trainings for the chats first_chat, first_chat + 1, ..."""
     users = cast(Table, User.__table__)
     avatars = cast(Table, Avatar.__table__)
+    jobs = cast(Table, FalJob.__table__)
     planned = [
         Training(first_chat + i, str(uuid.uuid4()), new_id(), f"{name} {i}") for i in range(count)
     ]
@@ -61,7 +80,6 @@ def seed_trainings(
                     "training_type": "portrait",
                     "status": AvatarStatus.TRAINING.value,
                     "progress": 0,
-                    "fal_request_id": t.request_id,
                     "created_at": now,
                     "updated_at": now,
                     "training_started_at": now,
@@ -69,6 +87,17 @@ def seed_trainings(
                 for t in batch
             ]
             await session.execute(insert(avatars), rows)
+            registered: list[dict[str, Any]] = [
+                {
+                    "request_id": t.request_id,
+                    "kind": JobKind.TRAINING.value,
+                    "user_id": ids[t.chat_id],
+                    "avatar_id": t.avatar_id,
+                    "submitted_at": now,
+                }
+                for t in batch
+            ]
+            await session.execute(insert(jobs), registered)
 
     run(database_url, work)
     return planned

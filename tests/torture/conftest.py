@@ -1,19 +1,16 @@
-"""Fixtures of the torture suite: certificates, the local Bot API server, fresh databases;
-and the ledgers of the scenarios, printed as one table at the end of the run."""
+"""Fixtures of the torture suite: a fresh database (the stack's parts are the suite's
+`deployment`, tests/conftest.py); and the ledgers of the scenarios, printed as one table at the
+end of the run."""
 
 from __future__ import annotations
 
-import ssl
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.fakes.telegram_api import FakeBotApi
 from tests.support import postgres
-from tests.support.nginx import dev_certs, nginx_binary
-from tests.torture.runs import FULL, LEDGERS, TOKEN
+from tests.torture.runs import FULL, LEDGERS
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
@@ -30,24 +27,6 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
         if ledger.notes:
             notes = "; ".join(f"{k}: {v}" for k, v in ledger.notes.items())
             terminalreporter.line(f"{ledger.scenario}: {notes}")
-
-
-@pytest.fixture(scope="session")
-def certs(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    nginx_binary()
-    postgres.require()
-    return dev_certs(tmp_path_factory.mktemp("torture-certs") / "dev")
-
-
-@pytest.fixture(scope="session")
-def client_context(certs: Path) -> ssl.SSLContext:
-    return ssl.create_default_context(cafile=str(certs / "ca.crt"))
-
-
-@pytest.fixture
-def api() -> Iterator[FakeBotApi]:
-    with FakeBotApi(TOKEN) as server:
-        yield server
 
 
 @pytest.fixture

@@ -98,17 +98,18 @@ def tally(
                 "SELECT dedupe_key FROM webhook_events WHERE request_id = ANY(%s)", (request_ids,)
             )
         }
-        status = dict(
+        status: dict[str, str] = dict(
             conn.execute(
-                "SELECT fal_request_id, status FROM avatars WHERE fal_request_id = ANY(%s)",
+                "SELECT j.request_id, a.status FROM fal_jobs j "
+                "JOIN avatars a ON a.id = j.avatar_id WHERE j.request_id = ANY(%s)",
                 (request_ids,),
             ).fetchall()
         )
         enqueued = Counter(
             chat
             for (chat,) in conn.execute(
-                "SELECT n.chat_id FROM notifications n JOIN avatars a ON a.id = n.avatar_id "
-                "WHERE a.fal_request_id = ANY(%s)",
+                "SELECT n.chat_id FROM notifications n "
+                "JOIN fal_jobs j ON j.avatar_id = n.avatar_id WHERE j.request_id = ANY(%s)",
                 (request_ids,),
             )
         )

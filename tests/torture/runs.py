@@ -1,19 +1,19 @@
-"""What the scenarios share: their sizes, the service's settings, the ledgers kept for the
-summary, and waiting for the outbox to drain."""
+"""What the scenarios share: their sizes, the stack with their settings, the ledgers kept for
+the summary, and waiting for the outbox to drain."""
 
 from __future__ import annotations
 
 import os
 import time
+from contextlib import AbstractContextManager
 
 import psycopg
 
-from tests.fakes.fal_keys import JwksServer
 from tests.fakes.telegram_api import FakeBotApi
+from tests.support.stack import Deployment, Stack
 from tests.torture.ledger import Ledger
 
 FULL = os.environ.get("TORTURE") == "full"
-TOKEN = "123456:TORTURE-token-for-the-local-bot-api"
 
 LEDGERS: list[Ledger] = []
 
@@ -29,22 +29,19 @@ def record(ledger: Ledger) -> Ledger:
     return ledger
 
 
-def service_env(
-    api: FakeBotApi, jwks: JwksServer, database_url: str, **extra: str
-) -> dict[str, str]:
-    """The service's settings for a scenario: the local servers, and Telegram's pacing lifted
-    to the local server's pace unless a scenario says otherwise (30/s would make thousands of
-    messages take minutes, measuring the pacer instead of the pipeline)."""
-    return {
-        "DATABASE_URL": database_url,
-        "TELEGRAM_TOKEN": TOKEN,
-        "TELEGRAM_API_URL": api.url,
-        "FAL_JWKS_URL": jwks.jwks_url,
+def start(
+    deployment: Deployment, database_url: str, *, instances: int = 1, **extra: str
+) -> AbstractContextManager[Stack]:
+    """The stack of a scenario: Telegram's pacing lifted to the local server's pace unless
+    the scenario says otherwise (30/s would make thousands of messages take minutes,
+    measuring the pacer instead of the pipeline)."""
+    settings = {
         "TELEGRAM_RATE_PER_SECOND": "1000",
         # A dispatcher killed holding rows gives them up after this; production keeps 120 s.
         "OUTBOX_LEASE_SECONDS": "5",
         **extra,
     }
+    return deployment.start(database_url, instances=instances, **settings)
 
 
 def delivered(api: FakeBotApi) -> list[tuple[int, float]]:

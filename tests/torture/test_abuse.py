@@ -9,13 +9,11 @@ from __future__ import annotations
 import http.client
 import json
 import socket
-import ssl
 import threading
 import time
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -23,15 +21,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.fakes.fal_keys import FalSigner, JwksServer
-from tests.fakes.telegram_api import FakeBotApi
+from tests.fakes.fal_keys import FalSigner
 from tests.support import procs
 from tests.support.nginx import TLSConnection
 from tests.support.sender import WEBHOOK, sources
-from tests.support.stack import Stack, running_stack
+from tests.support.stack import Deployment, Stack
 from tests.support.trainings import Training, seed_trainings
 from tests.support.webhooks import fal_error, fal_ok, legacy
-from tests.torture.runs import delivered, record, refusals_ledger, service_env, size
+from tests.torture.runs import delivered, record, refusals_ledger, size, start
 
 pytestmark = [pytest.mark.torture, pytest.mark.postgres, pytest.mark.nginx]
 
@@ -105,7 +102,7 @@ def bad_requests(
         return Bad(kind, "POST", WEBHOOK, body, signed_headers(signer, body, fresh),
                    frozenset({200, 400}))  # fmt: skip
     if kind == "wrong types":
-        document = {
+        document: dict[str, Any] = {
             "request_id": draw(st.just(fresh) | not_a_string),
             "status": draw(st.sampled_from(["OK", "ERROR", "completed"]) | not_a_string),
             "payload": draw(json_values),
@@ -119,7 +116,7 @@ def bad_requests(
     if kind == "huge strings":
         length = draw(st.sampled_from([10_000, 200_000, 1_500_000, 4_000_000, 9_000_000]))
         field_name = draw(st.sampled_from(["request_id", "status", "error", "comment", "junk"]))
-        document: dict[str, Any] = {"request_id": fresh, "status": "ERROR"}
+        document = {"request_id": fresh, "status": "ERROR"}
         document[field_name] = draw(st.sampled_from("xЖ€😀")) * (length // 4)
         body = json.dumps(document, ensure_ascii=False).encode()
         return Bad(kind, "POST", WEBHOOK, body, signed_headers(signer, body, fresh),
@@ -298,18 +295,13 @@ def snapshot(database_url: str) -> list[tuple[Any, ...]]:
 
 @pytest.mark.timeout(900)
 def test_generated_bad_requests_change_nothing_and_break_nothing(
-    tmp_path: Path,
-    certs: Path,
-    client_context: ssl.SSLContext,
-    api: FakeBotApi,
-    jwks: JwksServer,
-    signer: FalSigner,
+    deployment: Deployment,
     database: str,
 ) -> None:
     count = size(quick=800, full=10_000)
     stranger = FalSigner()
-    env = service_env(api, jwks, database)
-    with running_stack(tmp_path / "nginx", certs, client_context, env) as stack:
+    api, signer, client_context = deployment.api, deployment.signer, deployment.context
+    with start(deployment, database) as stack:
         targets = seed_trainings(database, TARGETS, first_chat=7_000_000, name="Target")
         before = snapshot(database)
         workers = sorted(stack.workers())

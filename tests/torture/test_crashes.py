@@ -6,20 +6,16 @@ from __future__ import annotations
 import os
 import random
 import signal
-import ssl
 import time
-from pathlib import Path
 
 import pytest
 
-from tests.fakes.fal_keys import FalSigner, JwksServer
-from tests.fakes.telegram_api import FakeBotApi
 from tests.support.sender import Background, Sender, Webhook, sources
-from tests.support.stack import running_stack
+from tests.support.stack import Deployment
 from tests.support.trainings import seed_trainings
 from tests.support.webhooks import fal_ok
 from tests.torture.ledger import Kill, tally
-from tests.torture.runs import delivered, drain, record, service_env, size
+from tests.torture.runs import delivered, drain, record, size, start
 
 pytestmark = [pytest.mark.torture, pytest.mark.postgres, pytest.mark.nginx]
 
@@ -30,17 +26,12 @@ PER_SOURCE = 25
 
 
 def test_killed_workers_and_dispatchers_lose_nothing_and_send_once(
-    tmp_path: Path,
-    certs: Path,
-    client_context: ssl.SSLContext,
-    api: FakeBotApi,
-    jwks: JwksServer,
-    signer: FalSigner,
+    deployment: Deployment,
     database: str,
 ) -> None:
     count = size(quick=1500, full=5000)
-    env = service_env(api, jwks, database)
-    with running_stack(tmp_path / "nginx", certs, client_context, env) as stack:
+    api, signer, client_context = deployment.api, deployment.signer, deployment.context
+    with start(deployment, database) as stack:
         trainings = seed_trainings(database, count, first_chat=2_000_000, name="Crash")
         addresses = sources(count // PER_SOURCE + 1)
         webhooks = [

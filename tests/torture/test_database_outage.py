@@ -4,22 +4,18 @@ return, and nothing acknowledged lost."""
 
 from __future__ import annotations
 
-import ssl
 import time
-from pathlib import Path
 
 import pytest
 
-from tests.fakes.fal_keys import FalSigner, JwksServer
-from tests.fakes.telegram_api import FakeBotApi
 from tests.support import postgres
 from tests.support.nginx import Reply
 from tests.support.sender import Background, Sender, Webhook, sources
-from tests.support.stack import Stack, running_stack
+from tests.support.stack import Deployment, Stack
 from tests.support.trainings import seed_trainings
 from tests.support.webhooks import fal_ok, new_request_id, signed
 from tests.torture.ledger import tally
-from tests.torture.runs import delivered, drain, record, service_env, size
+from tests.torture.runs import delivered, drain, record, size, start
 
 pytestmark = [pytest.mark.torture, pytest.mark.postgres, pytest.mark.nginx]
 
@@ -45,20 +41,15 @@ def first_ok_after(stack: Stack, since: float, request: tuple[str, str]) -> floa
 
 
 def test_a_stopped_database_gives_503_then_recovers_and_loses_nothing(
-    tmp_path: Path,
-    certs: Path,
-    client_context: ssl.SSLContext,
-    api: FakeBotApi,
-    jwks: JwksServer,
-    signer: FalSigner,
+    deployment: Deployment,
     cluster: postgres.PrivateCluster,
 ) -> None:
     seconds, outage = size(quick=16, full=30), 10.0
     count = seconds * RATE
+    api, signer, client_context = deployment.api, deployment.signer, deployment.context
     # A send Telegram accepted while the database was down is recorded when it returns; its
     # lease must outlast the outage, or the row is handed out again (production keeps 120 s).
-    env = service_env(api, jwks, cluster.url, OUTBOX_LEASE_SECONDS="30")
-    with running_stack(tmp_path / "nginx", certs, client_context, env) as stack:
+    with start(deployment, cluster.url, OUTBOX_LEASE_SECONDS="30") as stack:
         trainings = seed_trainings(cluster.url, count, first_chat=3_000_000, name="Outage")
         addresses = sources(count // PER_SOURCE + 1)
         webhooks = [

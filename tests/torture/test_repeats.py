@@ -4,21 +4,17 @@ progress events around it and at least one after the terminal one."""
 from __future__ import annotations
 
 import random
-import ssl
 from collections import Counter, defaultdict
-from pathlib import Path
 
 import psycopg
 import pytest
 
-from tests.fakes.fal_keys import FalSigner, JwksServer
-from tests.fakes.telegram_api import FakeBotApi
 from tests.support.sender import Sender, Webhook, sources
-from tests.support.stack import running_stack
+from tests.support.stack import Deployment
 from tests.support.trainings import Training, seed_trainings
 from tests.support.webhooks import fal_error, fal_ok, legacy
 from tests.torture.ledger import tally
-from tests.torture.runs import delivered, drain, record, service_env, size
+from tests.torture.runs import delivered, drain, record, size, start
 
 pytestmark = [pytest.mark.torture, pytest.mark.postgres, pytest.mark.nginx]
 
@@ -48,17 +44,12 @@ def events(trainings: list[Training], chooser: random.Random) -> tuple[list[Webh
 
 
 def test_repeated_shuffled_events_give_one_outcome_and_one_message_each(
-    tmp_path: Path,
-    certs: Path,
-    client_context: ssl.SSLContext,
-    api: FakeBotApi,
-    jwks: JwksServer,
-    signer: FalSigner,
+    deployment: Deployment,
     database: str,
 ) -> None:
     count = size(quick=150, full=1000)
-    env = service_env(api, jwks, database)
-    with running_stack(tmp_path / "nginx", certs, client_context, env) as stack:
+    api, signer, client_context = deployment.api, deployment.signer, deployment.context
+    with start(deployment, database) as stack:
         trainings = seed_trainings(database, count, first_chat=6_000_000, name="Repeat")
         webhooks, failing = events(trainings, random.Random(3))
         sender = Sender(stack.port, client_context, signer, attempts=1)
@@ -71,7 +62,8 @@ def test_repeated_shuffled_events_give_one_outcome_and_one_message_each(
             final = {
                 rid: (status, progress)
                 for rid, status, progress in conn.execute(
-                    "SELECT fal_request_id, status, progress FROM avatars"
+                    "SELECT j.request_id, a.status, a.progress FROM avatars a "
+                    "JOIN fal_jobs j ON j.avatar_id = a.id"
                 )
             }
             kinds = Counter(kind for (kind,) in conn.execute("SELECT kind FROM notifications"))

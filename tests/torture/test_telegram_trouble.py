@@ -4,24 +4,21 @@ then a total outage (60 s with TORTURE=full): every message is delivered once af
 from __future__ import annotations
 
 import itertools
-import ssl
 import time
 from collections import defaultdict
 from collections.abc import Iterable
-from pathlib import Path
 
 import psycopg
 import pytest
 
-from tests.fakes.fal_keys import FalSigner, JwksServer
 from tests.fakes.telegram_api import Call, FakeBotApi, Fault
 from tests.support.sender import Sender, Webhook, sources
 from tests.support.servers import wait_until
-from tests.support.stack import running_stack
+from tests.support.stack import Deployment
 from tests.support.trainings import seed_trainings
 from tests.support.webhooks import fal_error, fal_ok
 from tests.torture.ledger import tally
-from tests.torture.runs import delivered, drain, record, service_env, size
+from tests.torture.runs import delivered, drain, record, size, start
 
 pytestmark = [pytest.mark.torture, pytest.mark.postgres, pytest.mark.nginx]
 
@@ -60,19 +57,14 @@ def count_429(api: FakeBotApi) -> int:
 
 @pytest.mark.timeout(600)
 def test_5xx_429_and_an_outage_end_with_every_message_delivered_once(
-    tmp_path: Path,
-    certs: Path,
-    client_context: ssl.SSLContext,
-    api: FakeBotApi,
-    jwks: JwksServer,
-    signer: FalSigner,
+    deployment: Deployment,
     database: str,
 ) -> None:
     half = size(quick=30, full=150)
     outage = size(quick=8, full=60)
     # Telegram's own pace here: 429 handling is what is under test.
-    env = service_env(api, jwks, database, TELEGRAM_RATE_PER_SECOND="30")
-    with running_stack(tmp_path / "nginx", certs, client_context, env) as stack:
+    api, signer, client_context = deployment.api, deployment.signer, deployment.context
+    with start(deployment, database, TELEGRAM_RATE_PER_SECOND="30") as stack:
         trainings = seed_trainings(database, 2 * half, first_chat=4_000_000, name="Trouble")
         addresses = sources(2 * half // 10 + 1)
         webhooks = [
@@ -127,7 +119,8 @@ def test_5xx_429_and_an_outage_end_with_every_message_delivered_once(
             ),
         }
         with psycopg.connect(database, autocommit=True) as conn:
-            states = dict(conn.execute("SELECT state, count(*) FROM notifications GROUP BY 1"))
+            query = "SELECT state, count(*) FROM notifications GROUP BY 1"
+            states: dict[str, int] = dict(conn.execute(query))
 
     ledger.check()
     assert ledger.acknowledged == ledger.sent == 2 * half, ledger

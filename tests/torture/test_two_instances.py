@@ -5,37 +5,28 @@ and no message is sent twice."""
 
 from __future__ import annotations
 
-import ssl
 import time
-from pathlib import Path
 
 import pytest
 
-from tests.fakes.fal_keys import FalSigner, JwksServer
-from tests.fakes.telegram_api import FakeBotApi
 from tests.support.sender import Background, Sender, Webhook, sources
 from tests.support.servers import wait_until
-from tests.support.stack import running_stack
+from tests.support.stack import Deployment
 from tests.support.trainings import seed_trainings
 from tests.support.webhooks import fal_ok
 from tests.torture.ledger import Kill, tally
-from tests.torture.runs import delivered, drain, record, service_env, size
+from tests.torture.runs import delivered, drain, record, size, start
 
 pytestmark = [pytest.mark.torture, pytest.mark.postgres, pytest.mark.nginx]
 
 
 def test_killing_one_of_two_instances_is_invisible_to_the_sender(
-    tmp_path: Path,
-    certs: Path,
-    client_context: ssl.SSLContext,
-    api: FakeBotApi,
-    jwks: JwksServer,
-    signer: FalSigner,
+    deployment: Deployment,
     database: str,
 ) -> None:
     count, rate = size(quick=600, full=3000), 100
-    env = service_env(api, jwks, database)
-    with running_stack(tmp_path / "nginx", certs, client_context, env, instances=2) as stack:
+    api, signer, client_context = deployment.api, deployment.signer, deployment.context
+    with start(deployment, database, instances=2) as stack:
         trainings = seed_trainings(database, count, first_chat=5_000_000, name="Twin")
         addresses = sources(count // 25 + 1)
         webhooks = [

@@ -1,0 +1,43 @@
+"""The avatar a create conversation is building: its steps, where it is kept, the first step."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from telegram import Message, Update
+from telegram.ext import ContextTypes, ConversationHandler
+
+from service.bot.photos import MAX_NAME_CHARS, Draft
+from service.bot.services import lang
+from service.bot.texts import t
+
+# Conversation states.
+NAME, TRAINING_TYPE, PHOTOS, CONFIRM = range(4)
+END = ConversationHandler.END
+
+DRAFT_KEY = "draft"
+
+
+def draft_of(context: ContextTypes.DEFAULT_TYPE) -> Draft | None:
+    found: Any = context.user_data.get(DRAFT_KEY) if context.user_data is not None else None
+    return found if isinstance(found, Draft) else None
+
+
+def forget(context: ContextTypes.DEFAULT_TYPE) -> None:
+    if context.user_data is not None:
+        context.user_data.pop(DRAFT_KEY, None)
+
+
+async def say(update: Update, text: str, **kwargs: Any) -> Message:
+    chat = update.effective_chat
+    assert chat is not None
+    return await chat.send_message(text, **kwargs)
+
+
+async def ask_name(update: Update, context: ContextTypes.DEFAULT_TYPE) -> int:
+    """Begin a new avatar: forget any half-made one and ask for its name."""
+    if update.callback_query:
+        await update.callback_query.answer()
+    forget(context)
+    await say(update, t(lang(update), "ask_name", max=MAX_NAME_CHARS))
+    return NAME

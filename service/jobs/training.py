@@ -1,0 +1,232 @@
+"""The training kind: the avatar an event is about, and the writes that apply the event to it."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from typing import Any, cast
+
+import structlog
+from sqlalchemy import Table, Text, and_, bindparam, delete, func, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from service.fal.payload import Event
+from service.jobs.outcomes import render_outcome
+from service.jobs.registry import ENQUEUED, JobKind, Plan
+from service.jobs.states import AvatarStatus, Change, transition
+from service.outbox.messages import OUTBOX_CHANNEL, Message, row_values
+from service.store.dialect import Step, StepContext
+from service.store.models import Avatar, FalJob, Notification, TrainingData, User, UTCDateTime
+
+log = structlog.get_logger("service.jobs.ingest")
+
+avatars = cast(Table, Avatar.__table__)
+users = cast(Table, User.__table__)
+jobs = cast(Table, FalJob.__table__)
+notifications = cast(Table, Notification.__table__)
+training_data = cast(Table, TrainingData.__table__)
+
+
+@dataclass(frozen=True)
+class Target:
+    """The avatar an event is about, as read under its row lock, with its owner's chat."""
+
+    id: str
+    user_id: int
+    name: str
+    training_type: str
+    status: AvatarStatus
+    progress: int
+    request_id: str | None
+    telegram_id: int
+    language_code: str | None
+
+
+_COLUMNS = (
+    avatars.c.id,
+    avatars.c.user_id,
+    avatars.c.name,
+    avatars.c.training_type,
+    avatars.c.status,
+    avatars.c.progress,
+    jobs.c.request_id,
+    users.c.telegram_id,
+    users.c.language_code,
+)
+_is_training = jobs.c.kind == JobKind.TRAINING.value
+# Concurrent events for one avatar queue on its row; only the avatar's row is locked.
+BY_REQUEST = (
+    select(*_COLUMNS)
+    .select_from(
+        jobs.join(avatars, avatars.c.id == jobs.c.avatar_id).join(
+            users, users.c.id == avatars.c.user_id
+        )
+    )
+    .where(jobs.c.request_id == bindparam("key"), _is_training)
+    .with_for_update(of=avatars)
+)
+BY_AVATAR = (
+    select(*_COLUMNS)
+    .select_from(
+        avatars.join(users, users.c.id == avatars.c.user_id).outerjoin(
+            jobs, and_(jobs.c.avatar_id == avatars.c.id, _is_training)
+        )
+    )
+    .where(avatars.c.id == bindparam("key"))
+    .with_for_update(of=avatars)
+)
+
+
+async def _find(session: AsyncSession, query: Any, key: str) -> Target | None:
+    row = (await session.execute(query, {"key": key})).mappings().one_or_none()
+    if row is None:
+        return None
+    return Target(**{**row, "status": AvatarStatus(row["status"])})
+
+
+class Trainings:
+    """The handler of the kind `training` (service.jobs.registry.Handler)."""
+
+    async def by_request(self, session: AsyncSession, request_id: str) -> Target | None:
+        """The avatar whose registered training is `request_id`."""
+        return await _find(session, BY_REQUEST, request_id)
+
+    async def by_hint(self, session: AsyncSession, event: Event) -> Target | None:
+        return await _by_hint(session, event)
+
+    def plan(self, subject: Target, event: Event, now: dt.datetime) -> Plan:
+        return _plan(subject, event, now)
+
+
+HANDLER = Trainings()
+
+
+async def _by_hint(session: AsyncSession, event: Event) -> Target | None:
+    """The avatar named by the event's `?avatar_id=` or comment, if it has no other training."""
+    if event.avatar_id is None:
+        return None
+    target = await _find(session, BY_AVATAR, event.avatar_id)
+    if target is not None and target.request_id is not None:
+        # avatar_id is a hint from the URL or comment; a registered request id is the
+        # stronger fact.
+        log.warning(
+            "webhook_avatar_request_mismatch",
+            request_id=event.request_id,
+            avatar_id=target.id,
+            avatar_request_id=target.request_id,
+        )
+        return None
+    return target
+
+
+def _register(ctx: StepContext) -> Any:
+    """The training's job, learnt from its first event (the avatar was found by a hint)."""
+    columns = ("request_id", "kind", "user_id", "avatar_id", "submitted_at")
+    chosen = select(*(ctx.param(c, jobs.c[c].type) for c in columns)).where(ctx.gate)
+    return (
+        ctx.dialect.insert(jobs)
+        .from_select(columns, chosen)
+        .on_conflict_do_nothing()
+        .returning(jobs.c.request_id)
+    )
+
+
+def _change(ctx: StepContext) -> Any:
+    p = ctx.param
+    now = p("now", UTCDateTime())
+    return (
+        update(avatars)
+        .where(avatars.c.id == p("id"), ctx.gate)
+        .values(
+            status=p("status"),
+            progress=p("progress"),
+            updated_at=now,
+            training_started_at=func.coalesce(avatars.c.training_started_at, now),
+            finished_at=func.coalesce(p("finished_at", UTCDateTime()), avatars.c.finished_at),
+            lora_url=func.coalesce(p("lora_url", Text()), avatars.c.lora_url),
+            config_url=func.coalesce(p("config_url", Text()), avatars.c.config_url),
+            error_message=func.coalesce(p("error_message", Text()), avatars.c.error_message),
+        )
+        .returning(avatars.c.id)
+    )
+
+
+def _unzip(ctx: StepContext) -> Any:
+    # FAL has the photos or will never need them again: the zip must not outlive the training.
+    return (
+        delete(training_data)
+        .where(training_data.c.avatar_id == ctx.param("avatar_id"), ctx.gate)
+        .returning(training_data.c.token)
+    )
+
+
+NOTIFICATION_COLUMNS = (
+    "dedupe_key", "avatar_id", "chat_id", "kind", "message_type", "text", "media",
+    "reply_markup", "state", "attempts", "next_attempt_at", "created_at", "updated_at",
+)  # fmt: skip
+
+
+def _enqueue(ctx: StepContext) -> Any:
+    chosen = select(*(ctx.param(c, notifications.c[c].type) for c in NOTIFICATION_COLUMNS)).where(
+        ctx.gate
+    )
+    return (
+        ctx.dialect.insert(notifications)
+        .from_select(NOTIFICATION_COLUMNS, chosen)
+        .on_conflict_do_nothing(index_elements=["dedupe_key"])
+        # On PostgreSQL this also wakes the dispatcher on commit, only when a row went in.
+        .returning(notifications.c.id, *ctx.dialect.wake(OUTBOX_CHANNEL))
+    )
+
+
+REGISTER, CHANGE = Step("registered", _register), Step("changed", _change)
+UNZIP, ENQUEUE = Step("unzipped", _unzip), Step(ENQUEUED, _enqueue)
+
+
+def _plan(target: Target, event: Event, now: dt.datetime) -> Plan:
+    """The writes that apply `event` to `target`, through the training's transition table."""
+    change = transition(target.status, target.progress, event.status, event.progress)
+    if change is None:
+        return Plan()
+    described = f"{target.status.value}->{change.status.value}:{change.progress}"
+    steps: list[Step] = []
+    params: dict[str, dict[str, Any]] = {}
+    if target.request_id is None:
+        steps.append(REGISTER)
+        params[REGISTER.name] = {
+            "request_id": event.request_id,
+            "kind": JobKind.TRAINING.value,
+            "user_id": target.user_id,
+            "avatar_id": target.id,
+            "submitted_at": now,
+        }
+    terminal = change.status.is_terminal
+    steps.append(CHANGE)
+    params[CHANGE.name] = {
+        "id": target.id,
+        "status": change.status.value,
+        "progress": change.progress,
+        "now": now,
+        "finished_at": now if terminal else None,
+        "lora_url": event.lora_url,
+        "config_url": event.config_url,
+        "error_message": event.error_message,
+    }
+    if terminal:
+        steps += [UNZIP, ENQUEUE]
+        params[UNZIP.name] = {"avatar_id": target.id}
+        params[ENQUEUE.name] = _notification(target, change, now)
+    return Plan(described, tuple(steps), params)
+
+
+def _notification(target: Target, change: Change, now: dt.datetime) -> dict[str, Any]:
+    """The outbox row for the avatar's final state, rendered now in the owner's language."""
+    kind = change.status.value
+    rendered = render_outcome(
+        kind, target.id, target.name, target.training_type, target.language_code
+    )
+    message = Message(
+        chat_id=target.telegram_id, text=rendered.text, reply_markup=rendered.reply_markup
+    )
+    # Terminal states are final, so one message per avatar outcome.
+    return row_values(f"avatar:{target.id}:outcome", kind, message, avatar_id=target.id, now=now)
