@@ -1,4 +1,4 @@
-"""`python -m service serve | bot | migrate | check | avatars ... | notifications ...`."""
+"""`python -m service serve | bot | migrate | check | avatars | notifications | backup ...`."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import asyncio
 import json
 import sys
 from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
 from typing import Any, TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -57,6 +58,10 @@ def _parser() -> argparse.ArgumentParser:
     target.add_argument(
         "--failed", action="store_true", help=f"every notification in '{NotificationState.FAILED}'"
     )
+
+    backup = commands.add_parser("backup", help="back up the database, or restore a backup")
+    backup.add_argument("action", choices=("create", "restore"))
+    backup.add_argument("file", type=Path, help="the backup file (written, or read)")
     return parser
 
 
@@ -75,6 +80,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "check": _check,
         "avatars": _avatars,
         "notifications": _notifications,
+        "backup": _backup,
     }[args.command]
     return command(args, settings)
 
@@ -182,6 +188,22 @@ def _notifications(args: argparse.Namespace, settings: Settings) -> int:
     except (operator.NotFound, operator.Conflict) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    return 0
+
+
+def _backup(args: argparse.Namespace, settings: Settings) -> int:
+    from service.store import backup
+
+    try:
+        if args.action == "create":
+            backup.create(settings.database_url, args.file)
+        else:
+            backup.restore(settings.database_url, args.file)
+    except backup.BackupError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    done = "written to" if args.action == "create" else "restored from"
+    print(f"backup {done} {args.file}", file=sys.stderr)
     return 0
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -12,10 +13,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from service import metrics
+from service.jobs.states import AvatarStatus
 from service.outbox.states import UNSENT, NotificationState
 from service.store import tallies
 from service.store.engine import run_transaction
-from service.store.models import Notification, WebhookEvent, utcnow
+from service.store.models import Avatar, Notification, WebhookEvent, utcnow
 from service.web.runtime import Runtime
 
 log = structlog.get_logger("service.monitoring")
@@ -23,6 +25,13 @@ log = structlog.get_logger("service.monitoring")
 VERSION = "0.1.0"
 HEALTH_TIMEOUT_SECONDS = 2.0
 _NOT_SENT = tuple(s.value for s in NotificationState if s is not NotificationState.SENT)
+# Written by `aibots certs check` (deploy/certs.sh, on the aibots-certs timer) into the
+# service's working directory, /var/lib/aibots: the expiry of the certificate nginx serves,
+# in the Prometheus text format, passed on as it is. The service cannot read the
+# certificate itself (/etc/ssl/aibots is root's) and should not depend on nginx to answer.
+TLS_METRICS_FILE = Path("tls-certificate.prom")
+# Still running at FAL: the age of the oldest of these is the "stuck training" signal.
+RUNNING = (AvatarStatus.TRAINING.value, AvatarStatus.CANCELLING.value)
 
 
 async def health(request: Request) -> Response:
@@ -43,9 +52,16 @@ async def health(request: Request) -> Response:
     return JSONResponse(body, status_code=200 if database == "ok" else 503)
 
 
+async def _count_by(session: AsyncSession, column: Any) -> dict[str, int]:
+    rows = await session.execute(select(column, func.count()).group_by(column))
+    return {str(key): int(count) for key, count in rows}
+
+
 async def _counts(session: AsyncSession) -> dict[str, Any]:
-    # Each figure is exact as of its statement; none reads more than the unsent notifications
-    # and the last minutes' rows (service.store.tallies), whatever the tables' sizes.
+    # Each figure is exact as of its statement. Events and notifications read no more than the
+    # unsent notifications and the last minutes' rows (service.store.tallies), whatever the
+    # tables' sizes; avatars (one per training, not per callback) are counted through their
+    # status index.
     events = await tallies.event_counts(session)
     last_event = (await session.execute(select(func.max(WebhookEvent.received_at)))).scalar()
     notifications = await tallies.notification_counts(session, _NOT_SENT, NotificationState.SENT)
@@ -54,8 +70,20 @@ async def _counts(session: AsyncSession) -> dict[str, Any]:
             select(func.min(Notification.created_at)).where(Notification.state.in_(UNSENT))
         )
     ).scalar()
+    avatars = await _count_by(session, Avatar.status)
+    oldest_training = (
+        await session.execute(
+            select(func.min(func.coalesce(Avatar.training_started_at, Avatar.created_at))).where(
+                Avatar.status.in_(RUNNING)
+            )
+        )
+    ).scalar()
     return {
         "events": events,
+        "avatars": avatars,
+        "oldest_training_age_seconds": (
+            round((utcnow() - oldest_training).total_seconds(), 3) if oldest_training else None
+        ),
         "last_event_at": last_event.isoformat() if last_event else None,
         "notifications": notifications,
         "oldest_pending_age_seconds": (
@@ -135,4 +163,37 @@ async def prometheus(request: Request) -> Response:
             {k: float(v) for k, v in counts["events"].items()},
             "outcome",
         )
+        avatars = {s.value: 0.0 for s in AvatarStatus}
+        avatars.update({k: float(v) for k, v in counts["avatars"].items()})
+        output += metrics.gauge_lines("avatars", "Avatars by status", avatars, "status")
+        output += metrics.gauge_lines(
+            "training_oldest_running_age_seconds",
+            "Age of the oldest training still running (training or cancelling), 0 if none",
+            {"": float(counts["oldest_training_age_seconds"] or 0.0)},
+            "",
+        )
+    output += metrics.gauge_lines(
+        "training_hard_limit_seconds",
+        "TRAINING_HARD_LIMIT_SECONDS: a training running longer is stuck",
+        {"": runtime.settings.training_hard_limit_seconds},
+        "",
+    )
+    output += _tls_metrics()
     return Response(output, media_type=metrics.CONTENT_TYPE)
+
+
+def _tls_metrics() -> str:
+    """The certificate check's lines; only its own names, so a stray line cannot break the
+    whole scrape."""
+    try:
+        lines = TLS_METRICS_FILE.read_text().splitlines()
+    except (OSError, UnicodeDecodeError):
+        return ""
+    kept = [
+        line
+        for line in lines
+        if line.startswith(
+            ("tls_certificate_", "# HELP tls_certificate_", "# TYPE tls_certificate_")
+        )
+    ]
+    return "".join(f"{line}\n" for line in kept)
