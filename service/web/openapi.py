@@ -108,6 +108,11 @@ DOCUMENT: dict[str, Any] = {
         "/api/v1/webhook/status": {
             "get": {
                 "summary": "Event and notification counts, verification mode",
+                "description": "Every count is exact as of the request (no cache): events by "
+                "outcome and notifications by state come from tallies kept up to a mark plus "
+                "the rows of the last minutes, so a read costs the same on any table size. "
+                "last_event_at is the newest received_at; the oldest pending age is read "
+                "from the unsent notifications only.",
                 "responses": {
                     "200": _json({"type": "object"}, "Status"),
                     "503": _json({"type": "object"}, "Database unavailable"),
@@ -117,6 +122,9 @@ DOCUMENT: dict[str, Any] = {
         "/metrics": {
             "get": {
                 "summary": "Prometheus metrics",
+                "description": "Process metrics of every worker, and gauges read from the "
+                "database at each scrape, exact as of the scrape (webhook_events by outcome, "
+                "notifications by state: the same counts as /api/v1/webhook/status).",
                 "responses": {
                     "200": {"description": "Text format", "content": {"text/plain": {}}},
                     "403": _json(_ERROR, "Through nginx, from anywhere but the host itself"),
