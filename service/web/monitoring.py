@@ -145,33 +145,7 @@ async def prometheus(request: Request) -> Response:
         "database_up", "1 when the database answered this scrape", {"": 1.0 if counts else 0.0}, ""
     )
     if counts is not None:
-        # Every state, so a gauge falls back to 0 instead of vanishing when its last row moves.
-        states = {s.value: 0.0 for s in NotificationState}
-        states.update({k: float(v) for k, v in counts["notifications"].items()})
-        output += metrics.gauge_lines(
-            "notifications", "Notifications in the outbox by state", states, "state"
-        )
-        output += metrics.gauge_lines(
-            "notification_oldest_pending_age_seconds",
-            "Age of the oldest notification not yet sent",
-            {"": float(counts["oldest_pending_age_seconds"] or 0.0)},
-            "",
-        )
-        output += metrics.gauge_lines(
-            "webhook_events",
-            "Webhook events recorded, by outcome",
-            {k: float(v) for k, v in counts["events"].items()},
-            "outcome",
-        )
-        avatars = {s.value: 0.0 for s in AvatarStatus}
-        avatars.update({k: float(v) for k, v in counts["avatars"].items()})
-        output += metrics.gauge_lines("avatars", "Avatars by status", avatars, "status")
-        output += metrics.gauge_lines(
-            "training_oldest_running_age_seconds",
-            "Age of the oldest training still running (training or cancelling), 0 if none",
-            {"": float(counts["oldest_training_age_seconds"] or 0.0)},
-            "",
-        )
+        output += "".join(metrics.gauge_lines(*gauge) for gauge in _database_gauges(counts))
     output += metrics.gauge_lines(
         "training_hard_limit_seconds",
         "TRAINING_HARD_LIMIT_SECONDS: a training running longer is stuck",
@@ -180,6 +154,35 @@ async def prometheus(request: Request) -> Response:
     )
     output += _tls_metrics()
     return Response(output, media_type=metrics.CONTENT_TYPE)
+
+
+def _database_gauges(counts: dict[str, Any]) -> list[tuple[str, str, dict[str, float], str]]:
+    """(name, help, samples, label) of every gauge read from the database at a scrape."""
+    # Every state, so a gauge falls back to 0 instead of vanishing when its last row moves.
+    states = {s.value: 0.0 for s in NotificationState}
+    states.update({k: float(v) for k, v in counts["notifications"].items()})
+    avatars = {s.value: 0.0 for s in AvatarStatus}
+    avatars.update({k: float(v) for k, v in counts["avatars"].items()})
+    events = {k: float(v) for k, v in counts["events"].items()}
+    oldest_pending = {"": float(counts["oldest_pending_age_seconds"] or 0.0)}
+    oldest_training = {"": float(counts["oldest_training_age_seconds"] or 0.0)}
+    return [
+        ("notifications", "Notifications in the outbox by state", states, "state"),
+        (
+            "notification_oldest_pending_age_seconds",
+            "Age of the oldest notification not yet sent",
+            oldest_pending,
+            "",
+        ),
+        ("webhook_events", "Webhook events recorded, by outcome", events, "outcome"),
+        ("avatars", "Avatars by status", avatars, "status"),
+        (
+            "training_oldest_running_age_seconds",
+            "Age of the oldest training still running (training or cancelling), 0 if none",
+            oldest_training,
+            "",
+        ),
+    ]
 
 
 def _tls_metrics() -> str:
