@@ -19,6 +19,14 @@
 #       (curl --cacert DIR/ca.crt). The CA keys are deleted once the certificate is signed.
 #       Then runs `build` on DIR.
 #
+#   deploy/certs.sh served [HOST:PORT] [--metrics FILE]   (aibots certs check, daily timer)
+#       Reads the certificate nginx SERVES at HOST:PORT (default 127.0.0.1:8443, asking for
+#       $DOMAIN by SNI), prints its expiry, warns when it expires within $WARN_DAYS days and
+#       fails (exit 1) when it has expired or nothing answers. With --metrics, writes FILE
+#       (atomically) in the Prometheus text format for the service's /metrics:
+#           tls_certificate_expiry_timestamp_seconds   notAfter, Unix seconds
+#           tls_certificate_checked_timestamp_seconds  when this check ran
+#
 # Environment: DOMAIN (default aibots.kz) is the name the certificate must cover;
 # WARN_DAYS (default 30) is the expiry warning threshold; CA_FILE is a private root to
 # verify the chain against when the public trust store does not.
@@ -51,7 +59,7 @@ info() {
 }
 
 usage() {
-    printf 'usage: %s build [DIR] | dev [DIR]\n' "$PROG" >&2
+    printf 'usage: %s build [DIR] | dev [DIR] | served [HOST:PORT] [--metrics FILE]\n' "$PROG" >&2
     exit 2
 }
 
@@ -236,7 +244,67 @@ EOF
     build "$dir"
 }
 
-[[ $# -ge 1 && $# -le 2 ]] || usage
+served() {
+    local target=127.0.0.1:8443 metrics=""
+    while [[ $# -gt 0 ]]; do
+        case $1 in
+        --metrics)
+            [[ $# -ge 2 ]] || usage
+            metrics=$2
+            shift 2
+            ;;
+        *)
+            target=$1
+            shift
+            ;;
+        esac
+    done
+    local work
+    work=$(mktemp -d)
+    # shellcheck disable=SC2064  # expand $work now: it is local to this function
+    trap "rm -rf '$work'" EXIT
+    # The first certificate s_client prints is the server's own (the leaf), whatever follows.
+    if ! openssl s_client -connect "$target" -servername "$DOMAIN" </dev/null \
+        >"$work/session" 2>"$work/err" ||
+        ! openssl x509 -in "$work/session" -noout >/dev/null 2>&1; then
+        die "no certificate from $target: $(last_line <"$work/err")"
+    fi
+    openssl x509 -in "$work/session" -out "$work/served.crt"
+    local end expiry now
+    end=$(openssl x509 -in "$work/served.crt" -noout -enddate | cut -d= -f2)
+    expiry=$(date -d "$end" +%s)
+    now=$(date +%s)
+    if [[ -n $metrics ]]; then
+        {
+            printf '# HELP tls_certificate_expiry_timestamp_seconds notAfter of the certificate served at %s, Unix seconds\n' "$target"
+            printf '# TYPE tls_certificate_expiry_timestamp_seconds gauge\n'
+            printf 'tls_certificate_expiry_timestamp_seconds %s\n' "$expiry"
+            printf '# HELP tls_certificate_checked_timestamp_seconds When deploy/certs.sh served last read it, Unix seconds\n'
+            printf '# TYPE tls_certificate_checked_timestamp_seconds gauge\n'
+            printf 'tls_certificate_checked_timestamp_seconds %s\n' "$now"
+        } >"$work/metrics"
+        chmod 0644 "$work/metrics"
+        # Same directory, then rename: a scrape never reads half a file.
+        cp "$work/metrics" "$metrics.tmp"
+        mv -f "$metrics.tmp" "$metrics"
+    fi
+    if [[ $expiry -le $now ]]; then
+        die "the certificate served at $target expired on $end"
+    fi
+    local days=$(((expiry - now) / 86400))
+    if [[ $days -lt $WARN_DAYS ]]; then
+        warn "the certificate served at $target expires in $days days (on $end): renew it"
+    fi
+    info "the certificate served at $target is valid until $end ($days days)"
+}
+
+[[ $# -ge 1 ]] || usage
+if [[ $1 == served ]]; then
+    shift
+    served "$@"
+    exit 0
+fi
+[[ $# -le 2 ]] || usage
 case $1 in
 build) build "${2:-certs}" ;;
 dev) dev "${2:-certs/dev}" ;;

@@ -3,7 +3,7 @@
 # Idempotent: run it again after every update of the checkout; it keeps an existing
 # environment file and certificates, and replaces the code, the units and the nginx site.
 #
-#   sudo deploy/install.sh             (make install) install into this host
+#   deploy/install.sh                  (make install, as root) install into this host
 #   deploy/install.sh --root DIR       write the files under DIR only (a staging tree for a
 #                                      look or a test): no packages, user, venv, chown,
 #                                      systemctl or nginx; prints what it skipped
@@ -15,13 +15,18 @@
 #   /etc/aibots/webhook.env   settings and secrets (mode 0600), made from .env.example once
 #   /var/lib/aibots           state: the SQLite database (systemd StateDirectory=)
 #   /etc/ssl/aibots/          aibots_kz.chain.crt and aibots.kz.key (from certs/, see certs/README.md)
-#   /etc/systemd/system/      webhook.service, bot.service
+#   /etc/systemd/system/      webhook.service, bot.service, aibots-certs.{service,timer}
+#   /etc/nginx/conf.d/aibots.kz.conf          http-level definitions both sites use
+#   /etc/nginx/snippets/aibots.kz-error*.conf  nginx's own errors as JSON
 #   /etc/nginx/sites-available/aibots.kz.conf (+ link in sites-enabled), /etc/nginx/aibots.kz.d/
+#   Debian's default site (sites-enabled/default) is disabled: it would answer every other
+#   name on port 80 with nginx's HTML page and version (KEEP_DEFAULT_SITE=1 keeps it).
 #   /usr/local/sbin/aibots    runs `python -m service ...` as the service user with its settings
 #
 # Environment: CERTS_DIR (default: certs in the checkout) is where the built certificate
 # chain and key are taken from; PYTHON (default python3, 3.11 or newer) makes the virtual
-# environment; SKIP_APT=1 skips the apt-get step.
+# environment; SKIP_APT=1 skips the apt-get step; KEEP_DEFAULT_SITE=1 leaves Debian's default
+# nginx site enabled.
 set -euo pipefail
 
 PROG=${0##*/}
@@ -126,7 +131,7 @@ install_file() { # MODE OWNER GROUP SOURCE DEST
 
 [[ -f $SRC/pyproject.toml && -d $SRC/service ]] || die "$SRC does not look like the aibots checkout"
 if [[ $STAGING -eq 0 && $DRY_RUN -eq 0 && $EUID -ne 0 ]]; then
-    die "run as root (sudo $0), or use --root DIR / --dry-run"
+    die "run as root, or use --root DIR / --dry-run"
 fi
 
 # 1. Packages.
@@ -165,6 +170,8 @@ install_dir 0750 root root "$ETC"
 install_dir 0750 "$SERVICE_USER" "$SERVICE_USER" "$STATE"
 install_dir 0750 root root "$SSL"
 install_dir 0755 root root "$UNITS"
+install_dir 0755 root root "$NGINX/conf.d"
+install_dir 0755 root root "$NGINX/snippets"
 install_dir 0755 root root "$NGINX/sites-available"
 install_dir 0755 root root "$NGINX/sites-enabled"
 install_dir 0755 root root "$NGINX/aibots.kz.d"
@@ -206,32 +213,34 @@ if [[ -e $ROOT$ENV_FILE ]]; then
     say "keeping $ENV_FILE"
 else
     say "creating $ENV_FILE (mode 0600): edit it, then start the services"
-    if [[ $DRY_RUN -eq 0 ]]; then
-        tmp=$(mktemp)
-        if [[ -f $SRC/.env.example ]]; then
-            # A relative SQLite path would land under the working directory; the units'
-            # own default (an absolute path in the state directory) is kept instead.
-            sed -E 's|^(DATABASE_URL=sqlite:///)([^/].*)$|# \1\2  (relative: replaced by the line below)\nDATABASE_URL=sqlite:////var/lib/aibots/aisha.db|' \
-                "$SRC/.env.example" >"$tmp"
-        else
-            printf '%s\n' \
-                '# aibots.kz settings (systemd EnvironmentFile= syntax: NAME=value, # comments).' \
-                'DATABASE_URL=sqlite:////var/lib/aibots/aisha.db' \
-                'TELEGRAM_TOKEN=' \
-                'FAL_KEY=' \
-                'FAL_WEBHOOK_URL=https://aibots.kz:8443/api/v1/avatar/status_update' >"$tmp"
-        fi
-        install_file 0600 root root "$tmp" "$ENV_FILE"
-        rm -f "$tmp"
+    # Made in a temporary file in both modes, so that --dry-run shows what would be written.
+    tmp=$(mktemp)
+    if [[ -f $SRC/.env.example ]]; then
+        # A relative SQLite path would land under the working directory; the units'
+        # own default (an absolute path in the state directory) is kept instead.
+        sed -E 's|^(DATABASE_URL=sqlite:///)([^/].*)$|# \1\2  (relative: replaced by the line below)\nDATABASE_URL=sqlite:////var/lib/aibots/aisha.db|' \
+            "$SRC/.env.example" >"$tmp"
     else
-        run install -m 0600 "$SRC/.env.example" "$ROOT$ENV_FILE"
+        printf '%s\n' \
+            '# aibots.kz settings (systemd EnvironmentFile= syntax: NAME=value, # comments).' \
+            'DATABASE_URL=sqlite:////var/lib/aibots/aisha.db' \
+            'TELEGRAM_TOKEN=' \
+            'FAL_KEY=' \
+            'FAL_WEBHOOK_URL=https://aibots.kz:8443/api/v1/avatar/status_update' >"$tmp"
     fi
+    if [[ $DRY_RUN -eq 1 ]]; then
+        say "$ENV_FILE would hold: $(grep -E '^DATABASE_URL=' "$tmp" | tail -n 1) (and the rest of .env.example)"
+    fi
+    install_file 0600 root root "$tmp" "$ENV_FILE"
+    rm -f "$tmp"
 fi
 
 # 7. The command-line wrapper and the systemd units.
 install_file 0750 root root "$SRC/deploy/aibots" "$CLI"
 install_file 0644 root root "$SRC/deploy/systemd/webhook.service" "$UNITS/webhook.service"
 install_file 0644 root root "$SRC/deploy/systemd/bot.service" "$UNITS/bot.service"
+install_file 0644 root root "$SRC/deploy/systemd/aibots-certs.service" "$UNITS/aibots-certs.service"
+install_file 0644 root root "$SRC/deploy/systemd/aibots-certs.timer" "$UNITS/aibots-certs.timer"
 
 # 8. Certificates: the chain and key that `deploy/certs.sh build` checked and wrote.
 if [[ -s $CERTS_DIR/aibots_kz.chain.crt && -s $CERTS_DIR/aibots.kz.key ]]; then
@@ -247,12 +256,29 @@ else
     warn "no certificate yet: put the three aibots.kz files in $CERTS_DIR, run 'make certs', run this again"
 fi
 
-# 9. nginx: the site, enabled only once its certificate is in place (nginx -t would fail).
+# 9. nginx: the shared definitions and error pages (harmless without the site: every name
+# starts with aibots_kz_), the sites, and the main site enabled only once its certificate is
+# in place (nginx -t would fail without it).
+install_file 0644 root root "$SRC/deploy/nginx/conf.d/aibots.kz.conf" "$NGINX/conf.d/aibots.kz.conf"
+for snippet in "$SRC"/deploy/nginx/snippets/*.conf; do
+    install_file 0644 root root "$snippet" "$NGINX/snippets/${snippet##*/}"
+done
 install_file 0644 root root "$SRC/deploy/nginx/aibots.kz.conf" "$NGINX/sites-available/aibots.kz.conf"
 install_file 0644 root root "$SRC/deploy/nginx/aibots.kz-legacy-http.conf" "$NGINX/sites-available/aibots.kz-legacy-http.conf"
 install_file 0644 root root "$SRC/deploy/nginx/fal-networks.conf" "$NGINX/aibots.kz.d/fal-networks.conf.example"
+default_site=$ROOT$NGINX/sites-enabled/default
+if [[ ${KEEP_DEFAULT_SITE:-0} != 1 && -L $default_site ]] &&
+    [[ $(readlink "$default_site") == */sites-available/default ]]; then
+    say "disabling Debian's default nginx site (KEEP_DEFAULT_SITE=1 keeps it)"
+    run rm -f "$default_site"
+fi
 site_enabled=0
-if [[ $DRY_RUN -eq 1 || (-s $ROOT$SSL/aibots_kz.chain.crt && -s $ROOT$SSL/aibots.kz.key) ]]; then
+certs_ready=0
+if [[ (-s $CERTS_DIR/aibots_kz.chain.crt && -s $CERTS_DIR/aibots.kz.key) ||
+    (-s $ROOT$SSL/aibots_kz.chain.crt && -s $ROOT$SSL/aibots.kz.key) ]]; then
+    certs_ready=1
+fi
+if [[ $certs_ready -eq 1 ]]; then
     link=$ROOT$NGINX/sites-enabled/aibots.kz.conf
     created_link=0
     if [[ ! -L $link ]]; then
@@ -277,12 +303,23 @@ else
     warn "the nginx site is installed but not enabled (no certificate in $SSL)"
 fi
 
-# 10. systemd.
+# 10. systemd: the units, and the daily check of the served certificate once nginx serves
+# one (the services are started by the operator once the settings are in place).
 system systemctl daemon-reload
+if [[ $site_enabled -eq 1 ]]; then
+    system systemctl enable --now aibots-certs.timer
+else
+    say "aibots-certs.timer is installed, not enabled: nginx serves no certificate yet"
+fi
 
+if [[ $DRY_RUN -eq 1 ]]; then
+    done_line="dry run, nothing was changed. After a real run, the next steps"
+else
+    done_line="installed. Next steps"
+fi
 cat <<EOF
 
-$PROG: installed. Next steps:
+$PROG: $done_line:
   1. Edit $ENV_FILE (TELEGRAM_TOKEN, FAL_KEY, DATABASE_URL for PostgreSQL, ...).
 EOF
 if [[ $site_enabled -eq 0 ]]; then
@@ -293,11 +330,11 @@ EOF
 fi
 cat <<EOF
   2. systemctl enable --now webhook      (after the old receiver is stopped)
-     systemctl enable --now bot
-     (after an upgrade: systemctl restart webhook bot)
+     systemctl enable --now bot         (after the old bot is stopped: one poller per token)
+     (after an upgrade or a change of $ENV_FILE: systemctl restart webhook bot)
   3. Check from this host (the unsigned test POST is accepted from loopback only):
      curl --resolve aibots.kz:8443:127.0.0.1 https://aibots.kz:8443/health
   4. journalctl -u webhook -f ; tail -f /var/log/nginx/aibots.kz.access.log
-  5. Open port 8443/tcp in the firewall; point FAL_WEBHOOK_URL at
-     https://aibots.kz:8443/api/v1/avatar/status_update
+  5. Firewall: port 8443/tcp must be open (README, install step 1: ufw or nftables);
+     FAL_WEBHOOK_URL must be https://aibots.kz:8443/api/v1/avatar/status_update
 EOF

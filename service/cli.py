@@ -7,11 +7,13 @@ import asyncio
 import json
 import sys
 from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
 from typing import Any, TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from service import logs
+from service.operator_events import add_commands as add_events_commands
 from service.outbox.states import NotificationState
 from service.settings import Settings, SettingsError
 
@@ -54,46 +56,17 @@ def _parser() -> argparse.ArgumentParser:
     target.add_argument(
         "--failed", action="store_true", help=f"every notification in '{NotificationState.FAILED}'"
     )
-    _events_parser(commands)
+
+    backup = commands.add_parser("backup", help="back up the database, or restore a backup")
+    backup.add_argument("action", choices=("create", "restore"))
+    backup.add_argument("file", type=Path, help="the backup file (written, or read)")
+    add_events_commands(commands)
     commands.add_parser(
         "maintenance",
         help="prune events older than EVENTS_RETENTION_DAYS and delivered notifications older "
         "than NOTIFICATIONS_RETENTION_DAYS, in small batches (run daily by a systemd timer)",
     ).add_argument("--batch", type=int, default=1000, help="rows per transaction (default 1000)")
     return parser
-
-
-def _events_parser(commands: Any) -> None:
-    events = commands.add_parser("events", help="inspect or replay stored webhook events")
-    actions = events.add_subparsers(dest="action", required=True)
-    listing = actions.add_parser("list", help="stored events, newest first")
-    listing.add_argument(
-        "--outcome",
-        choices=("received", "ignored", "unmatched", "duplicate"),
-        help="duplicates are answered 200 but never stored, so 'duplicate' lists nothing",
-    )
-    listing.add_argument("--request-id")
-    listing.add_argument(
-        "--since", type=_since, help="30m, 2h, 3d, 1w ago, or an ISO date/time (UTC unless given)"
-    )
-    listing.add_argument("--limit", type=int, default=100, help="at most N (default 100; 0: all)")
-    listing.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    show = actions.add_parser("show", help="one event: headers, raw body, what it changed")
-    show.add_argument("id", type=int)
-    show.add_argument("--json", action="store_true", help="print JSON instead of text")
-    replay = actions.add_parser("replay", help="apply stored events again (idempotent)")
-    target = replay.add_mutually_exclusive_group(required=True)
-    target.add_argument("id", nargs="?", type=int)
-    target.add_argument("--unmatched", action="store_true", help="every unmatched event")
-
-
-def _since(text: str) -> Any:
-    from service.operator_events import parse_since
-
-    try:
-        return parse_since(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -111,6 +84,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "check": _check,
         "avatars": _avatars,
         "notifications": _notifications,
+        "backup": _backup,
         "events": _events,
         "maintenance": _maintenance,
     }[args.command]
@@ -271,6 +245,22 @@ def _maintenance(args: argparse.Namespace, settings: Settings) -> int:
     report = _with_sessions(settings, lambda ss: retention.prune(ss, *days, batch=args.batch))
     # One JSON line: journald keeps it with the timer's run.
     print(json.dumps(report.summary()))
+    return 0
+
+
+def _backup(args: argparse.Namespace, settings: Settings) -> int:
+    from service.store import backup
+
+    try:
+        if args.action == "create":
+            backup.create(settings.database_url, args.file)
+        else:
+            backup.restore(settings.database_url, args.file)
+    except backup.BackupError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    done = "written to" if args.action == "create" else "restored from"
+    print(f"backup {done} {args.file}", file=sys.stderr)
     return 0
 
 

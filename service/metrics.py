@@ -29,6 +29,9 @@ REQUEST_ID_MISMATCHES = Counter(
     "Signed webhooks refused because the signed id is neither of the body's ids",
 )
 TELEGRAM_SENDS = Counter("telegram_sends_total", "sendMessage attempts by result", ["result"])
+# Counted by the gunicorn master (through mark_process_dead, which its child_exit hook calls
+# for every worker that ends): a reload ends each worker once; crashes and timeouts add more.
+WORKER_EXITS = Counter("webhook_worker_exits_total", "gunicorn workers that have exited")
 NOTIFY_LATENCY = Histogram(
     "notification_delivery_seconds",
     "Time from a notification's commit to Telegram accepting it",
@@ -56,5 +59,6 @@ def gauge_lines(name: str, help_text: str, samples: dict[str, float], label: str
 
 
 def mark_process_dead(pid: int) -> None:
+    WORKER_EXITS.inc()
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         _multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]

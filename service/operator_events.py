@@ -1,7 +1,8 @@
-"""Operator commands on stored webhook events: list, show, and replay through ingest."""
+"""Operator commands on stored webhook events: their arguments; list, show, replay via ingest."""
 
 from __future__ import annotations
 
+import argparse
 import base64
 import datetime as dt
 import functools
@@ -41,6 +42,38 @@ def parse_since(text: str, now: dt.datetime | None = None) -> dt.datetime:
     except ValueError:
         raise ValueError(f"expected 30m, 2h, 3d, 1w or an ISO date/time, got {text!r}") from None
     return moment.replace(tzinfo=dt.UTC) if moment.tzinfo is None else moment.astimezone(dt.UTC)
+
+
+def add_commands(commands: Any) -> None:
+    """`events list | show | replay`, as subcommands of `python -m service`."""
+    events = commands.add_parser("events", help="inspect or replay stored webhook events")
+    actions = events.add_subparsers(dest="action", required=True)
+    listing = actions.add_parser("list", help="stored events, newest first")
+    listing.add_argument(
+        "--outcome",
+        choices=("received", "ignored", "unmatched", "duplicate"),
+        help="duplicates are answered 200 but never stored, so 'duplicate' lists nothing",
+    )
+    listing.add_argument("--request-id")
+    listing.add_argument(
+        "--since", type=_since, help="30m, 2h, 3d, 1w ago, or an ISO date/time (UTC unless given)"
+    )
+    listing.add_argument("--limit", type=int, default=100, help="at most N (default 100; 0: all)")
+    listing.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    show = actions.add_parser("show", help="one event: headers, raw body, what it changed")
+    show.add_argument("id", type=int)
+    show.add_argument("--json", action="store_true", help="print JSON instead of text")
+    replay = actions.add_parser("replay", help="apply stored events again (idempotent)")
+    target = replay.add_mutually_exclusive_group(required=True)
+    target.add_argument("id", nargs="?", type=int)
+    target.add_argument("--unmatched", action="store_true", help="every unmatched event")
+
+
+def _since(text: str) -> dt.datetime:
+    try:
+        return parse_since(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def replay_key(dedupe_key: str) -> str:

@@ -189,6 +189,22 @@ def test_unsigned_request_from_another_host_gets_401(web: InProcessApp) -> None:
     assert answer.json()["error"] == "unsigned"
 
 
+def test_what_the_headers_refuse_is_refused_before_the_body_is_read(
+    web: InProcessApp, signer: FalSigner
+) -> None:
+    # Bodies over the limit, so a read would answer 413: the header checks come first.
+    body = b'{"pad": "' + b"x" * (10 * 1024 * 1024) + b'"}'
+    unsigned = web.post(WEBHOOK, body, source="127.0.0.2")
+    assert (unsigned.status, unsigned.json()["error"]) == (401, "unsigned")
+    stale = web.post(WEBHOOK, body, signer.headers(b"{}", "rid", timestamp=1_000_000))
+    assert (stale.status, stale.json()["error"]) == (401, "bad_signature")
+    assert "Timestamp" in stale.json()["detail"]
+    # From where unsigned requests are allowed, and with fresh signature headers, the body is
+    # read: over the limit is 413 there.
+    assert web.post(WEBHOOK, body).status == 413
+    assert web.post(WEBHOOK, body, signer.headers(b"{}", "rid")).status == 413
+
+
 @pytest.mark.parametrize(
     ("peer", "forwarded", "status"),
     [

@@ -409,34 +409,30 @@ def status_of(stack: BotStack, person: Person) -> str:
     return avatar.status
 
 
-def test_a_running_training_asked_to_cancel_still_completes_if_fal_finishes_it(
-    stack: BotStack,
+@pytest.mark.parametrize(
+    ("telegram_id", "ending", "heard", "status"),
+    [
+        (7801, "complete", "готов!", "completed"),
+        (7802, "end_cancelled", ") отменено.", "cancelled"),
+    ],
+    ids=["fal-finishes-anyway", "fal-stops"],
+)
+def test_a_running_training_asked_to_cancel_ends_as_fal_ends_it(
+    stack: BotStack, telegram_id: int, ending: str, heard: str, status: str
 ) -> None:
-    # FAL answers CANCELLATION_REQUESTED for a running request: only a signal. The LoRA that
-    # comes anyway is the person's (terminal states are final, so a cancelled mark would
-    # have thrown it away).
-    person = Person(stack.api, 7801)
+    # FAL answers CANCELLATION_REQUESTED for a running request: only a signal. A LoRA that
+    # comes anyway is the person's (a `cancelled` mark, being final, would have thrown it
+    # away); a run that stops ends the avatar as cancelled.
+    person = Person(stack.api, telegram_id)
     request = start_training(stack, person, "Stubborn")
     stack.fal.start_training(request.request_id)
     cancel_from_my_avatars(stack, person)
     person.expect("FAL получил просьбу остановиться")
     assert status_of(stack, person) == "cancelling"
-    assert stack.fal.complete(request.request_id) == 200
-    person.expect("готов")
-    assert status_of(stack, person) == "completed"
+    assert getattr(stack.fal, ending)(request.request_id) == 200
+    person.expect(heard)
+    assert status_of(stack, person) == status
     # Window: an extra outcome would follow within one outbox poll and the per-chat interval.
-    holds(lambda: len(outcome_messages(person)) == 1, 2.5, what="one outcome message")
-
-
-def test_a_running_training_that_stops_after_the_cancel_ends_cancelled(stack: BotStack) -> None:
-    person = Person(stack.api, 7802)
-    request = start_training(stack, person, "Stops")
-    stack.fal.start_training(request.request_id)
-    cancel_from_my_avatars(stack, person)
-    person.expect("FAL получил просьбу остановиться")
-    assert stack.fal.end_cancelled(request.request_id) == 200
-    person.expect("отменено")
-    assert status_of(stack, person) == "cancelled"
     holds(lambda: len(outcome_messages(person)) == 1, 2.5, what="one outcome message")
 
 

@@ -1,11 +1,11 @@
-"""deploy/nginx/aibots.kz.conf under the real nginx, with TLS from `deploy/certs.sh dev`.
+"""deploy/nginx/ under the real nginx, in Debian's layout, with TLS from `deploy/certs.sh dev`.
 
-The site file is used as it is, with only paths, listen ports and the upstream address replaced
-by plain string replacement (see `render_site` in tests/support/nginx.py), inside a minimal
-nginx.conf that mimics the http {} defaults of Debian's. nginx runs from a temporary prefix on
-free loopback ports and is stopped by its PID. Behind it is either a small recording stand-in
-(for what only nginx decides) or the real app: `python -m service serve`, gunicorn with 2
-workers.
+The project's files are used as they are, with only paths, listen ports and the upstream
+address replaced by plain string replacement (see `render` in tests/support/nginx.py), inside
+the host's own Debian nginx.conf (conf.d/*.conf, then sites-enabled/* in sorted order), both
+sites enabled. nginx runs from a temporary prefix on free loopback ports and is stopped by its
+PID. Behind it is either a small recording stand-in (for what only nginx decides) or the real
+app: `python -m service serve`, gunicorn with 2 workers.
 """
 
 from __future__ import annotations
@@ -15,9 +15,7 @@ import http.client
 import http.server
 import itertools
 import json
-import os
 import re
-import signal
 import socket
 import ssl
 import subprocess
@@ -34,27 +32,25 @@ import pytest
 
 from tests.fakes.fal_keys import FalSigner, JwksServer
 from tests.support.nginx import (
-    ALLOW_PATH,
-    LOGS_PATH,
+    LEGACY,
+    SHARED,
     SITE,
     Nginx,
     Reply,
     TLSConnection,
     call_once,
     dev_certs,
-    ipv6_loopback,
     nginx_binary,
     nginx_test,
     running_nginx,
     write_config,
 )
-from tests.support.servers import GunicornServer, base_env, free_port, run_cli, wait_until
+from tests.support.servers import GunicornServer, base_env, free_port, run_cli
 from tests.support.webhooks import fal_ok, new_request_id, signed
 
 pytestmark = pytest.mark.nginx
 
 ROOT = Path(__file__).resolve().parents[1]
-LEGACY = ROOT / "deploy" / "nginx" / "aibots.kz-legacy-http.conf"
 FAL_NETWORKS_SH = ROOT / "deploy" / "fal-networks.sh"
 LIMIT = 10 * 1024 * 1024  # the webhook body limit, nginx's and the app's
 SEED_TEST_BODY = b'{"request_id": "test_123", "status": "completed", "training_type": "portrait"}'
@@ -253,8 +249,8 @@ def site(request: pytest.FixtureRequest) -> Site:
 
 
 def test_nginx_t_accepts_the_real_site_file(tmp_path: Path, certs: Path) -> None:
-    conf, _, _ = write_config(tmp_path, certs, upstream=free_port())
-    result = nginx_test(conf)
+    layout = write_config(tmp_path, certs, upstream=free_port())
+    result = nginx_test(layout.conf)
     assert result.returncode == 0, result.stderr
     assert "test is successful" in result.stderr
     assert "[warn]" not in result.stderr, result.stderr
@@ -262,12 +258,71 @@ def test_nginx_t_accepts_the_real_site_file(tmp_path: Path, certs: Path) -> None
 
 def test_nginx_t_fails_on_a_broken_site(tmp_path: Path, certs: Path) -> None:
     """The check above can fail: a missing certificate and a bad directive are caught."""
-    conf, _, _ = write_config(tmp_path, tmp_path / "no-certs", upstream=free_port())
-    assert nginx_test(conf).returncode != 0
-    site = tmp_path / "aibots.kz.conf"
-    conf, _, _ = write_config(tmp_path, certs, upstream=free_port())
+    layout = write_config(tmp_path, tmp_path / "no-certs", upstream=free_port())
+    assert nginx_test(layout.conf).returncode != 0
+    layout = write_config(tmp_path, certs, upstream=free_port())
+    site = tmp_path / "sites-available" / SITE.name
     site.write_text(site.read_text().replace("limit_req_status 429;", "limit_req_status 99;"))
-    assert nginx_test(conf).returncode != 0
+    assert nginx_test(layout.conf).returncode != 0
+
+
+def test_debian_reads_the_legacy_site_first_and_both_sites_still_load(
+    tmp_path: Path, certs: Path
+) -> None:
+    """sites-enabled/* is read in sorted order, so the legacy site comes before the main one:
+    every definition they share must come from conf.d/, which Debian reads before any site."""
+    layout = write_config(tmp_path, certs, upstream=free_port())
+    enabled = sorted(p.name for p in (tmp_path / "sites-enabled").iterdir())
+    assert enabled == [LEGACY.name, SITE.name], "the order this test is about"
+    conf = layout.conf.read_text()
+    assert conf.index(f"{tmp_path}/conf.d/*.conf") < conf.index(f"{tmp_path}/sites-enabled/*")
+    assert nginx_test(layout.conf).returncode == 0
+
+    # Each site alone works too (the legacy one left behind, the main one before migration).
+    for name in enabled:
+        (tmp_path / "sites-enabled" / name).rename(tmp_path / name)
+        result = nginx_test(layout.conf)
+        assert result.returncode == 0, (name, result.stderr)
+        (tmp_path / name).rename(tmp_path / "sites-enabled" / name)
+
+    # The layout of the issue: the shared definitions inside the main site, none in conf.d.
+    # Debian's order then reads the legacy site before the log format it uses.
+    shared = tmp_path / "conf.d" / SHARED.name
+    main = tmp_path / "sites-available" / SITE.name
+    main.write_text(shared.read_text() + main.read_text())
+    shared.unlink()
+    broken = nginx_test(layout.conf)
+    assert broken.returncode != 0
+    assert 'unknown log format "aibots_kz_json"' in broken.stderr, broken.stderr
+
+
+def test_the_sites_load_beside_debians_default_site(tmp_path: Path, certs: Path) -> None:
+    """KEEP_DEFAULT_SITE=1 (a host serving other sites) leaves Debian's own default site
+    enabled: read after both aibots.kz sites, and everything still loads."""
+    default = Path("/etc/nginx/sites-available/default")
+    if not default.is_file():
+        pytest.skip("Debian's default site is not installed here")
+    layout = write_config(tmp_path, certs, upstream=free_port())
+    port = free_port()
+    text = default.read_text()
+    for listen in ("listen 80 default_server;", "listen [::]:80 default_server;"):
+        assert listen in text, f"{listen!r} is gone from Debian's default site"
+    text = text.replace("listen 80 default_server;", f"listen 127.0.0.1:{port} default_server;")
+    text = text.replace("listen [::]:80 default_server;", "")
+    (tmp_path / "sites-enabled" / "default").write_text(text)
+    assert sorted(p.name for p in (tmp_path / "sites-enabled").iterdir())[-1] == "default"
+    result = nginx_test(layout.conf)
+    assert result.returncode == 0, result.stderr
+
+
+def test_only_prefixed_names_are_defined_at_http_level() -> None:
+    """conf.d/ is read for every site of the host: nothing there may touch the others."""
+    defined = re.findall(r"^(?:log_format|upstream)\s+(\S+)|zone=(\w+)", SHARED.read_text(), re.M)
+    names = [a or b for a, b in defined]
+    assert names and all(n.startswith("aibots_kz_") for n in names), names
+    for line in SHARED.read_text().splitlines():
+        directive = line.split("#", 1)[0].strip()
+        assert not directive.startswith(("server {", "error_page", "add_header", "ssl_")), line
 
 
 # --------------------------------------------------------------------------------------------
@@ -447,6 +502,72 @@ def test_metrics_only_from_the_host(stub_site: Site) -> None:
     assert stub_site.reached_upstream(marker)
 
 
+def raw_exchange(port: int, request: bytes, tls: ssl.SSLContext | None) -> Reply:
+    """Send `request` as it is (over TLS when given a context), read the answer until nginx
+    closes the connection, and split it; status 0 if there is no HTTP/1.x status line."""
+    with contextlib.ExitStack() as stack:
+        sock = stack.enter_context(socket.create_connection(("127.0.0.1", port), timeout=10))
+        if tls is not None:
+            sock = stack.enter_context(tls.wrap_socket(sock, server_hostname="aibots.kz"))
+        sock.sendall(request)
+        answer = b""
+        with contextlib.suppress(ConnectionResetError, ssl.SSLEOFError):
+            while chunk := sock.recv(65536):
+                answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    match = re.match(r"HTTP/1\.[01] (\d{3}) ", lines[0])
+    if not match:
+        return Reply(0, {}, answer)
+    headers = dict(line.split(": ", 1) for line in lines[1:] if ": " in line)
+    return Reply(int(match.group(1)), {k.lower(): v for k, v in headers.items()}, body)
+
+
+BAD_REQUESTS = [
+    # (what, the bytes, the status the client must see, the error code)
+    ("a word, no method or version", b"hello\r\n\r\n", 400, "bad_request"),
+    ("no URI", b"GET  HTTP/1.1\r\nHost: aibots.kz\r\n\r\n", 400, "bad_request"),
+    ("a lowercase method", b"get / HTTP/1.1\r\nHost: aibots.kz\r\n\r\n", 400, "bad_request"),
+    ("HTTP/1.1 without Host", b"GET /health HTTP/1.1\r\n\r\n", 400, "bad_request"),
+    ("HTTP/2.0 in a request line", b"GET / HTTP/2.0\r\nHost: aibots.kz\r\n\r\n", 505,
+     "http_version_not_supported"),
+    ("HTTP/3.1", b"GET /health HTTP/3.1\r\nHost: aibots.kz\r\n\r\n", 505,
+     "http_version_not_supported"),
+    ("a bad Content-Length", b"POST /api/v1/avatar/status_update HTTP/1.1\r\nHost: aibots.kz"
+     b"\r\nContent-Length: ten\r\n\r\n", 400, "bad_request"),
+    ("an unknown Transfer-Encoding", b"POST /api/v1/avatar/status_update HTTP/1.1\r\n"
+     b"Host: aibots.kz\r\nTransfer-Encoding: gzip\r\n\r\n", 501, "not_implemented"),
+    ("a header over the buffers", b"GET /health HTTP/1.1\r\nHost: aibots.kz\r\nX-Big: "
+     + b"a" * 20000 + b"\r\n\r\n", 400, "headers_too_large"),
+    ("a URI over the buffers", b"GET /" + b"a" * 20000 + b" HTTP/1.1\r\nHost: aibots.kz"
+     b"\r\n\r\n", 414, "uri_too_long"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("what", "request_bytes", "status", "error"), BAD_REQUESTS,
+                         ids=[case[0] for case in BAD_REQUESTS])  # fmt: skip
+def test_unparsable_requests_get_json_errors_over_tls(
+    stub_site: Site, what: str, request_bytes: bytes, status: int, error: str
+) -> None:
+    """What TLS scanners send: every answer is the README's JSON with the right status."""
+    errors_before = stub_site.nginx.error_log()
+    assert stub_site.stub is not None
+    reached_before = len(stub_site.stub.paths())
+    reply = raw_exchange(stub_site.nginx.port, request_bytes, stub_site.context)
+    assert reply.status == status, (what, reply)
+    assert reply.headers["content-type"] == "application/json", reply.headers
+    assert reply.json() == {"error": error, "detail": reply.json()["detail"]}
+    assert reply.json()["detail"]
+    assert b"nginx/" not in reply.body and "nginx/" not in reply.headers.get("server", "")
+    assert len(stub_site.stub.paths()) == reached_before, "nginx answered it by itself"
+    assert "empty URI in redirect" not in stub_site.nginx.error_log()[len(errors_before) :]
+
+
+def test_the_error_pages_cannot_be_asked_for(stub_site: Site) -> None:
+    reply = stub_site.call("GET", "/_aibots_kz_error/500", source=fresh_source())
+    assert reply.status == 404 and reply.json()["error"] == "not_found"
+
+
 def test_a_dead_upstream_gives_json_502(
     tmp_path: Path, certs: Path, client_context: ssl.SSLContext
 ) -> None:
@@ -533,6 +654,7 @@ def test_a_body_at_the_limit_passes_on_the_webhook_only(site: Site) -> None:
     target, marker = probe("/api/v1/other")
     reply = site.call("POST", target, body=b"x" * (1024 * 1024 + 1), source=source)
     assert reply.status == 413
+    assert "1 MiB" in reply.json()["detail"] and "10 MiB" not in reply.json()["detail"]
     assert not site.reached_upstream(marker)
 
 
@@ -543,7 +665,7 @@ def test_limits_agree_with_the_apps_gunicorn_settings() -> None:
     from service.web.server import KEEPALIVE_SECONDS
 
     text = SITE.read_text()
-    upstream = re.search(r"upstream aibots_kz_app \{(.*?)\n\}", text, re.S)
+    upstream = re.search(r"upstream aibots_kz_app \{(.*?)\n\}", SHARED.read_text(), re.S)
     assert upstream
     nginx_keepalive = re.search(r"^\s*keepalive_timeout (\d+)s;", upstream.group(1), re.M)
     assert nginx_keepalive
@@ -555,49 +677,37 @@ def test_limits_agree_with_the_apps_gunicorn_settings() -> None:
         assert size and int(size.group(1)) * 1024 * 1024 == MAX_BODY_BYTES == LIMIT
 
 
-def test_the_optional_legacy_http_site_serves_the_old_path_only(
-    tmp_path: Path, certs: Path, client_context: ssl.SSLContext
-) -> None:
-    """aibots.kz-legacy-http.conf, beside the main site: the old URL over plain HTTP."""
-    legacy_port = free_port()
-    text = LEGACY.read_text()
-    for production in ("listen 80;", "listen [::]:80;", LOGS_PATH, ALLOW_PATH):
-        assert production in text, f"{production!r} is gone from {LEGACY.name}: update this test"
-    v6 = f"listen [::1]:{legacy_port};" if ipv6_loopback() else ""
-    text = (
-        text.replace("listen 80;", f"listen 127.0.0.1:{legacy_port};")
-        .replace("listen [::]:80;", v6)
-        .replace(LOGS_PATH, f"{tmp_path / 'nginx' / 'logs'}/")
-        .replace(ALLOW_PATH, f"{tmp_path / 'nginx' / 'allow'}/")
-    )
-    with stand_in() as stub, running_nginx(tmp_path / "nginx", certs, stub.port) as nginx:
-        # Beside the main site, as in sites-enabled/, then a reload.
-        site = tmp_path / "nginx" / "aibots.kz.conf"
-        site.write_text(site.read_text() + "\n" + text)
-        checked = nginx_test(tmp_path / "nginx" / "nginx.conf")
-        assert checked.returncode == 0, checked.stderr
-        os.kill(nginx.process.pid, signal.SIGHUP)
+def plain_http(port: int, method: str, path: str, body: bytes | None = None) -> Reply:
+    """One plain-HTTP request to the legacy site's port."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        headers = {"Host": "aibots.kz", "Content-Type": "application/json"}
+        connection.request(method, path, body=body, headers=headers)
+        response = connection.getresponse()
+        data = response.read()
+        return Reply(response.status, {k.lower(): v for k, v in response.getheaders()}, data)
+    finally:
+        connection.close()
 
-        def answers(method: str, path: str) -> int:
-            connection = http.client.HTTPConnection("127.0.0.1", legacy_port, timeout=10)
-            try:
-                connection.request(method, path, body=b"{}" if method == "POST" else None,
-                                   headers={"Host": "aibots.kz"})  # fmt: skip
-                response = connection.getresponse()
-                response.read()
-                return response.status
-            except OSError:
-                return 0
-            finally:
-                connection.close()
 
-        wait_until(lambda: answers("GET", "/x") == 404, 10, what="the legacy server")
-        target, marker = probe("/api/avatar/status_update")
-        assert answers("POST", target) == 200
-        assert stub.last(marker).headers["x-forwarded-proto"] == "http"
-        for method, path in (("POST", "/api/v1/avatar/status_update"), ("GET", "/health"),
-                             ("GET", "/metrics"), ("GET", "/")):  # fmt: skip
-            assert answers(method, path) == 404, path
+def test_the_optional_legacy_http_site_serves_the_old_path_only(stub_site: Site) -> None:
+    """aibots.kz-legacy-http.conf, enabled beside the main site: the old URL over plain HTTP."""
+    port = stub_site.nginx.legacy_port
+    target, marker = probe("/api/avatar/status_update")
+    assert plain_http(port, "POST", target, b"{}").status == 200
+    assert stub_site.stub is not None
+    assert stub_site.stub.last(marker).headers["x-forwarded-proto"] == "http"
+    for method, path in (("POST", "/api/v1/avatar/status_update"), ("GET", "/health"),
+                         ("GET", "/metrics"), ("GET", "/")):  # fmt: skip
+        reply = plain_http(port, method, path, b"{}" if method == "POST" else None)
+        assert reply.status == 404, path
+        assert reply.json() == {"error": "not_found", "detail": "No such resource."}
+    # Its own errors are JSON too, with the old path's limit in the 413.
+    too_large = plain_http(port, "POST", "/api/avatar/status_update", b"x" * (LIMIT + 1))
+    assert too_large.status == 413
+    assert "10 MiB" in too_large.json()["detail"]
+    answer = raw_exchange(port, b"hello\r\n\r\n", tls=None)
+    assert answer.status == 400 and answer.json()["error"] == "bad_request"
 
 
 # --------------------------------------------------------------------------------------------
@@ -620,6 +730,7 @@ def test_a_body_over_the_limit_gets_413_from_nginx(site: Site) -> None:
         connection.close()
     assert response.status == 413
     assert json.loads(body)["error"] == "payload_too_large"
+    assert "10 MiB" in json.loads(body)["detail"], "the webhook's own limit"
     assert not site.reached_upstream(marker)
 
     # Chunked, so nginx only learns the size while reading.
@@ -724,6 +835,25 @@ def test_a_flood_from_one_client_gets_429(site: Site) -> None:
     assert statuses.count(429) >= 40, statuses
     reply = site.call("GET", "/health", source=fresh_source())
     assert reply.status == 200, "another client is not affected"
+
+
+def test_a_429_says_when_to_retry(stub_site: Site) -> None:
+    connection = stub_site.connection(fresh_source())
+    replies: list[Reply] = []
+    try:
+        # Until the bucket is empty: how fast it empties depends on the machine.
+        while len(replies) < 400 and not any(r.status == 429 for r in replies[-5:]):
+            replies.append(connection.call("GET", "/health"))
+        replies += [connection.call("GET", "/health") for _ in range(5)]
+    finally:
+        connection.close()
+    limited = [r for r in replies if r.status == 429]
+    assert limited, [r.status for r in replies]
+    for reply in limited:
+        assert reply.headers["retry-after"] == "1"
+        assert reply.json()["error"] == "rate_limited"
+        assert reply.headers["strict-transport-security"] == "max-age=63072000"
+    assert "retry-after" not in replies[0].headers
 
 
 def test_a_paced_client_and_a_burst_from_a_few_addresses_pass(site: Site) -> None:

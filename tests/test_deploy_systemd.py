@@ -17,6 +17,7 @@ import signal
 import stat
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -26,7 +27,7 @@ import requests
 from service.settings import Settings
 from service.web.server import GRACEFUL_TIMEOUT_SECONDS
 from tests.fakes.fal_keys import FalSigner, JwksServer
-from tests.support.servers import base_env, free_port, wait_until
+from tests.support.servers import GunicornServer, base_env, free_port, wait_until
 from tests.support.webhooks import fal_ok, new_request_id, signed
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -350,6 +351,84 @@ def test_the_service_runs_under_the_units_seccomp_rules(tmp_path: Path) -> None:
     assert process.returncode == 0, output[-3000:]
 
 
+def test_reload_replaces_the_workers_but_only_a_restart_applies_settings(tmp_path: Path) -> None:
+    """What `systemctl reload webhook` (ExecReload=, SIGHUP to the main process) really does,
+    and why the README sends settings through a restart: systemd reads EnvironmentFile= only
+    when it starts the process, and the service builds its settings once at start. Here the
+    settings come from a .env in the working directory, which the service reads at start
+    too; a reload must not pick up its change, a restart must."""
+    unit = unit_settings("webhook.service")
+    assert unit["ExecReload"] == ["/bin/kill -s HUP $MAINPID"]
+    env_file = tmp_path / ".env"
+    env_file.write_text("WEBHOOK_UNSIGNED_FROM=127.0.0.1/32\n")
+    body = b'{"request_id": "reload-probe", "status": "completed"}'
+    headers = {"Content-Type": "application/json"}
+
+    def unsigned_from(server: GunicornServer) -> list[str]:
+        status = requests.get(f"{server.url}/api/v1/webhook/status", timeout=5).json()
+        return list(status["unsigned_from"])
+
+    def unsigned_post(server: GunicornServer) -> int:
+        url = f"{server.url}/api/v1/avatar/status_update"
+        return requests.post(url, data=body, headers=headers, timeout=10).status_code
+
+    server = GunicornServer({}, workers=2)
+    server.cwd = tmp_path
+    with server:
+        assert unsigned_from(server) == ["127.0.0.1/32"]
+        assert unsigned_post(server) == 200
+        before = set(server.worker_pids())
+        assert len(before) == 2
+
+        env_file.write_text("WEBHOOK_UNSIGNED_FROM=\n")  # the operator edits the settings
+        answered: list[int] = []
+        refused: list[str] = []
+        stop = threading.Event()
+
+        def keep_asking() -> None:
+            while not stop.is_set():
+                try:
+                    answered.append(requests.get(f"{server.url}/health", timeout=5).status_code)
+                except requests.ConnectionError as exc:
+                    # A connection an old worker had accepted but not yet read may be reset as
+                    # it stops (the README says so); a refused connect would mean the listening
+                    # socket was closed, which a reload must never do.
+                    if "connection refused" in str(exc).lower():
+                        refused.append(repr(exc))
+
+        asker = threading.Thread(target=keep_asking)
+        asker.start()
+        try:
+            os.kill(server.pid, signal.SIGHUP)
+
+            def replaced() -> bool:
+                now = set(server.worker_pids())
+                return len(now) == 2 and not now & before
+
+            wait_until(replaced, 30, what="two new workers after SIGHUP")
+            served = len(answered)
+            wait_until(lambda: len(answered) > served + 20, 30, what="answers from new workers")
+        finally:
+            stop.set()
+            asker.join(30)
+        assert refused == [], "the listening socket stays open through a reload"
+        assert set(answered) == {200}
+        assert server.proc is not None and server.proc.poll() is None
+        # The master counted the two workers that ended (AibotsWorkersRestarting reads it).
+        scraped = requests.get(f"{server.url}/metrics", timeout=5).text
+        assert re.search(r"^webhook_worker_exits_total 2\.0$", scraped, re.M), scraped[-2000:]
+        # New workers, old settings: the reload did not apply the edit.
+        assert unsigned_from(server) == ["127.0.0.1/32"]
+        assert unsigned_post(server) == 200
+
+        # A restart (stop, start: what systemctl restart does) applies it.
+        server.stop()
+        server.start()
+        server.wait_ready()
+        assert unsigned_from(server) == []
+        assert unsigned_post(server) == 401
+
+
 # --------------------------------------------------------------------------------------------
 # Scripts and install.sh
 
@@ -380,6 +459,12 @@ def test_install_into_a_staging_root_is_complete_and_idempotent(tmp_path: Path) 
                           capture_output=True, text=True, timeout=120)  # fmt: skip
     assert made.returncode == 0, made.stderr
     root = tmp_path / "root"
+    # Debian's own default site, as the nginx package leaves it.
+    (root / "etc/nginx/sites-available").mkdir(parents=True)
+    (root / "etc/nginx/sites-enabled").mkdir(parents=True)
+    default = "server { listen 80 default_server; }\n"
+    (root / "etc/nginx/sites-available/default").write_text(default)
+    (root / "etc/nginx/sites-enabled/default").symlink_to("/etc/nginx/sites-available/default")
 
     first = install(root, CERTS_DIR=str(certs))
     assert first.returncode == 0, first.stdout + first.stderr
@@ -388,6 +473,7 @@ def test_install_into_a_staging_root_is_complete_and_idempotent(tmp_path: Path) 
         "python3 -m venv",
         "/opt/aibots/venv/bin/python -m pip install",
         "systemctl daemon-reload",
+        "systemctl enable --now aibots-certs.timer",
         "nginx -t",
     ):
         assert f"skipped (--root): {step}" in first.stdout.replace("\\ ", " "), step
@@ -397,7 +483,7 @@ def test_install_into_a_staging_root_is_complete_and_idempotent(tmp_path: Path) 
     assert (app / "pyproject.toml").is_file()
     for absent in (".venv", ".git", "certs", "var", ".env"):
         assert not (app / absent).exists(), absent
-    for name in ("webhook.service", "bot.service"):
+    for name in ("webhook.service", "bot.service", "aibots-certs.service", "aibots-certs.timer"):
         installed = root / "etc/systemd/system" / name
         assert installed.read_text() == (UNITS / name).read_text()
     site = root / "etc/nginx/sites-available/aibots.kz.conf"
@@ -407,6 +493,13 @@ def test_install_into_a_staging_root_is_complete_and_idempotent(tmp_path: Path) 
     assert (root / "etc/nginx/sites-available/aibots.kz-legacy-http.conf").is_file()
     assert not (root / "etc/nginx/sites-enabled/aibots.kz-legacy-http.conf").exists()
     assert (root / "etc/nginx/aibots.kz.d").is_dir()
+    nginx_src = ROOT / "deploy/nginx"
+    shared = root / "etc/nginx/conf.d/aibots.kz.conf"
+    assert shared.read_text() == (nginx_src / "conf.d/aibots.kz.conf").read_text()
+    for snippet in (nginx_src / "snippets").glob("*.conf"):
+        assert (root / "etc/nginx/snippets" / snippet.name).read_text() == snippet.read_text()
+    assert not (root / "etc/nginx/sites-enabled/default").is_symlink(), "Debian's default site"
+    assert "disabling Debian's default nginx site" in first.stdout
     assert not list((root / "etc/nginx/aibots.kz.d").glob("*.conf")), "allow-list is opt-in"
     ssl_dir = root / "etc/ssl/aibots"
     assert (ssl_dir / "aibots_kz.chain.crt").read_text() == (
@@ -442,16 +535,37 @@ def test_install_without_certificates_leaves_the_site_disabled(tmp_path: Path) -
     result = install(root, CERTS_DIR=str(tmp_path / "none"))
     assert result.returncode == 0, result.stderr
     assert "no certificate yet" in result.stderr
+    assert "aibots-certs.timer is installed, not enabled" in result.stdout
+    assert "enable --now aibots-certs.timer" not in result.stdout
     assert (root / "etc/nginx/sites-available/aibots.kz.conf").is_file()
     assert not (root / "etc/nginx/sites-enabled/aibots.kz.conf").exists()
 
 
-def test_install_dry_run_changes_nothing(tmp_path: Path) -> None:
+def test_install_dry_run_changes_nothing_and_tells_the_truth(tmp_path: Path) -> None:
     root = tmp_path / "root"
-    result = install(root, "--dry-run")
+    result = install(root, "--dry-run", CERTS_DIR=str(tmp_path / "none"))
     assert result.returncode == 0, result.stderr
     assert "+ install" in result.stdout
     assert not [p for p in root.rglob("*") if p.is_file()], "dry run wrote files"
+    # As a real run without certificates: the site is not enabled, and the settings file
+    # gets the rewritten absolute database path, not the example's relative one.
+    assert "ln -s ../sites-available/aibots.kz.conf" not in result.stdout
+    assert "the nginx site is installed but not enabled" in result.stderr
+    assert "would hold: DATABASE_URL=sqlite:////var/lib/aibots/aisha.db" in result.stdout
+    assert ".env.example /" not in result.stdout.replace("\\ ", " ")
+
+    # With certificates it says it would enable the site, as a real run does.
+    certs = dev_certs_for(tmp_path / "certs")
+    result = install(tmp_path / "root2", "--dry-run", CERTS_DIR=str(certs))
+    assert result.returncode == 0, result.stderr
+    assert "ln -s ../sites-available/aibots.kz.conf" in result.stdout
+
+
+def dev_certs_for(target: Path) -> Path:
+    made = subprocess.run(["bash", str(ROOT / "deploy" / "certs.sh"), "dev", str(target)],
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    return target
 
 
 def test_the_cli_wrapper_reads_the_environment_file_like_systemd(tmp_path: Path) -> None:
@@ -479,3 +593,11 @@ def test_the_cli_wrapper_reads_the_environment_file_like_systemd(tmp_path: Path)
     assert seen["LOG_LEVEL"] == "DEBUG"
     assert seen["LOG_FORMAT"] == "console"
     assert not Path("/tmp/aibots-should-not-exist").exists()
+
+    # AIBOTS_DATABASE_URL points one command elsewhere (the README's restore), file or not.
+    other = "sqlite:////var/lib/aibots/restored.db"
+    result = subprocess.run(["bash", "-c", probe], capture_output=True, text=True, timeout=30,
+                            env={**os.environ, "AIBOTS_ENV_FILE": str(env_file),
+                                 "AIBOTS_DATABASE_URL": other})  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["DATABASE_URL"] == other

@@ -208,6 +208,27 @@ class Notification(Base):
     sent_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
 
 
+class Tally(Base):
+    """Rows of a table counted up to its mark, by a column's value (see service.store.tallies)."""
+
+    __tablename__ = "tallies"
+
+    # The counted table ("webhook_events", "notifications") and the value counted ("" when
+    # only the total is kept).
+    name: Mapped[str] = mapped_column(String(32), primary_key=True)
+    value: Mapped[str] = mapped_column(String(32), primary_key=True)
+    counted: Mapped[int] = mapped_column(BigInteger)
+
+
+class TallyMark(Base):
+    """How far each tallied table has been counted: every row with id <= up_to_id."""
+
+    __tablename__ = "tally_marks"
+
+    name: Mapped[str] = mapped_column(String(32), primary_key=True)
+    up_to_id: Mapped[int] = mapped_column(BigInteger)
+
+
 class TrainingData(Base):
     """A training's photos as one zip, served to FAL at an unguessable URL until it ends."""
 

@@ -96,18 +96,22 @@ class HostCheck:
 
 
 async def read_body(request: Request, limit: int) -> bytes:
-    """The whole body, refusing (413) as soon as it passes `limit`, chunked bodies included."""
+    """The whole body, refusing (413) as soon as it passes `limit`, chunked bodies included.
+
+    Each chunk is appended to one buffer as it arrives and freed at once: a list of chunks
+    joined at the end held the body twice, in many pieces the allocator kept after a big
+    request. Not sized from Content-Length up front, so a client that declares 10 MiB and
+    sends nothing costs nothing.
+    """
     declared = request.headers.get("content-length")
     if declared is not None:
         if not declared.isdigit():
             raise RequestRefused(400, "bad_request", "Content-Length is not a number")
         if int(declared) > limit:
             raise RequestRefused(413, "too_large", f"the body is over {limit} bytes")
-    chunks: list[bytes] = []
-    size = 0
+    body = bytearray()
     async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
+        if len(body) + len(chunk) > limit:
             raise RequestRefused(413, "too_large", f"the body is over {limit} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
+        body += chunk
+    return bytes(body)

@@ -3,20 +3,35 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Any
 
+import structlog
 from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from service import metrics
+from service.jobs.states import AvatarStatus
 from service.outbox.states import UNSENT, NotificationState
-from service.store.models import Notification, WebhookEvent, utcnow
+from service.store import tallies
+from service.store.engine import run_transaction
+from service.store.models import Avatar, Notification, WebhookEvent, utcnow
 from service.web.runtime import Runtime
+
+log = structlog.get_logger("service.monitoring")
 
 VERSION = "0.1.0"
 HEALTH_TIMEOUT_SECONDS = 2.0
+_NOT_SENT = tuple(s.value for s in NotificationState if s is not NotificationState.SENT)
+# Written by `aibots certs check` (deploy/certs.sh, on the aibots-certs timer) into the
+# service's working directory, /var/lib/aibots: the expiry of the certificate nginx serves,
+# in the Prometheus text format, passed on as it is. The service cannot read the
+# certificate itself (/etc/ssl/aibots is root's) and should not depend on nginx to answer.
+TLS_METRICS_FILE = Path("tls-certificate.prom")
+# Still running at FAL: the age of the oldest of these is the "stuck training" signal.
+RUNNING = (AvatarStatus.TRAINING.value, AvatarStatus.CANCELLING.value)
 
 
 async def health(request: Request) -> Response:
@@ -43,16 +58,32 @@ async def _count_by(session: AsyncSession, column: Any) -> dict[str, int]:
 
 
 async def _counts(session: AsyncSession) -> dict[str, Any]:
-    events = await _count_by(session, WebhookEvent.outcome)
+    # Each figure is exact as of its statement. Events and notifications read no more than the
+    # unsent notifications and the last minutes' rows (service.store.tallies), whatever the
+    # tables' sizes; avatars (one per training, not per callback) are counted through their
+    # status index.
+    events = await tallies.event_counts(session)
     last_event = (await session.execute(select(func.max(WebhookEvent.received_at)))).scalar()
-    notifications = await _count_by(session, Notification.state)
+    notifications = await tallies.notification_counts(session, _NOT_SENT, NotificationState.SENT)
     oldest_pending = (
         await session.execute(
             select(func.min(Notification.created_at)).where(Notification.state.in_(UNSENT))
         )
     ).scalar()
+    avatars = await _count_by(session, Avatar.status)
+    oldest_training = (
+        await session.execute(
+            select(func.min(func.coalesce(Avatar.training_started_at, Avatar.created_at))).where(
+                Avatar.status.in_(RUNNING)
+            )
+        )
+    ).scalar()
     return {
         "events": events,
+        "avatars": avatars,
+        "oldest_training_age_seconds": (
+            round((utcnow() - oldest_training).total_seconds(), 3) if oldest_training else None
+        ),
         "last_event_at": last_event.isoformat() if last_event else None,
         "notifications": notifications,
         "oldest_pending_age_seconds": (
@@ -61,7 +92,19 @@ async def _counts(session: AsyncSession) -> dict[str, Any]:
     }
 
 
+async def _advance(session: AsyncSession) -> None:
+    now = utcnow()
+    for tallied in tallies.TALLIED:
+        await tallies.advance(session, tallied, now)
+
+
 async def _read_counts(runtime: Runtime) -> dict[str, Any] | None:
+    try:
+        # Its own short transaction, so the counts' read takes no lock.
+        await asyncio.wait_for(run_transaction(runtime.sessions, _advance), HEALTH_TIMEOUT_SECONDS)
+    except Exception:
+        # The counts stay exact with an old mark, only the read gets a little longer.
+        log.warning("tally_advance_failed", exc_info=True)
     try:
         async with runtime.sessions() as session:
             return await asyncio.wait_for(_counts(session), HEALTH_TIMEOUT_SECONDS)
@@ -102,22 +145,58 @@ async def prometheus(request: Request) -> Response:
         "database_up", "1 when the database answered this scrape", {"": 1.0 if counts else 0.0}, ""
     )
     if counts is not None:
-        # Every state, so a gauge falls back to 0 instead of vanishing when its last row moves.
-        states = {s.value: 0.0 for s in NotificationState}
-        states.update({k: float(v) for k, v in counts["notifications"].items()})
-        output += metrics.gauge_lines(
-            "notifications", "Notifications in the outbox by state", states, "state"
-        )
-        output += metrics.gauge_lines(
+        output += "".join(metrics.gauge_lines(*gauge) for gauge in _database_gauges(counts))
+    output += metrics.gauge_lines(
+        "training_hard_limit_seconds",
+        "TRAINING_HARD_LIMIT_SECONDS: a training running longer is stuck",
+        {"": runtime.settings.training_hard_limit_seconds},
+        "",
+    )
+    output += _tls_metrics()
+    return Response(output, media_type=metrics.CONTENT_TYPE)
+
+
+def _database_gauges(counts: dict[str, Any]) -> list[tuple[str, str, dict[str, float], str]]:
+    """(name, help, samples, label) of every gauge read from the database at a scrape."""
+    # Every state, so a gauge falls back to 0 instead of vanishing when its last row moves.
+    states = {s.value: 0.0 for s in NotificationState}
+    states.update({k: float(v) for k, v in counts["notifications"].items()})
+    avatars = {s.value: 0.0 for s in AvatarStatus}
+    avatars.update({k: float(v) for k, v in counts["avatars"].items()})
+    events = {k: float(v) for k, v in counts["events"].items()}
+    oldest_pending = {"": float(counts["oldest_pending_age_seconds"] or 0.0)}
+    oldest_training = {"": float(counts["oldest_training_age_seconds"] or 0.0)}
+    return [
+        ("notifications", "Notifications in the outbox by state", states, "state"),
+        (
             "notification_oldest_pending_age_seconds",
             "Age of the oldest notification not yet sent",
-            {"": float(counts["oldest_pending_age_seconds"] or 0.0)},
+            oldest_pending,
             "",
+        ),
+        ("webhook_events", "Webhook events recorded, by outcome", events, "outcome"),
+        ("avatars", "Avatars by status", avatars, "status"),
+        (
+            "training_oldest_running_age_seconds",
+            "Age of the oldest training still running (training or cancelling), 0 if none",
+            oldest_training,
+            "",
+        ),
+    ]
+
+
+def _tls_metrics() -> str:
+    """The certificate check's lines; only its own names, so a stray line cannot break the
+    whole scrape."""
+    try:
+        lines = TLS_METRICS_FILE.read_text().splitlines()
+    except (OSError, UnicodeDecodeError):
+        return ""
+    kept = [
+        line
+        for line in lines
+        if line.startswith(
+            ("tls_certificate_", "# HELP tls_certificate_", "# TYPE tls_certificate_")
         )
-        output += metrics.gauge_lines(
-            "webhook_events",
-            "Webhook events recorded, by outcome",
-            {k: float(v) for k, v in counts["events"].items()},
-            "outcome",
-        )
-    return Response(output, media_type=metrics.CONTENT_TYPE)
+    ]
+    return "".join(f"{line}\n" for line in kept)

@@ -88,6 +88,20 @@ def _webhook_operation(summary: str) -> dict[str, Any]:
     }
 
 
+def _database_read(summary: str, ok: str, description: str = "") -> dict[str, Any]:
+    """A GET answered from the database: a JSON object, or 503 while the database is down."""
+    operation: dict[str, Any] = {
+        "summary": summary,
+        "responses": {
+            "200": _json({"type": "object"}, ok),
+            "503": _json({"type": "object"}, "Database unavailable"),
+        },
+    }
+    if description:
+        operation["description"] = description
+    return {"get": operation}
+
+
 DOCUMENT: dict[str, Any] = {
     "openapi": "3.1.0",
     "info": {"title": "aibots.kz webhook service", "version": "0.1.0"},
@@ -96,27 +110,22 @@ DOCUMENT: dict[str, Any] = {
         "/api/avatar/status_update": {
             "post": _webhook_operation("FAL training callback (old path, same handler)")
         },
-        "/health": {
-            "get": {
-                "summary": "Liveness and database check",
-                "responses": {
-                    "200": _json({"type": "object"}, "Healthy"),
-                    "503": _json({"type": "object"}, "Database unavailable"),
-                },
-            }
-        },
-        "/api/v1/webhook/status": {
-            "get": {
-                "summary": "Event and notification counts, verification mode",
-                "responses": {
-                    "200": _json({"type": "object"}, "Status"),
-                    "503": _json({"type": "object"}, "Database unavailable"),
-                },
-            }
-        },
+        "/health": _database_read("Liveness and database check", "Healthy"),
+        "/api/v1/webhook/status": _database_read(
+            "Event and notification counts, verification mode",
+            "Status",
+            "Every count is exact as of the request (no cache): events by "
+            "outcome and notifications by state come from tallies kept up to a mark plus "
+            "the rows of the last minutes, so a read costs the same on any table size. "
+            "last_event_at is the newest received_at; the oldest pending age is read "
+            "from the unsent notifications only.",
+        ),
         "/metrics": {
             "get": {
                 "summary": "Prometheus metrics",
+                "description": "Process metrics of every worker, and gauges read from the "
+                "database at each scrape, exact as of the scrape (webhook_events by outcome, "
+                "notifications by state: the same counts as /api/v1/webhook/status).",
                 "responses": {
                     "200": {"description": "Text format", "content": {"text/plain": {}}},
                     "403": _json(_ERROR, "Through nginx, from anywhere but the host itself"),

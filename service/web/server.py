@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import shutil
@@ -19,6 +20,9 @@ from service.settings import Settings
 # a connection the worker is closing and a POST after a lull gets a 502.
 KEEPALIVE_SECONDS = 75
 GRACEFUL_TIMEOUT_SECONDS = 20
+# glibc's M_MMAP_THRESHOLD: blocks this big get pages of their own, given back when freed.
+_M_MMAP_THRESHOLD = -3
+MMAP_THRESHOLD_BYTES = 1024 * 1024
 
 
 class Worker(UvicornWorker):  # type: ignore[misc]
@@ -84,8 +88,25 @@ def gunicorn_options(settings: Settings) -> dict[str, Any]:
     }
 
 
+def give_big_buffers_back() -> bool:
+    """Make glibc map every block of a MiB or more on its own (the workers inherit it).
+
+    By default glibc raises that threshold to the size of the biggest block freed so far (up
+    to 32 MiB), so after one 9 MB body every later one comes from the heap, and the heap
+    keeps the worker's RSS at its high-water mark. A fixed threshold stops that adjustment:
+    a big body's buffers go back to the system with the request. False when the C library is
+    not glibc (the default then stands).
+    """
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (AttributeError, OSError):
+        return False
+    return bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES))
+
+
 def serve(settings: Settings) -> None:
     """Run gunicorn in the foreground until SIGTERM/SIGINT."""
+    give_big_buffers_back()
     own_dir = None
     if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         own_dir = tempfile.mkdtemp(prefix="aibots-metrics-")

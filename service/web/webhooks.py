@@ -13,7 +13,12 @@ from starlette.responses import JSONResponse, Response
 from service import metrics
 from service.fal.keyset import KeySetUnavailable
 from service.fal.payload import PayloadError, RequestIdMismatch, parse_body, parse_event
-from service.fal.signature import SignatureError, has_signature_headers, parse_headers
+from service.fal.signature import (
+    SignatureError,
+    SignedHeaders,
+    has_signature_headers,
+    parse_headers,
+)
 from service.jobs.ingest import Delivery, ingest
 from service.settings import MAX_BODY_BYTES
 from service.store.engine import DatabaseUnavailable, run_transaction
@@ -61,23 +66,30 @@ async def _handle(
     settings = runtime.settings
     if settings.allowed_ips and not in_networks(client, settings.allowed_ips):
         raise RequestRefused(403, "forbidden", "this client may not call the webhook")
-    raw = await read_body(request, MAX_BODY_BYTES)
     headers = request.headers
-    signed_request_id: str | None = None
+    signed: SignedHeaders | None = None
+    # Everything the headers alone can refuse is refused before the body is read: a stranger's
+    # unsigned or stale request costs no memory for its body.
     if has_signature_headers(headers):
         # A request that claims to be signed is verified wherever it comes from.
         try:
             signed = parse_headers(headers, now=runtime.clock())
+        except SignatureError as exc:
+            raise RequestRefused(401, "bad_signature", str(exc)) from None
+    elif settings.fal_webhook_verify != "off" and not in_networks(
+        client, settings.webhook_unsigned_from
+    ):
+        raise RequestRefused(401, "unsigned", "the request carries no X-Fal-Webhook-* signature")
+    raw = await read_body(request, MAX_BODY_BYTES)
+    signed_request_id: str | None = None
+    if signed is not None:
+        try:
             await runtime.keyset.verify(signed, raw)
         except SignatureError as exc:
             raise RequestRefused(401, "bad_signature", str(exc)) from None
         except KeySetUnavailable as exc:
             raise RequestRefused(503, "keys_unavailable", str(exc)) from None
         signed_request_id = signed.request_id
-    elif settings.fal_webhook_verify != "off" and not in_networks(
-        client, settings.webhook_unsigned_from
-    ):
-        raise RequestRefused(401, "unsigned", "the request carries no X-Fal-Webhook-* signature")
     try:
         event = parse_event(parse_body(raw), request.query_params, signed_request_id)
     except RequestIdMismatch as exc:

@@ -1,11 +1,15 @@
-"""deploy/nginx/aibots.kz.conf under the real nginx, on loopback, for tests and the benchmark.
+"""deploy/nginx/ under the real nginx on loopback, in Debian's own layout (tests, benchmark).
 
-The site file is used as it is, with only paths, listen ports and the upstream address replaced
-by plain string replacement (see `render_site`), inside a minimal nginx.conf that mimics the
-http {} defaults of Debian's. nginx runs from a temporary prefix on a free loopback port and is
-stopped by its PID. Two departures exist, both asked for explicitly: several upstream servers
-(two gunicorn instances behind one upstream) and, for benchmark runs only, the per-client rate
-limit lifted (wrk floods from one address; the limit would answer most of it with 429).
+nginx runs from a private prefix laid out as Debian's /etc/nginx: the host's own nginx.conf
+(from Debian's nginx-common; only its pid, log, user and include paths moved into the prefix),
+which reads conf.d/*.conf, then sites-enabled/* in sorted order. conf.d/ holds the project's
+http-level file, snippets/ its JSON error pages, and sites-enabled/ links BOTH project sites,
+the TLS one and the legacy plain-HTTP one, as a host in the middle of the migration has them.
+The project files are used as they are, with only paths, listen ports and the upstream address
+replaced by plain string replacement (see `render`). nginx is stopped by its PID. Two
+departures exist, both asked for explicitly: several upstream servers (two gunicorn instances
+behind one upstream) and, for benchmark runs only, the per-client rate limit lifted (wrk
+floods from one address; the limit would answer most of it with 429).
 """
 
 from __future__ import annotations
@@ -30,21 +34,31 @@ from tests.support import procs
 from tests.support.http import Answer
 from tests.support.servers import ROOT, free_port, wait_until
 
-SITE = ROOT / "deploy" / "nginx" / "aibots.kz.conf"
+DEPLOY = ROOT / "deploy" / "nginx"
+SITE = DEPLOY / "aibots.kz.conf"
+LEGACY = DEPLOY / "aibots.kz-legacy-http.conf"
+SHARED = DEPLOY / "conf.d" / "aibots.kz.conf"
+SNIPPETS = sorted((DEPLOY / "snippets").glob("*.conf"))
 CERTS_SH = ROOT / "deploy" / "certs.sh"
+DEBIAN_NGINX_CONF = Path("/etc/nginx/nginx.conf")
 
 # The production strings that are replaced, and nothing else.
 LISTEN_V4 = "listen 8443 ssl;"
 LISTEN_V6 = "listen [::]:8443 ssl;"
+LEGACY_V4 = "listen 80;"
+LEGACY_V6 = "listen [::]:80;"
 CERTS_PATH = "/etc/ssl/aibots/"
 LOGS_PATH = "/var/log/nginx/"
 ALLOW_PATH = "/etc/nginx/aibots.kz.d/"
+SNIPPETS_PATH = "/etc/nginx/snippets/"
 UPSTREAM = "server 127.0.0.1:8000;"
 RATE_LIMIT = "limit_req zone=aibots_kz_per_client burst=50 nodelay;"
 RATE_LIMIT_LIFTED = (
     "# limit_req lifted for this benchmark run only: wrk floods from one address, which the "
     "per-client limit (10 r/s, burst 50) would answer with 429."
 )
+# Debian's nginx.conf, in this order: what makes a definition in one site unknown to another.
+DEBIAN_INCLUDES = ("include /etc/nginx/conf.d/*.conf;", "include /etc/nginx/sites-enabled/*;")
 
 
 def find_nginx() -> str | None:
@@ -53,14 +67,33 @@ def find_nginx() -> str | None:
     )
 
 
+def _missing(what: str, hint: str) -> None:
+    if os.environ.get("REQUIRE_NGINX") == "1":
+        pytest.fail(f"{what}, and REQUIRE_NGINX=1 makes that a failure")
+    pytest.skip(f"{what} ({hint}); REQUIRE_NGINX=1 fails instead")
+
+
 def nginx_binary() -> str:
     """nginx's path; without it the test is skipped, or fails under REQUIRE_NGINX=1."""
     found = find_nginx()
     if found is None:
-        if os.environ.get("REQUIRE_NGINX") == "1":
-            pytest.fail("nginx is not installed, and REQUIRE_NGINX=1 makes that a failure")
-        pytest.skip("nginx is not installed (apt-get install nginx); REQUIRE_NGINX=1 fails instead")
+        _missing("nginx is not installed", "apt-get install nginx")
+    assert found is not None
     return found
+
+
+def debian_nginx_conf() -> str:
+    """The host's /etc/nginx/nginx.conf, which must be Debian's (both includes, in order)."""
+    if not DEBIAN_NGINX_CONF.is_file():
+        _missing(f"{DEBIAN_NGINX_CONF} is missing", "Debian's nginx-common installs it")
+    text = DEBIAN_NGINX_CONF.read_text()
+    directives = [line.split("#", 1)[0].strip() for line in text.splitlines()]
+    positions = [directives.index(i) if i in directives else -1 for i in DEBIAN_INCLUDES]
+    assert -1 not in positions and positions == sorted(positions), (
+        f"{DEBIAN_NGINX_CONF} does not include conf.d/*.conf then sites-enabled/* as Debian's "
+        "does: these tests need Debian's layout"
+    )
+    return text
 
 
 def ipv6_loopback() -> bool:
@@ -89,68 +122,47 @@ def _ports(upstream: int | Sequence[int]) -> list[int]:
     return ports
 
 
-def render_site(
-    *,
-    port: int,
-    upstream: int | Sequence[int],
-    certs: Path,
-    logs: Path,
-    allow: Path,
-    ipv6: bool,
-    lift_rate_limit: bool = False,
-) -> str:
-    """The production site file with only paths, ports and the upstream servers replaced."""
-    text = SITE.read_text()
-    for production in (LISTEN_V4, LISTEN_V6, CERTS_PATH, LOGS_PATH, ALLOW_PATH, UPSTREAM):
-        assert production in text, f"{production!r} is gone from {SITE.name}: update this test"
-    # Without IPv6 on loopback (some containers) the IPv6 listener is left out.
-    v6 = f"listen [::1]:{port} ssl;" if ipv6 else "# (no IPv6 loopback here)"
-    servers = "\n    ".join(f"server 127.0.0.1:{p};" for p in _ports(upstream))
-    text = (
-        text.replace(LISTEN_V4, f"listen 127.0.0.1:{port} ssl;")
-        .replace(LISTEN_V6, v6)
-        .replace(CERTS_PATH, f"{certs}/")
-        .replace(LOGS_PATH, f"{logs}/")
-        .replace(ALLOW_PATH, f"{allow}/")
-        .replace(UPSTREAM, servers)
-    )
-    if lift_rate_limit:
-        assert RATE_LIMIT in text, f"{RATE_LIMIT!r} is gone from {SITE.name}: update this module"
-        text = text.replace(RATE_LIMIT, RATE_LIMIT_LIFTED)
-    # Nothing of the host may be left in a directive: no port 8443, no system path.
+def render(source: Path, replacements: dict[str, str]) -> str:
+    """A project file with exactly these production strings replaced, each of which must be
+    in it; afterwards no directive may name a host path or a production port."""
+    text = source.read_text()
+    for production, replacement in replacements.items():
+        assert production in text, f"{production!r} is gone from {source.name}: update this test"
+        text = text.replace(production, replacement)
     for line in text.splitlines():
         directive = line.split("#", 1)[0]
         # A whole number: a free port such as 48443 is not the production one.
         assert not re.search(r"(?<!\d)8443(?!\d)", directive), line
+        assert not re.search(r"listen\s+(\[::\]:)?80;", directive), line
         assert "/etc/" not in directive and "/var/" not in directive, line
     return text
 
 
-WRAPPER = """\
-{user}
-worker_processes 2;
-pid {prefix}/nginx.pid;
-error_log {prefix}/logs/error.log notice;
-events {{ worker_connections 512; }}
-http {{
-    # As in Debian's /etc/nginx/nginx.conf: the site must hold its own against these.
-    sendfile on;
-    tcp_nopush on;
-    types_hash_max_size 2048;
-    {mime_types}
-    default_type application/octet-stream;
-    ssl_protocols TLSv1 TLSv1.1 TLSv1.2 TLSv1.3;
-    ssl_prefer_server_ciphers on;
-    access_log {prefix}/logs/access.log;
-    gzip on;
-    client_body_temp_path {prefix}/tmp/body;
-    proxy_temp_path {prefix}/tmp/proxy;
-    fastcgi_temp_path {prefix}/tmp/fastcgi;
-    uwsgi_temp_path {prefix}/tmp/uwsgi;
-    scgi_temp_path {prefix}/tmp/scgi;
-    include {site};
-}}
-"""
+def render_nginx_conf(prefix: Path) -> str:
+    """Debian's nginx.conf with its pid, logs, user and the two includes moved into `prefix`."""
+    text = debian_nginx_conf()
+    # As root, nginx's workers would drop to www-data, who cannot enter pytest's private
+    # temporary directories (request bodies over 1 MiB are buffered there).
+    user = "user root;" if os.geteuid() == 0 else ""
+    text, users = re.subn(r"(?m)^\s*user\s+[^;]+;", user, text)
+    assert users <= 1
+    text = (
+        text.replace("/run/nginx.pid", f"{prefix}/nginx.pid")
+        .replace("/var/log/nginx/", f"{prefix}/logs/")
+        .replace("/etc/nginx/conf.d/", f"{prefix}/conf.d/")
+        .replace("/etc/nginx/sites-enabled/", f"{prefix}/sites-enabled/")
+    )
+    # Debian's package writes its temporary files under /var/lib/nginx: into the prefix too.
+    temp = "".join(
+        f"\n    {kind}_temp_path {prefix}/tmp/{kind};"
+        for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+    )
+    text, opened = re.subn(r"(?m)^http\s*\{", "http {" + temp, text, count=1)
+    assert opened == 1, "no http { block in Debian's nginx.conf"
+    for line in text.splitlines():
+        directive = line.split("#", 1)[0]
+        assert "/var/" not in directive and "/run/" not in directive, line
+    return text
 
 
 @dataclass
@@ -160,6 +172,7 @@ class Nginx:
     ipv6: bool
     process: subprocess.Popen[bytes]
     rate_limit_lifted: bool = False
+    legacy_port: int = 0
 
     @property
     def access_log(self) -> Path:
@@ -188,12 +201,28 @@ class Nginx:
     def stderr(self) -> str:
         return (self.prefix / "nginx.stderr").read_text(errors="replace")
 
+    def error_log(self) -> str:
+        """The site's own error log (aibots.kz.error.log), empty before its first line."""
+        path = self.prefix / "logs" / "aibots.kz.error.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
     def pids(self) -> list[int]:
         """The master and its workers."""
         return [self.process.pid, *procs.children(self.process.pid)]
 
     def stop(self) -> None:
         procs.terminate(self.process)
+
+
+@dataclass
+class Layout:
+    """A private copy of Debian's /etc/nginx with the project's files in it."""
+
+    prefix: Path
+    conf: Path
+    port: int
+    legacy_port: int
+    ipv6: bool
 
 
 def write_config(
@@ -203,31 +232,50 @@ def write_config(
     allow: Path | None = None,
     *,
     lift_rate_limit: bool = False,
-) -> tuple[Path, int, bool]:
-    for sub in ("logs", "tmp", "allow"):
+) -> Layout:
+    """Debian's layout under `prefix`: nginx.conf, conf.d/, snippets/, sites-available/ and
+    sites-enabled/ with both project sites linked."""
+    for sub in ("logs", "tmp", "aibots.kz.d", "conf.d", "snippets", "sites-available",
+                "sites-enabled"):  # fmt: skip
         (prefix / sub).mkdir(parents=True, exist_ok=True)
-    port = free_port()
+    port, legacy_port = free_port(), free_port()
     ipv6 = ipv6_loopback()
-    site = prefix / "aibots.kz.conf"
-    site.write_text(
-        render_site(
-            port=port,
-            upstream=upstream,
-            certs=certs,
-            logs=prefix / "logs",
-            allow=allow or prefix / "allow",
-            ipv6=ipv6,
-            lift_rate_limit=lift_rate_limit,
-        )
-    )
+    allow = allow or prefix / "aibots.kz.d"
+    paths = {
+        CERTS_PATH: f"{certs}/",
+        LOGS_PATH: f"{prefix}/logs/",
+        ALLOW_PATH: f"{allow}/",
+        SNIPPETS_PATH: f"{prefix}/snippets/",
+    }
+    # Without IPv6 on loopback (some containers) the IPv6 listeners are left out.
+    no_v6 = "# (no IPv6 loopback here)"
+    site = render(SITE, {
+        LISTEN_V4: f"listen 127.0.0.1:{port} ssl;",
+        LISTEN_V6: f"listen [::1]:{port} ssl;" if ipv6 else no_v6,
+        **paths,
+    })  # fmt: skip
+    if lift_rate_limit:
+        assert RATE_LIMIT in site, f"{RATE_LIMIT!r} is gone from {SITE.name}: update this module"
+        site = site.replace(RATE_LIMIT, RATE_LIMIT_LIFTED)
+    legacy = render(LEGACY, {
+        LEGACY_V4: f"listen 127.0.0.1:{legacy_port};",
+        LEGACY_V6: f"listen [::1]:{legacy_port};" if ipv6 else no_v6,
+        LOGS_PATH: paths[LOGS_PATH],
+        ALLOW_PATH: paths[ALLOW_PATH],
+        SNIPPETS_PATH: paths[SNIPPETS_PATH],
+    })  # fmt: skip
+    servers = "\n    ".join(f"server 127.0.0.1:{p};" for p in _ports(upstream))
+    (prefix / "conf.d" / SHARED.name).write_text(render(SHARED, {UPSTREAM: servers}))
+    for snippet in SNIPPETS:
+        (prefix / "snippets" / snippet.name).write_text(render(snippet, {}))
+    for source, text in ((SITE, site), (LEGACY, legacy)):
+        (prefix / "sites-available" / source.name).write_text(text)
+        link = prefix / "sites-enabled" / source.name
+        if not link.is_symlink():
+            link.symlink_to(f"../sites-available/{source.name}")
     conf = prefix / "nginx.conf"
-    # As root, nginx's workers would drop to `nobody`, who cannot enter pytest's private
-    # temporary directories (request bodies over 1 MiB are buffered there).
-    user = "user root;" if os.geteuid() == 0 else ""
-    mime = Path("/etc/nginx/mime.types")
-    mime_types = f"include {mime};" if mime.is_file() else ""
-    conf.write_text(WRAPPER.format(user=user, prefix=prefix, site=site, mime_types=mime_types))
-    return conf, port, ipv6
+    conf.write_text(render_nginx_conf(prefix))
+    return Layout(prefix, conf, port, legacy_port, ipv6)
 
 
 def nginx_test(conf: Path) -> subprocess.CompletedProcess[str]:
@@ -248,24 +296,24 @@ def running_nginx(
     *,
     lift_rate_limit: bool = False,
 ) -> Iterator[Nginx]:
-    """nginx with the site in front of `upstream` (one port, or several for one upstream)."""
-    conf, port, ipv6 = write_config(prefix, certs, upstream, allow, lift_rate_limit=lift_rate_limit)
-    checked = nginx_test(conf)
+    """nginx with both sites in front of `upstream` (one port, or several for one upstream)."""
+    layout = write_config(prefix, certs, upstream, allow, lift_rate_limit=lift_rate_limit)
+    checked = nginx_test(layout.conf)
     assert checked.returncode == 0, checked.stderr
     with (prefix / "nginx.stderr").open("wb") as stderr:
         process = subprocess.Popen(
-            [nginx_binary(), "-p", str(prefix), "-c", str(conf), "-g", "daemon off;"],
+            [nginx_binary(), "-p", str(prefix), "-c", str(layout.conf), "-g", "daemon off;"],
             stdout=subprocess.DEVNULL,
             stderr=stderr,
         )
-    server = Nginx(prefix, port, ipv6, process, rate_limit_lifted=lift_rate_limit)
+    server = Nginx(prefix, layout.port, layout.ipv6, process, lift_rate_limit, layout.legacy_port)
     try:
 
         def listening() -> bool:
             if process.poll() is not None:
                 raise AssertionError(f"nginx exited: {server.stderr()}")
             with socket.socket() as probe:
-                return probe.connect_ex(("127.0.0.1", port)) == 0
+                return probe.connect_ex(("127.0.0.1", layout.port)) == 0
 
         wait_until(listening, 10, what="nginx")
         yield server
