@@ -10,7 +10,7 @@ from __future__ import annotations
 import enum
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, cast
 from urllib.parse import parse_qsl
 
@@ -21,7 +21,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from service.fal.payload import Event, EventStatus, PayloadError, parse_body, parse_event
 from service.jobs import training
 from service.jobs.registry import ENQUEUED, Handler, JobKind, Plan, Source, Subject
-from service.store.dialect import Step, StepContext, dialect_of
+from service.store.dialect import Chain, Step, StepContext, dialect_of
+from service.store.direct import DirectTransaction
 from service.store.models import FalJob, UTCDateTime, WebhookEvent, utcnow
 
 log = structlog.get_logger(__name__)
@@ -112,6 +113,35 @@ async def ingest(session: AsyncSession, delivery: Delivery) -> Result:
     event = delivery.event
     dialect = dialect_of(session)
     found = await _match(session, event)
+    chain, params, result = _prepare(delivery, found)
+    # On PostgreSQL the event, the change and the outbox row go as one statement.
+    written = await dialect.write_chain(session, chain, params)
+    return _answer(result, written)
+
+
+async def ingest_matched(tx: DirectTransaction, delivery: Delivery) -> Result | None:
+    """The webhook's common case on the driver's connection: the event's job is registered.
+
+    The job is looked up under its subject's row lock (the first exchange, with BEGIN); the
+    chain goes with the COMMIT (the second), and the answer is read after it. None when no job
+    is registered for the request id: the caller then runs `ingest` on a session, where the
+    unmatched path takes the registration lock.
+    """
+    for handler in HANDLERS.values():
+        subject = await handler.by_request(tx, delivery.event.request_id)
+        if subject is not None:
+            chain, params, planned = _prepare(delivery, (handler, subject))
+            sent = await tx.dialect.send_chain(tx, chain, params)
+            await tx.commit()
+            return _answer(planned, dict(await sent.one()))
+    return None
+
+
+def _prepare(
+    delivery: Delivery, found: tuple[Handler[Any], Subject] | None
+) -> tuple[Chain, dict[str, dict[str, Any]], Result]:
+    """The writes for the event and its matched job (or none), and the answer if they all go."""
+    event = delivery.event
     now = utcnow()
     target: Subject | None = None
     if found is None:
@@ -121,11 +151,12 @@ async def ingest(session: AsyncSession, delivery: Delivery) -> Result:
         handler, target = found
         plan = handler.plan(target, event, now)
         outcome = Outcome.RECEIVED if plan.transition or _is_news(event) else Outcome.IGNORED
+    avatar_id = target.id if target else None
     record = {
         "dedupe_key": delivery.dedupe_key,
         "request_id": event.request_id,
         # The subject's id (a training's avatar); a generation will need its own column.
-        "avatar_id": target.id if target else None,
+        "avatar_id": avatar_id,
         "status": event.status.value,
         "outcome": outcome.value,
         "signed": delivery.signed,
@@ -138,16 +169,16 @@ async def ingest(session: AsyncSession, delivery: Delivery) -> Result:
         "received_at": now,
         "applied_at": now if target else None,
     }
-    # On PostgreSQL the event, the change and the outbox row go as one statement.
-    written = await dialect.write_chain(
-        session, (RECORD, *plan.steps), {RECORD.name: record, **plan.params}
-    )
-    avatar_id = target.id if target else None
+    result = Result(outcome, event.request_id, avatar_id, plan.transition)
+    return (RECORD, *plan.steps), {RECORD.name: record, **plan.params}, result
+
+
+def _answer(planned: Result, written: dict[str, int]) -> Result:
     if not written[RECORD.name]:
         # Nothing else has been written in this transaction, so answering now changes nothing.
-        return Result(Outcome.DUPLICATE, event.request_id, avatar_id)
+        return Result(Outcome.DUPLICATE, planned.request_id, planned.avatar_id)
     enqueued = written.get(ENQUEUED, 0) > 0
-    return Result(outcome, event.request_id, avatar_id, plan.transition, enqueued)
+    return replace(planned, notification_enqueued=enqueued)
 
 
 def _is_news(event: Event) -> bool:

@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.fal.payload import Event
 from service.store.dialect import Chain
+from service.store.direct import DirectTransaction
 from service.store.models import FalJob
 
 
@@ -60,8 +61,11 @@ S = TypeVar("S", bound=Subject)
 class Handler(Protocol[S]):
     """One kind of job: how an event finds its subject, and what it does to it."""
 
-    async def by_request(self, session: AsyncSession, request_id: str) -> S | None:
-        """The subject of the registered job `request_id`, locked until commit."""
+    async def by_request(
+        self, session: AsyncSession | DirectTransaction, request_id: str
+    ) -> S | None:
+        """The subject of the registered job `request_id`, locked until commit (on the
+        session, or on the driver's connection for the webhook's hot path)."""
 
     async def by_hint(self, session: AsyncSession, event: Event) -> S | None:
         """The subject the event names itself (an `?avatar_id=`), for a job not registered."""

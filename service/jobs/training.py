@@ -16,6 +16,7 @@ from service.jobs.registry import ENQUEUED, JobKind, Plan
 from service.jobs.states import AvatarStatus, Change, transition
 from service.outbox.messages import OUTBOX_CHANNEL, Message, row_values
 from service.store.dialect import Step, StepContext
+from service.store.direct import DirectTransaction
 from service.store.models import Avatar, FalJob, Notification, TrainingData, User, UTCDateTime
 
 log = structlog.get_logger("service.jobs.ingest")
@@ -77,8 +78,11 @@ BY_AVATAR = (
 )
 
 
-async def _find(session: AsyncSession, query: Any, key: str) -> Target | None:
-    row = (await session.execute(query, {"key": key})).mappings().one_or_none()
+async def _find(session: AsyncSession | DirectTransaction, query: Any, key: str) -> Target | None:
+    if isinstance(session, DirectTransaction):
+        row: Any = await session.first(query, {"key": key})
+    else:
+        row = (await session.execute(query, {"key": key})).mappings().one_or_none()
     if row is None:
         return None
     return Target(**{**row, "status": AvatarStatus(row["status"])})
@@ -87,7 +91,9 @@ async def _find(session: AsyncSession, query: Any, key: str) -> Target | None:
 class Trainings:
     """The handler of the kind `training` (service.jobs.registry.Handler)."""
 
-    async def by_request(self, session: AsyncSession, request_id: str) -> Target | None:
+    async def by_request(
+        self, session: AsyncSession | DirectTransaction, request_id: str
+    ) -> Target | None:
         """The avatar whose registered training is `request_id`."""
         return await _find(session, BY_REQUEST, request_id)
 

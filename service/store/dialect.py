@@ -14,7 +14,7 @@ import functools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from sqlalchemy import (
     BindParameter,
@@ -60,6 +60,8 @@ class Dialect:
     outbox_poll_seconds: float
     # Data-modifying CTEs: a chain of writes goes to the server as one statement.
     combines_writes: bool
+    # The webhook's hot path may run on the driver's own connections (store/direct.py).
+    direct_driver: bool = False
 
     def async_url(self, database_url: str) -> URL:
         driver = "sqlite+aiosqlite" if self.name == "sqlite" else "postgresql+psycopg"
@@ -149,6 +151,18 @@ class Dialect:
                 break
         return written
 
+    async def send_chain(
+        self, tx: Sends, chain: Chain, params: Mapping[str, Mapping[str, Any]]
+    ) -> Any:
+        """`chain` as one statement queued on a direct transaction (write_chain's answer,
+        read after the commit); only where chains combine."""
+        assert self.combines_writes, "a chain goes as one statement only where writes combine"
+        return await tx.send(_combined(self, chain), _flat(params))
+
+
+class Sends(Protocol):
+    async def send(self, statement: Any, params: Mapping[str, Any]) -> Any: ...
+
 
 POSTGRESQL = Dialect(
     "postgresql",
@@ -156,6 +170,7 @@ POSTGRESQL = Dialect(
     wakes_on_commit=True,
     outbox_poll_seconds=1.0,
     combines_writes=True,
+    direct_driver=True,
 )
 # SQLite cannot wake a process from another one: poll often (a cheap indexed query).
 SQLITE = Dialect(
@@ -246,12 +261,16 @@ def _combined(dialect: Dialect, chain: Chain) -> Any:
     )
 
 
+def is_retryable_sqlstate(sqlstate: str | None) -> bool:
+    return sqlstate in _RETRYABLE_SQLSTATES
+
+
 def is_retryable(exc: BaseException) -> bool:
     """Lock contention or a serialization conflict, in either dialect's words."""
     if not isinstance(exc, DBAPIError):
         return False
     orig = exc.orig
-    if getattr(orig, "sqlstate", None) in _RETRYABLE_SQLSTATES:
+    if is_retryable_sqlstate(getattr(orig, "sqlstate", None)):
         return True
     text = str(orig).lower()
     return "database is locked" in text or "database is busy" in text
