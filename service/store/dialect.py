@@ -276,6 +276,11 @@ def is_retryable(exc: BaseException) -> bool:
     return "database is locked" in text or "database is busy" in text
 
 
+# Every SQLite connection's settings (the benchmark's SQLite floor uses the same). FULL: an
+# acknowledged webhook survives power loss, not only a process crash.
+SQLITE_PRAGMAS = ("journal_mode=WAL", "synchronous=FULL", "foreign_keys=ON", "busy_timeout=5000")
+
+
 def _tune_sqlite(engine: AsyncEngine) -> None:
     @event.listens_for(engine.sync_engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -284,11 +289,8 @@ def _tune_sqlite(engine: AsyncEngine) -> None:
         # "database is locked" when a reader tries to become a writer.
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
-        # FULL: an acknowledged webhook survives power loss, not only a process crash.
-        cursor.execute("PRAGMA synchronous=FULL")
-        cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.execute("PRAGMA busy_timeout=5000")
+        for pragma in SQLITE_PRAGMAS:
+            cursor.execute(f"PRAGMA {pragma}")
         cursor.close()
 
     @event.listens_for(engine.sync_engine, "begin")
