@@ -12,8 +12,9 @@ import psycopg
 import pytest
 
 from service.fal.payload import parse_body, parse_event
-from service.jobs.ingest import Delivery, Outcome, Result, ingest_matched
-from service.store.direct import DirectPool, DirectTransaction, open_direct
+from service.jobs import training
+from service.jobs.ingest import Delivery, Outcome, Result, _prepare, ingest_matched
+from service.store.direct import DirectConnection, DirectPool, open_direct
 from service.store.engine import DatabaseUnavailable
 from service.store.models import Notification, WebhookEvent
 from tests.support.servers import free_port
@@ -44,8 +45,8 @@ def on_pool(url: str, use: Callable[[DirectPool], Awaitable[T]], size: int = 10)
 def matched(pool: DirectPool, body: bytes) -> Awaitable[Result | None]:
     arrived = delivery(body)
 
-    async def work(tx: DirectTransaction) -> Result | None:
-        return await ingest_matched(tx, arrived)
+    async def work(db: DirectConnection) -> Result | None:
+        return await ingest_matched(db, arrived)
 
     return pool.run(work)
 
@@ -121,3 +122,28 @@ def test_connections_killed_under_the_pool_give_one_503_then_reconnect(postgres_
     failed, after = on_pool(url, around_a_restart)
     assert failed != "no error"
     assert after is not None and after.outcome is Outcome.RECEIVED
+
+
+def test_a_write_planned_on_a_state_that_has_moved_writes_nothing(postgres_url: str) -> None:
+    """The guard: between the unlocked read and the write another event moved the avatar."""
+    url = migrated(postgres_url)
+    avatar_id = make_avatar(url, "rid-d5")
+    arrived = delivery(fal_ok("rid-d5"))
+
+    async def stale_write(pool: DirectPool) -> dict[str, int]:
+        async with pool.connection() as db:
+            read = await training.HANDLER.by_request(db, "rid-d5")
+            assert read is not None and read.status.value == "training"
+            with psycopg.connect(url, autocommit=True) as other:
+                other.execute("UPDATE avatars SET progress = 40 WHERE id = %s", (avatar_id,))
+            chain, params, _ = _prepare(arrived, (training.HANDLER, read))
+            guard, seen = training.HANDLER.unmoved(read)
+            return await db.dialect.write_guarded(db, guard, chain, {**params, guard.name: seen})
+
+    written = on_pool(url, stale_write)
+    assert written == {"unmoved": 0, "recorded": 0, "changed": 0, "unzipped": 0, "enqueued": 0}
+    assert count(url, WebhookEvent) == 0 and count(url, Notification) == 0
+    # Read again, the same completion goes through.
+    again = on_pool(url, lambda pool: matched(pool, fal_ok("rid-d5")))
+    assert again is not None and again.outcome is Outcome.RECEIVED
+    assert avatar(url, "rid-d5")["status"] == "completed"

@@ -22,7 +22,7 @@ from service.fal.payload import Event, EventStatus, PayloadError, parse_body, pa
 from service.jobs import training
 from service.jobs.registry import ENQUEUED, Handler, JobKind, Plan, Source, Subject
 from service.store.dialect import Chain, Step, StepContext, dialect_of
-from service.store.direct import DirectTransaction
+from service.store.direct import DirectConnection
 from service.store.models import FalJob, UTCDateTime, WebhookEvent, utcnow
 
 log = structlog.get_logger(__name__)
@@ -78,9 +78,10 @@ EVENT_COLUMNS = (
 
 
 def _record(ctx: StepContext) -> Any:
+    chosen = select(*(ctx.param(c, events.c[c].type) for c in EVENT_COLUMNS)).where(ctx.gate)
     return (
         ctx.dialect.insert(events)
-        .values({c: ctx.param(c, events.c[c].type) for c in EVENT_COLUMNS})
+        .from_select(EVENT_COLUMNS, chosen)
         .on_conflict_do_nothing(index_elements=["dedupe_key"])
         .returning(events.c.id)
     )
@@ -119,21 +120,30 @@ async def ingest(session: AsyncSession, delivery: Delivery) -> Result:
     return _answer(result, written)
 
 
-async def ingest_matched(tx: DirectTransaction, delivery: Delivery) -> Result | None:
+# How often the direct path reads again when another event moved the job's subject between
+# its read and its write; then the session path (which waits on the row lock) takes over.
+_DIRECT_TRIES = 3
+
+
+async def ingest_matched(db: DirectConnection, delivery: Delivery) -> Result | None:
     """The webhook's common case on the driver's connection: the event's job is registered.
 
-    The job is looked up under its subject's row lock (the first exchange, with BEGIN); the
-    chain goes with the COMMIT (the second), and the answer is read after it. None when no job
-    is registered for the request id: the caller then runs `ingest` on a session, where the
-    unmatched path takes the registration lock.
+    A read (no lock), the plan, then one statement that locks the subject, checks it has not
+    moved since the read, and writes the chain: its own transaction, committed before it
+    answers. None when no job is registered for the request id (or the subject kept moving):
+    the caller then runs `ingest` on a session, where the unmatched path takes the
+    registration lock.
     """
-    for handler in HANDLERS.values():
-        subject = await handler.by_request(tx, delivery.event.request_id)
-        if subject is not None:
-            chain, params, planned = _prepare(delivery, (handler, subject))
-            sent = await tx.dialect.send_chain(tx, chain, params)
-            await tx.commit()
-            return _answer(planned, dict(await sent.one()))
+    for _ in range(_DIRECT_TRIES):
+        found = await _by_request(db, delivery.event.request_id)
+        if found is None:
+            return None
+        handler, subject = found
+        chain, params, planned = _prepare(delivery, found)
+        guard, unmoved = handler.unmoved(subject)
+        written = await db.dialect.write_guarded(db, guard, chain, {**params, guard.name: unmoved})
+        if written[guard.name]:
+            return _answer(planned, written)
     return None
 
 
@@ -202,7 +212,7 @@ async def _match(session: AsyncSession, event: Event) -> tuple[Handler[Any], Sub
 
 
 async def _by_request(
-    session: AsyncSession, request_id: str
+    session: AsyncSession | DirectConnection, request_id: str
 ) -> tuple[Handler[Any], Subject] | None:
     # One query per kind (one, today), each joining the registry to its own subject's table,
     # so that the matched path stays a single look-up.

@@ -39,7 +39,7 @@ Q = TypeVar("Q", bound=Select[Any])
 
 # psycopg's SQLSTATEs that mean "run the same transaction again": serialization failure,
 # deadlock. SQLite says "database is locked" / "busy" instead.
-_RETRYABLE_SQLSTATES = {"40001", "40P01"}
+RETRYABLE_SQLSTATES = frozenset({"40001", "40P01"})
 
 
 def _url(database_url: str) -> URL:
@@ -151,17 +151,17 @@ class Dialect:
                 break
         return written
 
-    async def send_chain(
-        self, tx: Sends, chain: Chain, params: Mapping[str, Mapping[str, Any]]
-    ) -> Any:
-        """`chain` as one statement queued on a direct transaction (write_chain's answer,
-        read after the commit); only where chains combine."""
-        assert self.combines_writes, "a chain goes as one statement only where writes combine"
-        return await tx.send(_combined(self, chain), _flat(params))
+    async def write_guarded(
+        self, runner: Runs, guard: Step, chain: Chain, params: Mapping[str, Mapping[str, Any]]
+    ) -> dict[str, int]:
+        """`chain` as one statement (in autocommit mode its own transaction) that writes only
+        if `guard`, a SELECT ... FOR UPDATE of what the plan was made from, finds its row."""
+        assert self.combines_writes, "a guarded chain needs data-modifying CTEs"
+        return dict(await runner.one(_combined(self, chain, guard), _flat(params)))
 
 
-class Sends(Protocol):
-    async def send(self, statement: Any, params: Mapping[str, Any]) -> Any: ...
+class Runs(Protocol):
+    async def one(self, statement: Any, params: Mapping[str, Any]) -> Mapping[str, Any]: ...
 
 
 POSTGRESQL = Dialect(
@@ -206,8 +206,8 @@ class StepContext:
 
     dialect: Dialect
     step: str
-    # True only when the chain's first write wrote a row: a step that is not the first puts
-    # it in its WHERE (an INSERT through `from_select`).
+    # True only when the chain's first write wrote a row (for the first: when the guard found
+    # its row): a step puts it in its WHERE (an INSERT through `from_select`).
     gate: ColumnElement[bool]
 
     def param(self, name: str, type_: TypeEngine[Any] | None = None) -> BindParameter[Any]:
@@ -242,27 +242,29 @@ def _single(dialect: Dialect, step: Step) -> Any:
 
 
 @functools.cache
-def _combined(dialect: Dialect, chain: Chain) -> Any:
-    """The chain as one statement of data-modifying CTEs, answering each step's row count.
+def _combined(dialect: Dialect, chain: Chain, guard: Step | None = None) -> Any:
+    """The chain as one statement of data-modifying CTEs, answering each step's row count;
+    the first write gated by the guard's row, if any, and the others by the first's.
 
     Built once per chain: SQLAlchemy then reuses its compiled form.
     """
     first, *rest = chain
-    recorded = first.build(StepContext(dialect, first.name, true())).cte(f"w_{first.name}")
+    steps, ctes = list(chain), []
+    if guard is not None:
+        steps.insert(0, guard)
+        ctes.append(guard.build(StepContext(dialect, guard.name, true())).cte(f"w_{guard.name}"))
+    gate = exists(select(literal(1)).select_from(ctes[0])) if ctes else true()
+    recorded = first.build(StepContext(dialect, first.name, gate)).cte(f"w_{first.name}")
     gate = exists(select(literal(1)).select_from(recorded))
-    ctes = [recorded] + [
+    ctes += [recorded] + [
         step.build(StepContext(dialect, step.name, gate)).cte(f"w_{step.name}") for step in rest
     ]
     return select(
         *(
             select(func.count()).select_from(cte).scalar_subquery().label(step.name)
-            for step, cte in zip(chain, ctes, strict=True)
+            for step, cte in zip(steps, ctes, strict=True)
         )
     )
-
-
-def is_retryable_sqlstate(sqlstate: str | None) -> bool:
-    return sqlstate in _RETRYABLE_SQLSTATES
 
 
 def is_retryable(exc: BaseException) -> bool:
@@ -270,7 +272,7 @@ def is_retryable(exc: BaseException) -> bool:
     if not isinstance(exc, DBAPIError):
         return False
     orig = exc.orig
-    if is_retryable_sqlstate(getattr(orig, "sqlstate", None)):
+    if getattr(orig, "sqlstate", None) in RETRYABLE_SQLSTATES:
         return True
     text = str(orig).lower()
     return "database is locked" in text or "database is busy" in text

@@ -2,10 +2,10 @@
 
 SQLAlchemy's session costs the webhook a fifth of a worker's time and two round trips (BEGIN,
 COMMIT) of its own. Here the same SQLAlchemy statements, compiled once, run on bare psycopg
-connections in pipeline mode: BEGIN goes out with the first statement, COMMIT with the last,
-so a matched webhook is two network exchanges. psycopg prepares a statement on the server after
-its fifth use on a connection. Everything else (migrations, the bot, operator commands, the
-rare webhook that finds no job) keeps the session.
+connections in autocommit mode, where each statement is its own transaction: a matched webhook
+is a read and one guarded write (store/dialect.py's `write_guarded`), two exchanges. psycopg
+prepares a statement on the server after its fifth use on a connection. Everything else
+(migrations, the bot, operator commands, the rare webhook that finds no job) keeps the session.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from sqlalchemy.dialects.postgresql import psycopg as sa_psycopg
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.sql.compiler import SQLCompiler
 
-from service.store.dialect import Dialect, dialect_for, is_retryable_sqlstate
+from service.store.dialect import RETRYABLE_SQLSTATES, Dialect, dialect_for
 from service.store.engine import DatabaseUnavailable
 
 T = TypeVar("T")
@@ -49,48 +49,27 @@ def _bound(compiled: SQLCompiler, params: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-class Sent:
-    """A statement sent in the pipeline, its rows readable once the transaction has committed."""
-
-    def __init__(self, cursor: psycopg.AsyncCursor[dict[str, Any]]) -> None:
-        self._cursor = cursor
-
-    async def one(self) -> dict[str, Any]:
-        row = await self._cursor.fetchone()
-        assert row is not None, "a chain statement answers one row"
-        return row
-
-
-class DirectTransaction:
-    """One transaction on a psycopg connection in pipeline mode."""
+class DirectConnection:
+    """A psycopg connection in autocommit mode: every statement commits before it answers."""
 
     def __init__(self, connection: psycopg.AsyncConnection[Any], dialect: Dialect) -> None:
         self._connection = connection
         self.dialect = dialect
 
-    def _cursor(self) -> psycopg.AsyncCursor[dict[str, Any]]:
-        return self._connection.cursor(row_factory=dict_row)
-
     async def first(self, statement: Any, params: Mapping[str, Any]) -> dict[str, Any] | None:
-        """Run `statement` now (one exchange, with BEGIN if it is the first) and read a row.
+        """Run `statement` and read its first row, if any (one exchange).
 
         For statements whose columns need no conversion on the way out (text, numbers).
         """
         compiled = _compiled(statement)
-        cursor = self._cursor()
+        cursor = self._connection.cursor(row_factory=dict_row)
         await cursor.execute(compiled.string, _bound(compiled, params))
         return await cursor.fetchone()
 
-    async def send(self, statement: Any, params: Mapping[str, Any]) -> Sent:
-        """Queue `statement`; it reaches the server with the COMMIT, in the same exchange."""
-        compiled = _compiled(statement)
-        cursor = self._cursor()
-        await cursor.execute(compiled.string, _bound(compiled, params))
-        return Sent(cursor)
-
-    async def commit(self) -> None:
-        """COMMIT, with everything sent since the last exchange; rows of `send` readable after."""
-        await self._connection.commit()
+    async def one(self, statement: Any, params: Mapping[str, Any]) -> dict[str, Any]:
+        row = await self.first(statement, params)
+        assert row is not None, "the statement answers one row"
+        return row
 
 
 class DirectPool:
@@ -106,12 +85,14 @@ class DirectPool:
     async def _connect(self) -> psycopg.AsyncConnection[Any]:
         # The engine's own settings (dialect.py): a quick failure and a bound on every statement.
         return await psycopg.AsyncConnection.connect(
-            self._conninfo, connect_timeout=3, options="-c statement_timeout=10000"
+            self._conninfo,
+            autocommit=True,
+            connect_timeout=3,
+            options="-c statement_timeout=10000",
         )
 
     @contextlib.asynccontextmanager
-    async def transaction(self) -> AsyncIterator[DirectTransaction]:
-        """A transaction, committed (in the pipeline's last exchange) when the block exits."""
+    async def connection(self) -> AsyncIterator[DirectConnection]:
         try:
             # The engine waits as long for one of its connections (pool_timeout).
             await asyncio.wait_for(self._slots.acquire(), 10)
@@ -120,15 +101,7 @@ class DirectPool:
         connection: psycopg.AsyncConnection[Any] | None = None
         try:
             connection = self._idle.pop() if self._idle else await self._connect()
-            async with connection.pipeline():
-                yield DirectTransaction(connection, self.dialect)
-                # Whatever the block did not commit itself (a look-up that found nothing).
-                await connection.commit()
-        except BaseException:
-            if connection is not None and not connection.closed:
-                with contextlib.suppress(psycopg.Error):
-                    await connection.rollback()
-            raise
+            yield DirectConnection(connection, self.dialect)
         finally:
             if connection is not None:
                 self._put_back(connection)
@@ -148,19 +121,19 @@ class DirectPool:
             connection.pgconn.finish()
 
     async def run(
-        self, work: Callable[[DirectTransaction], Awaitable[T]], *, attempts: int = 8
+        self, work: Callable[[DirectConnection], Awaitable[T]], *, attempts: int = 8
     ) -> T:
-        """`work` in one transaction, again on a deadlock or serialization failure (as
+        """`work` on a connection, again on a deadlock or serialization failure (as
         store.engine.run_transaction); DatabaseUnavailable when the database is down."""
         for attempt in range(1, attempts + 1):
             try:
-                async with self.transaction() as tx:
-                    return await work(tx)
+                async with self.connection() as connection:
+                    return await work(connection)
             except psycopg.IntegrityError as exc:
                 # As the session reports it: the event breaks a rule of the stored data.
                 raise IntegrityError(None, None, exc) from exc
             except psycopg.Error as exc:
-                retryable = is_retryable_sqlstate(exc.sqlstate)
+                retryable = exc.sqlstate in RETRYABLE_SQLSTATES
                 if retryable and attempt < attempts:
                     await asyncio.sleep(min(0.5, 0.01 * 2**attempt) * random.uniform(0.5, 1.5))
                     continue

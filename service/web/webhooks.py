@@ -118,8 +118,9 @@ async def _handle(
 
 
 async def _ingest(runtime: Runtime, delivery: Delivery) -> Result:
-    """A registered job's event on the driver's connection (two exchanges) where the database
-    allows it; everything else, and every event on SQLite, in a session's transaction."""
+    """A registered job's event on the driver's connection (a read and one guarded write)
+    where the database allows it; everything else, and every event on SQLite, in a session's
+    transaction."""
     if runtime.direct is not None:
         matched = await runtime.direct.run(lambda tx: ingest_matched(tx, delivery))
         if matched is not None:
