@@ -22,17 +22,19 @@ py-spy and the summary says where the workers' time goes (--no-profile skips it)
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import json
 import os
 import shutil
+import sqlite3
 import ssl
 import subprocess
 import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,6 +46,7 @@ from bench.accounting import PidSource, Window, postgres_pids
 from bench.loadgen import WrkRun, find_wrk, run_wrk, write_feed
 from bench.processes import BotApiProcess, FloorServer
 from bench.report import markdown
+from service.store.engine import sqlite_path
 from tests.fakes.fal_keys import FalSigner, JwksServer
 from tests.support import postgres, procs
 from tests.support.nginx import dev_certs, find_nginx, running_nginx
@@ -86,10 +89,36 @@ def rss_mib(pids: list[int]) -> list[float]:
     return [round((procs.rss_bytes(pid) or 0) / MiB, 1) for pid in pids]
 
 
-def scalar(database_url: str, query: str) -> Any:
+def rows(database_url: str, query: str) -> list[tuple[Any, ...]]:
+    path = sqlite_path(database_url)
+    if path is not None:
+        with contextlib.closing(sqlite3.connect(path)) as db:
+            return list(db.execute(query))
     with psycopg.connect(database_url, autocommit=True) as conn:
-        row = conn.execute(query).fetchone()
-    return row[0] if row else None
+        return list(conn.execute(query))
+
+
+def scalar(database_url: str, query: str) -> Any:
+    found = rows(database_url, query)
+    return found[0][0] if found else None
+
+
+@contextlib.contextmanager
+def fresh_database(kind: str, prefix: str, work: Path) -> Iterator[str]:
+    """A new database of `kind` ("postgresql": on the running server; "sqlite": a file)."""
+    if kind == "sqlite":
+        yield f"sqlite:///{work}/{prefix}-{uuid.uuid4().hex[:8]}.db"
+        return
+    database = postgres.create_database(prefix)
+    try:
+        yield database
+    finally:
+        postgres.drop_database(database)
+
+
+def database_group(kind: str, database: str) -> dict[str, PidSource]:
+    # SQLite runs inside the workers: its CPU time is already gunicorn's.
+    return {"postgres": postgres_pids(database)} if kind == "postgresql" else {}
 
 
 @dataclass
@@ -110,32 +139,29 @@ class Bench:
             run = self.wrk(port, feed, self.args.duration)
         return phase_numbers(run, window)
 
-    def floor(self) -> dict[str, Any]:
-        database = postgres.create_database("aibots_bench_floor")
-        try:
-            with (
-                FloorServer(database, WORKERS) as floor,
-                running_nginx(
-                    self.work / "nginx-floor", self.certs, floor.port, lift_rate_limit=True
-                ) as nginx,
-            ):
-                # The floor keeps every request, repeats included: a small feed, wrapped, is
-                # as good as a long one (and the same bodies and headers as the product's).
-                feed = self.work / "floor.tsv"
-                fake = [Training(0, str(uuid.uuid4()), "", "") for _ in range(5000)]
-                write_feed(feed, fake, self.signer)
-                self.wrk(nginx.port, feed, WARMUP_SECONDS)
-                groups: dict[str, PidSource] = {
-                    "nginx": nginx.pids,
-                    "gunicorn": floor.pids,
-                    "postgres": postgres_pids(database),
-                }
-                phase = self.measure(nginx.port, feed, groups)
-                phase["worker_rss_mib"] = rss_mib(procs.children(floor.pid))
-                phase["rows"] = scalar(database, "SELECT count(*) FROM floor_events")
-                return phase
-        finally:
-            postgres.drop_database(database)
+    def floor(self, kind: str) -> dict[str, Any]:
+        with (
+            fresh_database(kind, "aibots_bench_floor", self.work) as database,
+            FloorServer(database, WORKERS) as floor,
+            running_nginx(
+                self.work / f"nginx-floor-{kind}", self.certs, floor.port, lift_rate_limit=True
+            ) as nginx,
+        ):
+            # The floor keeps every request, repeats included: a small feed, wrapped, is
+            # as good as a long one (and the same bodies and headers as the product's).
+            feed = self.work / "floor.tsv"
+            fake = [Training(0, str(uuid.uuid4()), "", "") for _ in range(5000)]
+            write_feed(feed, fake, self.signer)
+            self.wrk(nginx.port, feed, WARMUP_SECONDS)
+            groups: dict[str, PidSource] = {
+                "nginx": nginx.pids,
+                "gunicorn": floor.pids,
+                **database_group(kind, database),
+            }
+            phase = self.measure(nginx.port, feed, groups)
+            phase["worker_rss_mib"] = rss_mib(procs.children(floor.pid))
+            phase["rows"] = scalar(database, "SELECT count(*) FROM floor_events")
+            return phase
 
     def service_env(self, database: str, bot: BotApiProcess, **extra: str) -> dict[str, str]:
         return {
@@ -149,57 +175,48 @@ class Bench:
         }
 
     def product(
-        self, floor_per_second: float, profile: Callable[[dict[str, Any]], bool]
+        self, kind: str, floor_per_second: float, profile: Callable[[dict[str, Any]], bool]
     ) -> dict[str, Any]:
-        database = postgres.create_database("aibots_bench_product")
-        try:
-            with (
-                BotApiProcess(TOKEN, self.work / "product-messages.jsonl") as bot,
-                running_stack(
-                    self.work / "nginx-product",
-                    self.certs,
-                    self.context,
-                    self.service_env(database, bot),
-                    workers=WORKERS,
-                    lift_rate_limit=True,
-                ) as stack,
-            ):
-                # Enough distinct completions that wrk never repeats one at the floor's pace
-                # (repeats would be answered as cheap duplicates).
-                warm = int(floor_per_second * WARMUP_SECONDS * 1.2) + 200
-                measured = min(200_000, int(floor_per_second * self.args.duration * 1.2) + 1000)
-                trainings = seed_trainings(database, warm + 2 * measured, first_chat=10_000_000)
-                feed = self.work / "product-warm.tsv"
-                write_feed(feed, trainings[:warm], self.signer)
-                self.wrk(stack.port, feed, WARMUP_SECONDS)
-                write_feed(feed, trainings[warm : warm + measured], self.signer)
-                phase = self.measure(stack.port, feed, self.product_groups(stack, database))
-                phase["worker_rss_mib"] = rss_mib(stack.workers())
-                with psycopg.connect(database, autocommit=True) as conn:
-                    phase["outcomes"] = dict(
-                        conn.execute("SELECT outcome, count(*) FROM webhook_events GROUP BY 1")
-                    )
-                phase["notifications_enqueued"] = scalar(
-                    database, "SELECT count(*) FROM notifications"
-                )
-                if profile(phase):
-                    write_feed(feed, trainings[warm + measured :], self.signer)
-                    phase["profile"] = self.profile(stack, feed)
-                return phase
-        finally:
-            postgres.drop_database(database)
+        with (
+            fresh_database(kind, "aibots_bench_product", self.work) as database,
+            BotApiProcess(TOKEN, self.work / f"product-messages-{kind}.jsonl") as bot,
+            running_stack(
+                self.work / f"nginx-product-{kind}",
+                self.certs,
+                self.context,
+                self.service_env(database, bot),
+                workers=WORKERS,
+                lift_rate_limit=True,
+            ) as stack,
+        ):
+            # Enough distinct completions that wrk never repeats one at the floor's pace
+            # (repeats would be answered as cheap duplicates).
+            warm = int(floor_per_second * WARMUP_SECONDS * 1.2) + 200
+            measured = min(200_000, int(floor_per_second * self.args.duration * 1.2) + 1000)
+            trainings = seed_trainings(database, warm + 2 * measured, first_chat=10_000_000)
+            feed = self.work / "product-warm.tsv"
+            write_feed(feed, trainings[:warm], self.signer)
+            self.wrk(stack.port, feed, WARMUP_SECONDS)
+            write_feed(feed, trainings[warm : warm + measured], self.signer)
+            groups: dict[str, PidSource] = {
+                "nginx": stack.nginx.pids,
+                "gunicorn": lambda: [app.pid for app in stack.apps] + stack.workers(),
+                **database_group(kind, database),
+            }
+            phase = self.measure(stack.port, feed, groups)
+            phase["worker_rss_mib"] = rss_mib(stack.workers())
+            outcomes = rows(database, "SELECT outcome, count(*) FROM webhook_events GROUP BY 1")
+            phase["outcomes"] = dict(outcomes)
+            phase["notifications_enqueued"] = scalar(database, "SELECT count(*) FROM notifications")
+            if profile(phase):
+                write_feed(feed, trainings[warm + measured :], self.signer)
+                phase["profile"] = self.profile(stack, feed, kind)
+            return phase
 
-    def product_groups(self, stack: Stack, database: str) -> dict[str, PidSource]:
-        return {
-            "nginx": stack.nginx.pids,
-            "gunicorn": lambda: [app.pid for app in stack.apps] + stack.workers(),
-            "postgres": postgres_pids(database),
-        }
-
-    def profile(self, stack: Stack, feed: Path) -> dict[str, Any]:
+    def profile(self, stack: Stack, feed: Path, kind: str) -> dict[str, Any]:
         seconds = min(20, self.args.duration)
         # The raw stacks are kept beside the results (flamegraph.pl reads them as they are).
-        out = RESULTS / "py-spy"
+        out = RESULTS / "py-spy" / kind
         shutil.rmtree(out, ignore_errors=True)
         out.mkdir(parents=True)
         started = profiling.start(stack.workers(), seconds, out)
@@ -238,11 +255,19 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     ratios, steady = results["ratios"], results["end_to_end"]["steady"]
     rss = results["product"]["worker_rss_mib"] + results["end_to_end"]["worker_rss_mib"]
     once = steady["received"] == steady["acknowledged"] and not steady["missing"]
+    lite = results["on_sqlite"]["ratios"]
+    cpu = results["product"]["cpu_ms_per_request"]["total"]
     return [
         {"target": "product throughput >= 0.6 x floor (goal 0.8)",
          "value": f"{ratios['throughput']:.2f} x", "met": ratios["throughput"] >= 0.6},
         {"target": "product p99 <= 1.5 x floor's",
          "value": f"{ratios['p99']:.2f} x", "met": ratios["p99"] <= 1.5},
+        {"target": "product CPU per webhook (nginx + gunicorn + PostgreSQL) <= 1.0 ms",
+         "value": f"{cpu:.2f} ms", "met": cpu <= 1.0},
+        {"target": "SQLite: product throughput >= 0.6 x SQLite floor",
+         "value": f"{lite['throughput']:.2f} x", "met": lite["throughput"] >= 0.6},
+        {"target": "SQLite: product p99 <= 1.5 x SQLite floor's",
+         "value": f"{lite['p99']:.2f} x", "met": lite["p99"] <= 1.5},
         {"target": "end to end median < 100 ms",
          "value": f"{steady['p50_ms']:.1f} ms", "met": steady["p50_ms"] < 100},
         {"target": "end to end p99 < 300 ms",
@@ -269,7 +294,12 @@ def notes(results: dict[str, Any], args: argparse.Namespace) -> list[str]:
         f"{product['requests']} measured requests plus the warm-up; "
         f"{product.get('notifications_enqueued')} notifications were enqueued.",
         f"Machine busy during the runs: floor {floor['machine_busy_percent']}%, product "
-        f"{product['machine_busy_percent']}% of {results['machine']['cpus']} cores; 'anything "
+        f"{product['machine_busy_percent']}% (SQLite: floor "
+        f"{results['on_sqlite']['floor']['machine_busy_percent']}%, product "
+        f"{results['on_sqlite']['product']['machine_busy_percent']}%) of "
+        f"{results['machine']['cpus']} cores; load average "
+        f"{' '.join(results['machine']['loadavg_at_start'])} at the start, "
+        f"{' '.join(results['machine']['loadavg_at_end'])} at the end; 'anything "
         "else' in the table is CPU used by other processes in the same window (the Bot API "
         "server, other users of the machine).",
     ]
@@ -292,6 +322,20 @@ def git_commit() -> str:
 
 def ratio(a: float | None, b: float | None) -> float | None:
     return round(a / b, 3) if a is not None and b else None
+
+
+def compare(floor: dict[str, Any], product: dict[str, Any]) -> dict[str, Any]:
+    measured = floor["cpu_ms_per_request"]
+    groups = [g for g in ("nginx", "gunicorn", "postgres", "total") if g in measured]
+    return {
+        "throughput": ratio(product["per_second"], floor["per_second"]),
+        "median": ratio(product["p50_ms"], floor["p50_ms"]),
+        "p99": ratio(product["p99_ms"], floor["p99_ms"]),
+        "cpu": {
+            group: ratio(product["cpu_ms_per_request"][group], floor["cpu_ms_per_request"][group])
+            for group in groups
+        },
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -324,26 +368,36 @@ def main(argv: list[str] | None = None) -> int:
         context = ssl.create_default_context(cafile=str(certs / "ca.crt"))
         bench = Bench(args, work, certs, context, signer, jwks)
 
-        print("floor ...", file=sys.stderr, flush=True)
-        floor = bench.floor()
+        can_profile = profiling.find_py_spy() is not None
+        pairs: dict[str, dict[str, Any]] = {}
+        for kind in ("postgresql", "sqlite"):
+            print(f"floor on {kind} ...", file=sys.stderr, flush=True)
+            floor = bench.floor(kind)
 
-        def wanted(product: dict[str, Any]) -> bool:
-            missed = (
-                product["per_second"] < 0.6 * floor["per_second"]
-                or product["p99_ms"] > 1.5 * floor["p99_ms"]
-            )
-            return args.profile or (missed and not args.no_profile)
+            def wanted(product: dict[str, Any], floor: dict[str, Any] = floor) -> bool:
+                missed = (
+                    product["per_second"] < 0.6 * floor["per_second"]
+                    or product["p99_ms"] > 1.5 * floor["p99_ms"]
+                )
+                return can_profile and (args.profile or (missed and not args.no_profile))
 
-        print("product ...", file=sys.stderr, flush=True)
-        product = bench.product(floor["per_second"], wanted)
+            print(f"product on {kind} ...", file=sys.stderr, flush=True)
+            product = bench.product(kind, floor["per_second"], wanted)
+            pairs[kind] = {"floor": floor, "product": product}
         print("end to end ...", file=sys.stderr, flush=True)
         end_to_end = bench.end_to_end()
 
+    pg, lite = pairs["postgresql"], pairs["sqlite"]
     results: dict[str, Any] = {
         "when": dt.datetime.fromtimestamp(started, dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "commit": git_commit(),
         "postgres": str(scalar(postgres.ADMIN_URL, "SHOW server_version")).split()[0],
-        "machine": {"cpus": os.cpu_count(), "loadavg_at_start": loadavg},
+        "sqlite": sqlite3.sqlite_version,
+        "machine": {
+            "cpus": os.cpu_count(),
+            "loadavg_at_start": loadavg,
+            "loadavg_at_end": Path("/proc/loadavg").read_text().split()[:3],
+        },
         "settings": {
             "command": "make bench" + (f" BENCH_ARGS='{' '.join(argv)}'" if argv else ""),
             "connections": args.connections,
@@ -355,23 +409,23 @@ def main(argv: list[str] | None = None) -> int:
             "e2e_seconds": args.e2e_seconds,
             "e2e_telegram_rate_per_second": args.e2e_telegram_rate,
         },
-        "floor": floor,
-        "product": {k: v for k, v in product.items() if k != "profile"},
-        "end_to_end": end_to_end,
-    }
-    results["ratios"] = {
-        "throughput": ratio(product["per_second"], floor["per_second"]),
-        "median": ratio(product["p50_ms"], floor["p50_ms"]),
-        "p99": ratio(product["p99_ms"], floor["p99_ms"]),
-        "cpu": {
-            group: ratio(product["cpu_ms_per_request"][group], floor["cpu_ms_per_request"][group])
-            for group in ("nginx", "gunicorn", "postgres", "total")
+        "floor": pg["floor"],
+        "product": {k: v for k, v in pg["product"].items() if k != "profile"},
+        "ratios": compare(pg["floor"], pg["product"]),
+        "on_sqlite": {
+            "floor": lite["floor"],
+            "product": {k: v for k, v in lite["product"].items() if k != "profile"},
+            "ratios": compare(lite["floor"], lite["product"]),
         },
+        "end_to_end": end_to_end,
     }
     results["targets"] = targets(results)
     results["notes"] = notes(results, args)
-    if "profile" in product:
-        results["profile"] = product["profile"]
+    if not can_profile and not args.no_profile:
+        results["notes"].append("py-spy is not installed (`make .venv/.installed`): no profile.")
+    for kind, pair in pairs.items():
+        if "profile" in pair["product"]:
+            results.setdefault("profiles", {})[kind] = pair["product"]["profile"]
 
     text = markdown(results)
     RESULTS.mkdir(exist_ok=True)

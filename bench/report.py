@@ -18,18 +18,9 @@ def _ratio(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}"
 
 
-def markdown(results: dict[str, Any]) -> str:
-    floor, product, ratios = results["floor"], results["product"], results["ratios"]
-    settings = results["settings"]
+def pair_table(floor: dict[str, Any], product: dict[str, Any], ratios: dict[str, Any]) -> list[str]:
+    """The floor against the product, one database: rates, latencies, CPU by process group."""
     lines = [
-        f"## Benchmark: {results['when']} (commit {results['commit']})",
-        "",
-        f"`{settings['command']}`: {settings['connections']} connections, "
-        f"{settings['threads']} wrk threads, {settings['duration']} s per measured run "
-        f"(after a {settings['warmup']} s warm-up), {settings['workers']} gunicorn workers, "
-        f"TLS through nginx with the project's site file, PostgreSQL {results['postgres']}, "
-        f"{results['machine']['cpus']} cores shared by everything.",
-        "",
         "| | floor | product | product/floor |",
         "|---|---:|---:|---:|",
         f"| requests/s | {floor['per_second']:.0f} | {product['per_second']:.0f} "
@@ -41,13 +32,15 @@ def markdown(results: dict[str, Any]) -> str:
         f"| max ms | {_ms(floor['max_ms'])} | {_ms(product['max_ms'])} | |",
         f"| errors (non-2xx, socket) | {floor['failed']} | {product['failed']} | |",
     ]
-    for group, label in (("nginx", "nginx"), ("gunicorn", "gunicorn (master + workers)"),
-                         ("postgres", "PostgreSQL (backends + writers)"),
-                         ("total", "all three")):  # fmt: skip
-        ratio = ratios["cpu"].get(group)
+    groups = (("nginx", "nginx"), ("gunicorn", "gunicorn (master + workers)"),
+              ("postgres", "PostgreSQL (backends + writers)"),
+              ("total", "all of these"))  # fmt: skip
+    for group, label in groups:
+        if group not in ratios["cpu"]:
+            continue
         lines.append(
             f"| CPU ms/request, {label} | {_cpu(floor, group)} | {_cpu(product, group)} "
-            f"| {_ratio(ratio)} |"
+            f"| {_ratio(ratios['cpu'][group])} |"
         )
     lines += [
         f"| CPU ms/request, wrk (load generator) | {_cpu(floor, 'wrk')} "
@@ -56,6 +49,29 @@ def markdown(results: dict[str, Any]) -> str:
         f"| {_cpu(product, 'other')} | |",
         f"| worker RSS after the run, MiB | {_rss(floor)} | {_rss(product)} | |",
         "",
+    ]
+    return lines
+
+
+def markdown(results: dict[str, Any]) -> str:
+    floor, product, ratios = results["floor"], results["product"], results["ratios"]
+    settings = results["settings"]
+    lite = results["on_sqlite"]
+    lines = [
+        f"## Benchmark: {results['when']} (commit {results['commit']})",
+        "",
+        f"`{settings['command']}`: {settings['connections']} connections, "
+        f"{settings['threads']} wrk threads, {settings['duration']} s per measured run "
+        f"(after a {settings['warmup']} s warm-up), {settings['workers']} gunicorn workers, "
+        f"TLS through nginx with the project's site file, PostgreSQL {results['postgres']}, "
+        f"{results['machine']['cpus']} cores shared by everything.",
+        "",
+        "PostgreSQL:",
+        "",
+        *pair_table(floor, product, ratios),
+        f"SQLite {results['sqlite']} (a file with the product's pragmas; its CPU is the workers'):",
+        "",
+        *pair_table(lite["floor"], lite["product"], lite["ratios"]),
     ]
     e2e = results.get("end_to_end")
     if e2e:
@@ -86,13 +102,10 @@ def markdown(results: dict[str, Any]) -> str:
     lines += [f"| {t['target']} | {t['value']} | {'yes' if t['met'] else 'NO'} |"
               for t in results["targets"]]  # fmt: skip
     lines += ["", *[f"- {note}" for note in results["notes"]]]
-    profile = results.get("profile")
-    if profile:
-        lines += ["", f"Profile of the product's workers ({profile['samples']} py-spy samples "
-                  "of on-CPU time, a separate run; raw stacks in "
-                  f"{profile.get('raw', 'the results folder')}). SQLAlchemy runs statements in "
-                  "greenlets, whose frames py-spy shows as stacks of their own, so database "
-                  "work is partly missing from our functions' inclusive shares:", ""]  # fmt: skip
+    for kind, profile in results.get("profiles", {}).items():
+        lines += ["", f"Profile of the product's workers on {kind} ({profile['samples']} py-spy "
+                  "samples of on-CPU time, a separate run; raw stacks in "
+                  f"{profile.get('raw', 'the results folder')}):", ""]  # fmt: skip
         sections = (
             ("by package (where the CPU was)", "by_package_percent"),
             ("our functions, inclusive", "our_functions_inclusive_percent"),

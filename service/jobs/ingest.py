@@ -10,7 +10,7 @@ from __future__ import annotations
 import enum
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, cast
 from urllib.parse import parse_qsl
 
@@ -21,7 +21,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from service.fal.payload import Event, EventStatus, PayloadError, parse_body, parse_event
 from service.jobs import training
 from service.jobs.registry import ENQUEUED, Handler, JobKind, Plan, Source, Subject
-from service.store.dialect import Step, StepContext, dialect_of
+from service.store.dialect import Chain, Step, StepContext, dialect_of
+from service.store.direct import DirectConnection
 from service.store.models import FalJob, UTCDateTime, WebhookEvent, utcnow
 
 log = structlog.get_logger(__name__)
@@ -77,9 +78,10 @@ EVENT_COLUMNS = (
 
 
 def _record(ctx: StepContext) -> Any:
+    chosen = select(*(ctx.param(c, events.c[c].type) for c in EVENT_COLUMNS)).where(ctx.gate)
     return (
         ctx.dialect.insert(events)
-        .values({c: ctx.param(c, events.c[c].type) for c in EVENT_COLUMNS})
+        .from_select(EVENT_COLUMNS, chosen)
         .on_conflict_do_nothing(index_elements=["dedupe_key"])
         .returning(events.c.id)
     )
@@ -112,6 +114,44 @@ async def ingest(session: AsyncSession, delivery: Delivery) -> Result:
     event = delivery.event
     dialect = dialect_of(session)
     found = await _match(session, event)
+    chain, params, result = _prepare(delivery, found)
+    # On PostgreSQL the event, the change and the outbox row go as one statement.
+    written = await dialect.write_chain(session, chain, params)
+    return _answer(result, written)
+
+
+# How often the direct path reads again when another event moved the job's subject between
+# its read and its write; then the session path (which waits on the row lock) takes over.
+_DIRECT_TRIES = 3
+
+
+async def ingest_matched(db: DirectConnection, delivery: Delivery) -> Result | None:
+    """The webhook's common case on the driver's connection: the event's job is registered.
+
+    A read (no lock), the plan, then one statement that locks the subject, checks it has not
+    moved since the read, and writes the chain: its own transaction, committed before it
+    answers. None when no job is registered for the request id (or the subject kept moving):
+    the caller then runs `ingest` on a session, where the unmatched path takes the
+    registration lock.
+    """
+    for _ in range(_DIRECT_TRIES):
+        found = await _by_request(db, delivery.event.request_id)
+        if found is None:
+            return None
+        handler, subject = found
+        chain, params, planned = _prepare(delivery, found)
+        guard, unmoved = handler.unmoved(subject)
+        written = await db.dialect.write_guarded(db, guard, chain, {**params, guard.name: unmoved})
+        if written[guard.name]:
+            return _answer(planned, written)
+    return None
+
+
+def _prepare(
+    delivery: Delivery, found: tuple[Handler[Any], Subject] | None
+) -> tuple[Chain, dict[str, dict[str, Any]], Result]:
+    """The writes for the event and its matched job (or none), and the answer if they all go."""
+    event = delivery.event
     now = utcnow()
     target: Subject | None = None
     if found is None:
@@ -121,11 +161,12 @@ async def ingest(session: AsyncSession, delivery: Delivery) -> Result:
         handler, target = found
         plan = handler.plan(target, event, now)
         outcome = Outcome.RECEIVED if plan.transition or _is_news(event) else Outcome.IGNORED
+    avatar_id = target.id if target else None
     record = {
         "dedupe_key": delivery.dedupe_key,
         "request_id": event.request_id,
         # The subject's id (a training's avatar); a generation will need its own column.
-        "avatar_id": target.id if target else None,
+        "avatar_id": avatar_id,
         "status": event.status.value,
         "outcome": outcome.value,
         "signed": delivery.signed,
@@ -138,16 +179,16 @@ async def ingest(session: AsyncSession, delivery: Delivery) -> Result:
         "received_at": now,
         "applied_at": now if target else None,
     }
-    # On PostgreSQL the event, the change and the outbox row go as one statement.
-    written = await dialect.write_chain(
-        session, (RECORD, *plan.steps), {RECORD.name: record, **plan.params}
-    )
-    avatar_id = target.id if target else None
+    result = Result(outcome, event.request_id, avatar_id, plan.transition)
+    return (RECORD, *plan.steps), {RECORD.name: record, **plan.params}, result
+
+
+def _answer(planned: Result, written: dict[str, int]) -> Result:
     if not written[RECORD.name]:
         # Nothing else has been written in this transaction, so answering now changes nothing.
-        return Result(Outcome.DUPLICATE, event.request_id, avatar_id)
+        return Result(Outcome.DUPLICATE, planned.request_id, planned.avatar_id)
     enqueued = written.get(ENQUEUED, 0) > 0
-    return Result(outcome, event.request_id, avatar_id, plan.transition, enqueued)
+    return replace(planned, notification_enqueued=enqueued)
 
 
 def _is_news(event: Event) -> bool:
@@ -171,7 +212,7 @@ async def _match(session: AsyncSession, event: Event) -> tuple[Handler[Any], Sub
 
 
 async def _by_request(
-    session: AsyncSession, request_id: str
+    session: AsyncSession | DirectConnection, request_id: str
 ) -> tuple[Handler[Any], Subject] | None:
     # One query per kind (one, today), each joining the registry to its own subject's table,
     # so that the matched path stays a single look-up.

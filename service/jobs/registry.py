@@ -11,7 +11,8 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.fal.payload import Event
-from service.store.dialect import Chain
+from service.store.dialect import Chain, Step
+from service.store.direct import DirectConnection
 from service.store.models import FalJob
 
 
@@ -60,8 +61,15 @@ S = TypeVar("S", bound=Subject)
 class Handler(Protocol[S]):
     """One kind of job: how an event finds its subject, and what it does to it."""
 
-    async def by_request(self, session: AsyncSession, request_id: str) -> S | None:
-        """The subject of the registered job `request_id`, locked until commit."""
+    async def by_request(
+        self, session: AsyncSession | DirectConnection, request_id: str
+    ) -> S | None:
+        """The subject of the registered job `request_id`, locked until commit; on a direct
+        connection (the webhook's hot path, autocommit) read without a lock."""
+
+    def unmoved(self, subject: S) -> tuple[Step, dict[str, Any]]:
+        """A step that finds `subject` still as it was read, and locks it: the direct path's
+        write is made only if its plan still holds."""
 
     async def by_hint(self, session: AsyncSession, event: Event) -> S | None:
         """The subject the event names itself (an `?avatar_id=`), for a job not registered."""

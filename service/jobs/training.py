@@ -16,6 +16,7 @@ from service.jobs.registry import ENQUEUED, JobKind, Plan
 from service.jobs.states import AvatarStatus, Change, transition
 from service.outbox.messages import OUTBOX_CHANNEL, Message, row_values
 from service.store.dialect import Step, StepContext
+from service.store.direct import DirectConnection
 from service.store.models import Avatar, FalJob, Notification, TrainingData, User, UTCDateTime
 
 log = structlog.get_logger("service.jobs.ingest")
@@ -54,8 +55,8 @@ _COLUMNS = (
     users.c.language_code,
 )
 _is_training = jobs.c.kind == JobKind.TRAINING.value
-# Concurrent events for one avatar queue on its row; only the avatar's row is locked.
-BY_REQUEST = (
+# Read without a lock on the direct path, whose write re-checks the avatar under its lock.
+PEEK_BY_REQUEST = (
     select(*_COLUMNS)
     .select_from(
         jobs.join(avatars, avatars.c.id == jobs.c.avatar_id).join(
@@ -63,8 +64,9 @@ BY_REQUEST = (
         )
     )
     .where(jobs.c.request_id == bindparam("key"), _is_training)
-    .with_for_update(of=avatars)
 )
+# Concurrent events for one avatar queue on its row; only the avatar's row is locked.
+BY_REQUEST = PEEK_BY_REQUEST.with_for_update(of=avatars)
 BY_AVATAR = (
     select(*_COLUMNS)
     .select_from(
@@ -77,8 +79,11 @@ BY_AVATAR = (
 )
 
 
-async def _find(session: AsyncSession, query: Any, key: str) -> Target | None:
-    row = (await session.execute(query, {"key": key})).mappings().one_or_none()
+async def _find(session: AsyncSession | DirectConnection, query: Any, key: str) -> Target | None:
+    if isinstance(session, DirectConnection):
+        row: Any = await session.first(query, {"key": key})
+    else:
+        row = (await session.execute(query, {"key": key})).mappings().one_or_none()
     if row is None:
         return None
     return Target(**{**row, "status": AvatarStatus(row["status"])})
@@ -87,9 +92,18 @@ async def _find(session: AsyncSession, query: Any, key: str) -> Target | None:
 class Trainings:
     """The handler of the kind `training` (service.jobs.registry.Handler)."""
 
-    async def by_request(self, session: AsyncSession, request_id: str) -> Target | None:
-        """The avatar whose registered training is `request_id`."""
+    async def by_request(
+        self, session: AsyncSession | DirectConnection, request_id: str
+    ) -> Target | None:
+        """The avatar whose registered training is `request_id` (unlocked on a direct
+        connection, whose write takes the lock in `unmoved`'s step)."""
+        if isinstance(session, DirectConnection):
+            return await _find(session, PEEK_BY_REQUEST, request_id)
         return await _find(session, BY_REQUEST, request_id)
+
+    def unmoved(self, subject: Target) -> tuple[Step, dict[str, Any]]:
+        seen = {"id": subject.id, "status": subject.status.value, "progress": subject.progress}
+        return UNMOVED, seen
 
     async def by_hint(self, session: AsyncSession, event: Event) -> Target | None:
         return await _by_hint(session, event)
@@ -179,6 +193,18 @@ def _enqueue(ctx: StepContext) -> Any:
     )
 
 
+def _unmoved(ctx: StepContext) -> Any:
+    """The avatar, locked, if it is still where the plan started from."""
+    p = ctx.param
+    return (
+        select(avatars.c.id)
+        .where(avatars.c.id == p("id"), avatars.c.status == p("status"))
+        .where(avatars.c.progress == p("progress"))
+        .with_for_update()
+    )
+
+
+UNMOVED = Step("unmoved", _unmoved)
 REGISTER, CHANGE = Step("registered", _register), Step("changed", _change)
 UNZIP, ENQUEUE = Step("unzipped", _unzip), Step(ENQUEUED, _enqueue)
 

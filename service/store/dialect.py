@@ -14,7 +14,7 @@ import functools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from sqlalchemy import (
     BindParameter,
@@ -39,7 +39,7 @@ Q = TypeVar("Q", bound=Select[Any])
 
 # psycopg's SQLSTATEs that mean "run the same transaction again": serialization failure,
 # deadlock. SQLite says "database is locked" / "busy" instead.
-_RETRYABLE_SQLSTATES = {"40001", "40P01"}
+RETRYABLE_SQLSTATES = frozenset({"40001", "40P01"})
 
 
 def _url(database_url: str) -> URL:
@@ -60,6 +60,8 @@ class Dialect:
     outbox_poll_seconds: float
     # Data-modifying CTEs: a chain of writes goes to the server as one statement.
     combines_writes: bool
+    # The webhook's hot path may run on the driver's own connections (store/direct.py).
+    direct_driver: bool = False
 
     def async_url(self, database_url: str) -> URL:
         driver = "sqlite+aiosqlite" if self.name == "sqlite" else "postgresql+psycopg"
@@ -149,6 +151,18 @@ class Dialect:
                 break
         return written
 
+    async def write_guarded(
+        self, runner: Runs, guard: Step, chain: Chain, params: Mapping[str, Mapping[str, Any]]
+    ) -> dict[str, int]:
+        """`chain` as one statement (in autocommit mode its own transaction) that writes only
+        if `guard`, a SELECT ... FOR UPDATE of what the plan was made from, finds its row."""
+        assert self.combines_writes, "a guarded chain needs data-modifying CTEs"
+        return dict(await runner.one(_combined(self, chain, guard), _flat(params)))
+
+
+class Runs(Protocol):
+    async def one(self, statement: Any, params: Mapping[str, Any]) -> Mapping[str, Any]: ...
+
 
 POSTGRESQL = Dialect(
     "postgresql",
@@ -156,6 +170,7 @@ POSTGRESQL = Dialect(
     wakes_on_commit=True,
     outbox_poll_seconds=1.0,
     combines_writes=True,
+    direct_driver=True,
 )
 # SQLite cannot wake a process from another one: poll often (a cheap indexed query).
 SQLITE = Dialect(
@@ -191,8 +206,8 @@ class StepContext:
 
     dialect: Dialect
     step: str
-    # True only when the chain's first write wrote a row: a step that is not the first puts
-    # it in its WHERE (an INSERT through `from_select`).
+    # True only when the chain's first write wrote a row (for the first: when the guard found
+    # its row): a step puts it in its WHERE (an INSERT through `from_select`).
     gate: ColumnElement[bool]
 
     def param(self, name: str, type_: TypeEngine[Any] | None = None) -> BindParameter[Any]:
@@ -227,21 +242,27 @@ def _single(dialect: Dialect, step: Step) -> Any:
 
 
 @functools.cache
-def _combined(dialect: Dialect, chain: Chain) -> Any:
-    """The chain as one statement of data-modifying CTEs, answering each step's row count.
+def _combined(dialect: Dialect, chain: Chain, guard: Step | None = None) -> Any:
+    """The chain as one statement of data-modifying CTEs, answering each step's row count;
+    the first write gated by the guard's row, if any, and the others by the first's.
 
     Built once per chain: SQLAlchemy then reuses its compiled form.
     """
     first, *rest = chain
-    recorded = first.build(StepContext(dialect, first.name, true())).cte(f"w_{first.name}")
+    steps, ctes = list(chain), []
+    if guard is not None:
+        steps.insert(0, guard)
+        ctes.append(guard.build(StepContext(dialect, guard.name, true())).cte(f"w_{guard.name}"))
+    gate = exists(select(literal(1)).select_from(ctes[0])) if ctes else true()
+    recorded = first.build(StepContext(dialect, first.name, gate)).cte(f"w_{first.name}")
     gate = exists(select(literal(1)).select_from(recorded))
-    ctes = [recorded] + [
+    ctes += [recorded] + [
         step.build(StepContext(dialect, step.name, gate)).cte(f"w_{step.name}") for step in rest
     ]
     return select(
         *(
             select(func.count()).select_from(cte).scalar_subquery().label(step.name)
-            for step, cte in zip(chain, ctes, strict=True)
+            for step, cte in zip(steps, ctes, strict=True)
         )
     )
 
@@ -251,10 +272,15 @@ def is_retryable(exc: BaseException) -> bool:
     if not isinstance(exc, DBAPIError):
         return False
     orig = exc.orig
-    if getattr(orig, "sqlstate", None) in _RETRYABLE_SQLSTATES:
+    if getattr(orig, "sqlstate", None) in RETRYABLE_SQLSTATES:
         return True
     text = str(orig).lower()
     return "database is locked" in text or "database is busy" in text
+
+
+# Every SQLite connection's settings (the benchmark's SQLite floor uses the same). FULL: an
+# acknowledged webhook survives power loss, not only a process crash.
+SQLITE_PRAGMAS = ("journal_mode=WAL", "synchronous=FULL", "foreign_keys=ON", "busy_timeout=5000")
 
 
 def _tune_sqlite(engine: AsyncEngine) -> None:
@@ -265,11 +291,8 @@ def _tune_sqlite(engine: AsyncEngine) -> None:
         # "database is locked" when a reader tries to become a writer.
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
-        # FULL: an acknowledged webhook survives power loss, not only a process crash.
-        cursor.execute("PRAGMA synchronous=FULL")
-        cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.execute("PRAGMA busy_timeout=5000")
+        for pragma in SQLITE_PRAGMAS:
+            cursor.execute(f"PRAGMA {pragma}")
         cursor.close()
 
     @event.listens_for(engine.sync_engine, "begin")

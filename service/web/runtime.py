@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from service.fal.keyset import KeySet
 from service.settings import Settings
+from service.store.direct import DirectPool, open_direct
 from service.store.engine import create_engine, sessionmaker
 
 
@@ -22,6 +23,8 @@ class Runtime:
     sessions: async_sessionmaker[AsyncSession]
     http: httpx.AsyncClient
     keyset: KeySet
+    # The webhook's hot path on the driver's own connections, where the dialect has them.
+    direct: DirectPool | None = None
     clock: Callable[[], float] = time.time
     # Set when this process enqueued a notification; a dispatcher in this process waits on it.
     outbox_wakeup: asyncio.Event = field(default_factory=asyncio.Event)
@@ -36,6 +39,7 @@ class Runtime:
             sessions=sessionmaker(engine),
             http=http,
             keyset=KeySet(settings.fal_jwks_url, http),
+            direct=open_direct(settings.database_url),
         )
 
     def wake_dispatcher(self) -> None:
@@ -43,4 +47,6 @@ class Runtime:
 
     async def close(self) -> None:
         await self.http.aclose()
+        if self.direct is not None:
+            await self.direct.close()
         await self.engine.dispose()

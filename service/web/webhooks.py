@@ -19,7 +19,7 @@ from service.fal.signature import (
     has_signature_headers,
     parse_headers,
 )
-from service.jobs.ingest import Delivery, ingest
+from service.jobs.ingest import Delivery, Result, ingest, ingest_matched
 from service.settings import MAX_BODY_BYTES
 from service.store.engine import DatabaseUnavailable, run_transaction
 from service.web.edges import RequestRefused, client_address, error_response, in_networks, read_body
@@ -107,7 +107,7 @@ async def _handle(
         signed=signed_request_id is not None,
     )
     try:
-        result = await run_transaction(runtime.sessions, lambda s: ingest(s, delivery))
+        result = await _ingest(runtime, delivery)
     except DatabaseUnavailable as exc:
         fields["db_error"] = str(exc)
         raise RequestRefused(503, "database_unavailable", "the database is unavailable") from exc
@@ -127,3 +127,14 @@ async def _handle(
         notification_enqueued=result.notification_enqueued,
     )
     return JSONResponse({"status": result.outcome.value, "request_id": result.request_id})
+
+
+async def _ingest(runtime: Runtime, delivery: Delivery) -> Result:
+    """A registered job's event on the driver's connection (a read and one guarded write)
+    where the database allows it; everything else, and every event on SQLite, in a session's
+    transaction."""
+    if runtime.direct is not None:
+        matched = await runtime.direct.run(lambda tx: ingest_matched(tx, delivery))
+        if matched is not None:
+            return matched
+    return await run_transaction(runtime.sessions, lambda s: ingest(s, delivery))
