@@ -1,4 +1,4 @@
-"""`python -m service serve | bot | migrate | check | avatars | notifications | backup ...`."""
+"""`python -m service serve | bot | migrate | check | avatars | notifications | events | ...`."""
 
 from __future__ import annotations
 
@@ -10,9 +10,10 @@ from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from service import logs
+from service.operator_events import add_commands as add_events_commands
 from service.outbox.states import NotificationState
 from service.settings import Settings, SettingsError
 
@@ -47,10 +48,7 @@ def _parser() -> argparse.ArgumentParser:
     notes = commands.add_parser("notifications", help="inspect or re-queue notifications")
     note_actions = notes.add_subparsers(dest="action", required=True)
     note_list = note_actions.add_parser("list", help="notifications, optionally by state")
-    note_list.add_argument(
-        "--state",
-        choices=[s.value for s in NotificationState],
-    )
+    note_list.add_argument("--state", choices=[s.value for s in NotificationState])
     note_list.add_argument("--json", action="store_true", help="print JSON instead of a table")
     retry = note_actions.add_parser("retry", help="re-queue one notification or all failed")
     target = retry.add_mutually_exclusive_group(required=True)
@@ -62,6 +60,12 @@ def _parser() -> argparse.ArgumentParser:
     backup = commands.add_parser("backup", help="back up the database, or restore a backup")
     backup.add_argument("action", choices=("create", "restore"))
     backup.add_argument("file", type=Path, help="the backup file (written, or read)")
+    add_events_commands(commands)
+    commands.add_parser(
+        "maintenance",
+        help="prune events older than EVENTS_RETENTION_DAYS and delivered notifications older "
+        "than NOTIFICATIONS_RETENTION_DAYS, in small batches (run daily by a systemd timer)",
+    ).add_argument("--batch", type=int, default=1000, help="rows per transaction (default 1000)")
     return parser
 
 
@@ -81,6 +85,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "avatars": _avatars,
         "notifications": _notifications,
         "backup": _backup,
+        "events": _events,
+        "maintenance": _maintenance,
     }[args.command]
     return command(args, settings)
 
@@ -129,17 +135,26 @@ def _check(args: argparse.Namespace, settings: Settings) -> int:
     return 1 if problems else 0
 
 
-def _run_db(settings: Settings, work: Callable[[AsyncSession], Awaitable[T]]) -> T:
-    from service.store.engine import create_engine, run_transaction, sessionmaker
+def _with_sessions(
+    settings: Settings, work: Callable[[async_sessionmaker[AsyncSession]], Awaitable[T]]
+) -> T:
+    from service.store.engine import create_engine, sessionmaker
 
     async def go() -> T:
         engine = create_engine(settings.database_url, pool_size=1)
         try:
-            return await run_transaction(sessionmaker(engine), work)
+            return await work(sessionmaker(engine))
         finally:
             await engine.dispose()
 
     return asyncio.run(go())
+
+
+def _run_db(settings: Settings, work: Callable[[AsyncSession], Awaitable[T]]) -> T:
+    """`work` in one transaction (retried on contention) against the configured database."""
+    from service.store.engine import run_transaction
+
+    return _with_sessions(settings, lambda sessions: run_transaction(sessions, work))
 
 
 def _avatars(args: argparse.Namespace, settings: Settings) -> int:
@@ -188,6 +203,48 @@ def _notifications(args: argparse.Namespace, settings: Settings) -> int:
     except (operator.NotFound, operator.Conflict) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    return 0
+
+
+def _events(args: argparse.Namespace, settings: Settings) -> int:
+    from service import operator
+    from service import operator_events as ev
+
+    try:
+        if args.action == "list":
+            if args.outcome in ev.NOT_STORED:
+                print("note: duplicates are answered 200 and never stored", file=sys.stderr)
+            filters = (args.outcome, args.request_id, args.since, args.limit)
+            rows = _run_db(settings, lambda s: ev.list_events(s, *filters))
+            _print_json(rows) if args.json else _print_table(rows, ev.TABLE_COLUMNS)
+        elif args.action == "show":
+            shown = _run_db(settings, lambda s: ev.show_event(s, args.id))
+            _print_json(shown) if args.json else print(ev.render(shown))
+        else:
+            ids = [args.id] if args.id is not None else _run_db(settings, ev.unmatched_ids)
+            replays = _with_sessions(settings, lambda sessions: ev.replay_each(sessions, ids))
+            for replayed in replays:
+                print(replayed.line, file=sys.stderr if replayed.failed else sys.stdout)
+            if args.unmatched:
+                applied = sum(r.applied for r in replays)
+                print(f"applied {applied} of {len(ids)} unmatched event(s)", file=sys.stderr)
+            return 1 if any(r.failed for r in replays) else 0
+    except (operator.NotFound, operator.Conflict) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _maintenance(args: argparse.Namespace, settings: Settings) -> int:
+    from service.store import migrate, retention
+
+    if problem := migrate.schema_problem(settings.database_url):
+        print(f"cannot run: {problem}", file=sys.stderr)
+        return 3
+    days = (settings.events_retention_days, settings.notifications_retention_days)
+    report = _with_sessions(settings, lambda ss: retention.prune(ss, *days, batch=args.batch))
+    # One JSON line: journald keeps it with the timer's run.
+    print(json.dumps(report.summary()))
     return 0
 
 

@@ -73,6 +73,10 @@ class Settings:
     training_expected_seconds: float = 1800.0
     training_hard_limit_seconds: float = 6 * 3600.0
     training_data_ttl_seconds: float = 48 * 3600.0
+    # `python -m service maintenance` (service/store/retention.py): raw events and delivered
+    # notifications older than this many days are pruned.
+    events_retention_days: int = 90
+    notifications_retention_days: int = 30
 
     @property
     def telegram_configured(self) -> bool:
@@ -158,6 +162,8 @@ class Settings:
                 "TRAINING_HARD_LIMIT_SECONDS", "21600", 1, 30 * 86400
             ),
             training_data_ttl_seconds=number("TRAINING_DATA_TTL_SECONDS", "172800", 1, 30 * 86400),
+            events_retention_days=count("EVENTS_RETENTION_DAYS", "90", 1, 36500),
+            notifications_retention_days=count("NOTIFICATIONS_RETENTION_DAYS", "30", 1, 36500),
         )
 
 
