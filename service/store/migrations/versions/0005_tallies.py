@@ -29,25 +29,39 @@ _HOLD_BACK = dt.timedelta(minutes=5)
 # (table, the time its rows were written, the counted column or None for the total)
 _TALLIED = (("webhook_events", "received_at", "outcome"), ("notifications", "created_at", None))
 
+# A delete adjusts the tally once per statement, from the deleted rows as a table: pruning
+# deletes a thousand rows a statement, and a row-level trigger updated the same tally row a
+# thousand times, its dead versions piling up (a million-event prune took 8 times as long).
 _POSTGRES = """
-CREATE FUNCTION tally_{table}_change() RETURNS trigger LANGUAGE plpgsql AS $$
+CREATE FUNCTION tally_{table}_deleted() RETURNS trigger LANGUAGE plpgsql AS $$
 DECLARE mark bigint;
 BEGIN
-    -- Shared lock: waits for a reader moving the mark, so the row is counted exactly once.
+    -- Shared lock: waits for a reader moving the mark, so a row is counted exactly once.
     SELECT up_to_id INTO mark FROM tally_marks WHERE name = '{table}' FOR SHARE;
-    IF OLD.id <= mark THEN
-        UPDATE tallies SET counted = counted - 1 WHERE name = '{table}' AND value = {old};
-        IF TG_OP = 'UPDATE' THEN
-            INSERT INTO tallies (name, value, counted) VALUES ('{table}', {new}, 1)
-            ON CONFLICT (name, value) DO UPDATE SET counted = tallies.counted + 1;
-        END IF;
-    END IF;
+    UPDATE tallies SET counted = tallies.counted - gone.n
+    FROM (
+        SELECT {gone} AS value, count(*) AS n FROM gone_rows WHERE id <= mark GROUP BY 1
+    ) AS gone
+    WHERE tallies.name = '{table}' AND tallies.value = gone.value;
     RETURN NULL;
 END $$;
 CREATE TRIGGER tally_{table}_delete AFTER DELETE ON {table}
-    FOR EACH ROW EXECUTE FUNCTION tally_{table}_change();
+    REFERENCING OLD TABLE AS gone_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION tally_{table}_deleted();
 """
+# An outcome changes one row at a time (an unmatched event applied, a replay): row level.
 _POSTGRES_UPDATE = """
+CREATE FUNCTION tally_{table}_change() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE mark bigint;
+BEGIN
+    SELECT up_to_id INTO mark FROM tally_marks WHERE name = '{table}' FOR SHARE;
+    IF OLD.id <= mark THEN
+        UPDATE tallies SET counted = counted - 1 WHERE name = '{table}' AND value = OLD.{column};
+        INSERT INTO tallies (name, value, counted) VALUES ('{table}', NEW.{column}, 1)
+        ON CONFLICT (name, value) DO UPDATE SET counted = tallies.counted + 1;
+    END IF;
+    RETURN NULL;
+END $$;
 CREATE TRIGGER tally_{table}_update AFTER UPDATE OF {column} ON {table}
     FOR EACH ROW WHEN (OLD.{column} IS DISTINCT FROM NEW.{column})
     EXECUTE FUNCTION tally_{table}_change();
@@ -123,7 +137,7 @@ def upgrade() -> None:
             "table": table,
             "column": column,
             "old": f"OLD.{column}" if column else "''",
-            "new": f"NEW.{column}" if column else "''",
+            "gone": column or "''",
         }
         if _on_postgres():
             op.execute(_POSTGRES.format(**names))
@@ -141,6 +155,7 @@ def downgrade() -> None:
         if column:
             op.execute(f"DROP TRIGGER IF EXISTS tally_{table}_update" + _on(table))
         if _on_postgres():
+            op.execute(f"DROP FUNCTION IF EXISTS tally_{table}_deleted()")
             op.execute(f"DROP FUNCTION IF EXISTS tally_{table}_change()")
     op.drop_table("tally_marks")
     op.drop_table("tallies")
