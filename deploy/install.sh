@@ -15,7 +15,8 @@
 #   /etc/aibots/webhook.env   settings and secrets (mode 0600), made from .env.example once
 #   /var/lib/aibots           state: the SQLite database (systemd StateDirectory=)
 #   /etc/ssl/aibots/          aibots_kz.chain.crt and aibots.kz.key (from certs/, see certs/README.md)
-#   /etc/systemd/system/      webhook.service, bot.service, aibots-certs.{service,timer}
+#   /etc/systemd/system/      webhook.service, bot.service, aibots-certs.{service,timer},
+#                             aibots-maintenance.{service,timer}
 #   /etc/nginx/conf.d/aibots.kz.conf          http-level definitions both sites use
 #   /etc/nginx/snippets/aibots.kz-error*.conf  nginx's own errors as JSON
 #   /etc/nginx/sites-available/aibots.kz.conf (+ link in sites-enabled), /etc/nginx/aibots.kz.d/
@@ -241,6 +242,8 @@ install_file 0644 root root "$SRC/deploy/systemd/webhook.service" "$UNITS/webhoo
 install_file 0644 root root "$SRC/deploy/systemd/bot.service" "$UNITS/bot.service"
 install_file 0644 root root "$SRC/deploy/systemd/aibots-certs.service" "$UNITS/aibots-certs.service"
 install_file 0644 root root "$SRC/deploy/systemd/aibots-certs.timer" "$UNITS/aibots-certs.timer"
+install_file 0644 root root "$SRC/deploy/systemd/aibots-maintenance.service" "$UNITS/aibots-maintenance.service"
+install_file 0644 root root "$SRC/deploy/systemd/aibots-maintenance.timer" "$UNITS/aibots-maintenance.timer"
 
 # 8. Certificates: the chain and key that `deploy/certs.sh build` checked and wrote.
 if [[ -s $CERTS_DIR/aibots_kz.chain.crt && -s $CERTS_DIR/aibots.kz.key ]]; then
@@ -331,6 +334,7 @@ fi
 cat <<EOF
   2. systemctl enable --now webhook      (after the old receiver is stopped)
      systemctl enable --now bot         (after the old bot is stopped: one poller per token)
+     systemctl enable --now aibots-maintenance.timer   (daily retention, once settings are in)
      (after an upgrade or a change of $ENV_FILE: systemctl restart webhook bot)
   3. Check from this host (the unsigned test POST is accepted from loopback only):
      curl --resolve aibots.kz:8443:127.0.0.1 https://aibots.kz:8443/health

@@ -483,7 +483,9 @@ def test_install_into_a_staging_root_is_complete_and_idempotent(tmp_path: Path) 
     assert (app / "pyproject.toml").is_file()
     for absent in (".venv", ".git", "certs", "var", ".env"):
         assert not (app / absent).exists(), absent
-    for name in ("webhook.service", "bot.service", "aibots-certs.service", "aibots-certs.timer"):
+    units = ("webhook.service", "bot.service", "aibots-certs.service", "aibots-certs.timer",
+             "aibots-maintenance.service", "aibots-maintenance.timer")  # fmt: skip
+    for name in units:
         installed = root / "etc/systemd/system" / name
         assert installed.read_text() == (UNITS / name).read_text()
     site = root / "etc/nginx/sites-available/aibots.kz.conf"
