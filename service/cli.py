@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import sys
 from collections.abc import Awaitable, Callable, Sequence
@@ -18,6 +19,7 @@ from service.outbox.states import NotificationState
 from service.settings import Settings, SettingsError
 
 T = TypeVar("T")
+Command = Callable[[argparse.Namespace, Settings], int]
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -157,81 +159,74 @@ def _run_db(settings: Settings, work: Callable[[AsyncSession], Awaitable[T]]) ->
     return _with_sessions(settings, lambda sessions: run_transaction(sessions, work))
 
 
+def _refusals(command: Command) -> Command:
+    """An operator command whose NotFound / Conflict is a message on stderr and exit 1."""
+
+    @functools.wraps(command)
+    def run(args: argparse.Namespace, settings: Settings) -> int:
+        from service import operator
+
+        try:
+            return command(args, settings)
+        except (operator.NotFound, operator.Conflict) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+
+    return run
+
+
+@_refusals
 def _avatars(args: argparse.Namespace, settings: Settings) -> int:
     from service import operator
 
-    try:
-        if args.action == "attach":
-            avatar = _run_db(
-                settings,
-                lambda s: operator.attach(
-                    s, args.telegram_id, args.name, args.training_type, args.request_id
-                ),
-            )
-            _print_json(avatar)
-        elif args.action == "show":
-            _print_json(_run_db(settings, lambda s: operator.show(s, args.request_id)))
-        else:
-            rows = _run_db(settings, lambda s: operator.list_avatars(s, args.status))
-            if args.json:
-                _print_json(rows)
-            else:
-                _print_table(
-                    rows, ("id", "telegram_id", "status", "progress", "fal_request_id", "name")
-                )
-    except (operator.NotFound, operator.Conflict) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    if args.action == "attach":
+        attached = (args.telegram_id, args.name, args.training_type, args.request_id)
+        _print_json(_run_db(settings, lambda s: operator.attach(s, *attached)))
+    elif args.action == "show":
+        _print_json(_run_db(settings, lambda s: operator.show(s, args.request_id)))
+    else:
+        rows = _run_db(settings, lambda s: operator.list_avatars(s, args.status))
+        columns = ("id", "telegram_id", "status", "progress", "fal_request_id", "name")
+        _print_rows(rows, columns, as_json=args.json)
     return 0
 
 
+@_refusals
 def _notifications(args: argparse.Namespace, settings: Settings) -> int:
     from service import operator
 
-    try:
-        if args.action == "list":
-            rows = _run_db(settings, lambda s: operator.list_notifications(s, args.state))
-            if args.json:
-                _print_json(rows)
-            else:
-                _print_table(rows, ("id", "chat_id", "kind", "state", "attempts", "last_error"))
-        else:
-            count = _run_db(
-                settings, lambda s: operator.retry_notifications(s, args.id, args.failed)
-            )
-            print(f"re-queued {count} notification(s)", file=sys.stderr)
-    except (operator.NotFound, operator.Conflict) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    if args.action == "list":
+        rows = _run_db(settings, lambda s: operator.list_notifications(s, args.state))
+        columns = ("id", "chat_id", "kind", "state", "attempts", "last_error")
+        _print_rows(rows, columns, as_json=args.json)
+    else:
+        count = _run_db(settings, lambda s: operator.retry_notifications(s, args.id, args.failed))
+        print(f"re-queued {count} notification(s)", file=sys.stderr)
     return 0
 
 
+@_refusals
 def _events(args: argparse.Namespace, settings: Settings) -> int:
-    from service import operator
     from service import operator_events as ev
 
-    try:
-        if args.action == "list":
-            if args.outcome in ev.NOT_STORED:
-                print("note: duplicates are answered 200 and never stored", file=sys.stderr)
-            filters = (args.outcome, args.request_id, args.since, args.limit)
-            rows = _run_db(settings, lambda s: ev.list_events(s, *filters))
-            _print_json(rows) if args.json else _print_table(rows, ev.TABLE_COLUMNS)
-        elif args.action == "show":
-            shown = _run_db(settings, lambda s: ev.show_event(s, args.id))
-            _print_json(shown) if args.json else print(ev.render(shown))
-        else:
-            ids = [args.id] if args.id is not None else _run_db(settings, ev.unmatched_ids)
-            replays = _with_sessions(settings, lambda sessions: ev.replay_each(sessions, ids))
-            for replayed in replays:
-                print(replayed.line, file=sys.stderr if replayed.failed else sys.stdout)
-            if args.unmatched:
-                applied = sum(r.applied for r in replays)
-                print(f"applied {applied} of {len(ids)} unmatched event(s)", file=sys.stderr)
-            return 1 if any(r.failed for r in replays) else 0
-    except (operator.NotFound, operator.Conflict) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    if args.action == "list":
+        if args.outcome in ev.NOT_STORED:
+            print("note: duplicates are answered 200 and never stored", file=sys.stderr)
+        filters = (args.outcome, args.request_id, args.since, args.limit)
+        rows = _run_db(settings, lambda s: ev.list_events(s, *filters))
+        _print_rows(rows, ev.TABLE_COLUMNS, as_json=args.json)
+    elif args.action == "show":
+        shown = _run_db(settings, lambda s: ev.show_event(s, args.id))
+        _print_json(shown) if args.json else print(ev.render(shown))
+    else:
+        ids = [args.id] if args.id is not None else _run_db(settings, ev.unmatched_ids)
+        replays = _with_sessions(settings, lambda sessions: ev.replay_each(sessions, ids))
+        for replayed in replays:
+            print(replayed.line, file=sys.stderr if replayed.failed else sys.stdout)
+        if args.unmatched:
+            applied = sum(r.applied for r in replays)
+            print(f"applied {applied} of {len(ids)} unmatched event(s)", file=sys.stderr)
+        return 1 if any(r.failed for r in replays) else 0
     return 0
 
 
@@ -267,6 +262,13 @@ def _backup(args: argparse.Namespace, settings: Settings) -> int:
 def _print_json(value: Any) -> None:
     json.dump(value, sys.stdout, ensure_ascii=False, indent=2)
     sys.stdout.write("\n")
+
+
+def _print_rows(rows: list[dict[str, Any]], columns: Sequence[str], *, as_json: bool) -> None:
+    if as_json:
+        _print_json(rows)
+    else:
+        _print_table(rows, columns)
 
 
 def _print_table(rows: list[dict[str, Any]], columns: Sequence[str]) -> None:
