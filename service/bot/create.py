@@ -34,6 +34,7 @@ from service.bot.drafts import (
     draft_of,
     forget,
     hint,
+    pressed,
 )
 from service.bot.menu import show_menu
 from service.bot.photos import (
@@ -73,9 +74,8 @@ name_not_text = hint("name_not_text", NAME)
 
 async def choose_type(update: Update, context: ContextTypes.DEFAULT_TYPE) -> int:
     """Record the training type and ask for the photos."""
-    query = update.callback_query
-    assert query is not None and query.data is not None
-    await query.answer()
+    query = await pressed(update)
+    assert query.data is not None
     draft = draft_of(context)
     if draft is None:
         return await ask_name(update, context)
@@ -96,9 +96,8 @@ confirm_hint = hint("confirm_hint", CONFIRM)
 
 async def start_training(update: Update, context: ContextTypes.DEFAULT_TYPE) -> int:
     """Create the avatar (taking the person's one training slot) and launch it in the background."""
-    query = update.callback_query
-    assert query is not None and update.effective_user is not None
-    await query.answer()
+    query = await pressed(update)
+    assert update.effective_user is not None
     draft = draft_of(context)
     if draft is None or len(draft.photos) < MIN_PHOTOS:
         return await photos_done(update, context)

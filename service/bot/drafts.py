@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from telegram import Update
+from telegram import CallbackQuery, Update
 from telegram.ext import ContextTypes, ConversationHandler
 
 from service.bot.photos import MAX_NAME_CHARS, Draft
@@ -27,6 +27,14 @@ def draft_of(context: ContextTypes.DEFAULT_TYPE) -> Draft | None:
 def forget(context: ContextTypes.DEFAULT_TYPE) -> None:
     if context.user_data is not None:
         context.user_data.pop(DRAFT_KEY, None)
+
+
+async def pressed(update: Update) -> CallbackQuery:
+    """The button press this update is, answered (Telegram stops the button's spinner)."""
+    query = update.callback_query
+    assert query is not None
+    await query.answer()
+    return query
 
 
 def hint(
