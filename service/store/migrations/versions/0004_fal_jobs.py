@@ -28,26 +28,17 @@ _BOT_APPS = {
 }
 _URLS = ("status_url", "response_url", "cancel_url")
 
+# The rows move at the SQL level (INSERT ... SELECT, UPDATE ... SET col = (SELECT ...)), so
+# these views of the tables need only the columns' names, not their types.
 avatars = sa.table(
     "avatars",
-    sa.column("id", sa.String),
-    sa.column("user_id", sa.Integer),
-    sa.column("training_type", sa.String),
-    sa.column("started_by", sa.String),
-    sa.column("created_at", service.store.models.UTCDateTime()),
-    sa.column("training_started_at", service.store.models.UTCDateTime()),
-    sa.column("fal_request_id", sa.String),
-    *(sa.column(f"fal_{name}", sa.Text) for name in _URLS),
+    *map(sa.column, ("id", "user_id", "training_type", "started_by", "created_at")),
+    *map(sa.column, ("training_started_at", "fal_request_id", *(f"fal_{n}" for n in _URLS))),
 )
 fal_jobs = sa.table(
     "fal_jobs",
-    sa.column("request_id", sa.String),
-    sa.column("kind", sa.String),
-    sa.column("user_id", sa.Integer),
-    sa.column("avatar_id", sa.String),
-    sa.column("app", sa.String),
-    sa.column("submitted_at", service.store.models.UTCDateTime()),
-    *(sa.column(name, sa.Text) for name in _URLS),
+    *map(sa.column, ("request_id", "kind", "user_id", "avatar_id", "app", "submitted_at")),
+    *map(sa.column, _URLS),
 )
 events = sa.table("webhook_events", sa.column("headers", sa.JSON), sa.column("source", sa.String))
 
