@@ -27,6 +27,7 @@ import requests
 
 from tests.fakes.fal_keys import FalSigner, JwksServer
 from tests.fakes.telegram_api import FakeBotApi
+from tests.support.nginx import missing
 from tests.support.servers import ROOT, GunicornServer, base_env, free_port, run_cli, wait_until
 from tests.support.webhooks import fal_ok, new_request_id, signed
 
@@ -41,9 +42,7 @@ def tool(name: str) -> str:
     for the other deployment tools)."""
     found = shutil.which(name)
     if found is None:
-        if os.environ.get("REQUIRE_NGINX") == "1":
-            pytest.fail(f"{name} is not installed, and REQUIRE_NGINX=1 requires it")
-        pytest.skip(f"{name} is not installed (apt-get install prometheus)")
+        missing(f"{name} is not installed", "apt-get install prometheus")
     return found
 
 

@@ -19,7 +19,7 @@ import pytest
 import requests
 from cryptography import x509
 
-from tests.support.nginx import dev_certs, nginx_binary, running_nginx
+from tests.support.nginx import dev_certs, missing, nginx_binary, running_nginx
 from tests.support.servers import ROOT, GunicornServer, free_port
 
 pytestmark = pytest.mark.nginx
@@ -106,7 +106,7 @@ def test_the_service_passes_the_file_on_in_metrics(tmp_path: Path) -> None:
 def test_the_timer_and_its_unit_pass_systemd_analyze_verify(tmp_path: Path) -> None:
     analyze = shutil.which("systemd-analyze")
     if analyze is None:
-        pytest.skip("systemd-analyze is not installed")
+        missing("systemd-analyze is not installed", "apt-get install systemd")
     stub = tmp_path / "aibots"
     stub.write_text("#!/bin/sh\nexit 0\n")
     stub.chmod(0o755)
@@ -124,7 +124,7 @@ def test_the_timer_and_its_unit_pass_systemd_analyze_verify(tmp_path: Path) -> N
 def test_the_wrapper_knows_the_command_and_refuses_others(tmp_path: Path) -> None:
     """deploy/aibots (root only) runs `certs check` before it reads any settings."""
     if os.geteuid() != 0:
-        pytest.skip("deploy/aibots runs as root only")
+        missing("deploy/aibots runs as root only", "run the tests as root")
     result = subprocess.run(["bash", str(ROOT / "deploy" / "aibots"), "certs", "renew"],
                             capture_output=True, text=True, timeout=30,
                             env={"PATH": "/usr/bin:/bin",
