@@ -176,21 +176,12 @@ class FalQueueServer(LoopbackServer):
         self, request_id: str, *, deliver: bool = True, message: str | None = None
     ) -> int | None:
         """End the request with FAL's validation failure (422 and a detail list)."""
-        detail = [
-            {
-                "loc": ["body", "images_data_url"],
-                "msg": message or "the training images could not be processed",
-                "type": "value_error",
-            }
-        ]
-        with self._lock:
-            request = self._requests[request_id]
-            request.state, request.succeeded = "COMPLETED", False
-            request.error_body = {"detail": detail}
-            request.last_callback = _callback(
-                request_id, "ERROR", payload={"detail": detail}, error="Invalid status code: 422"
-            )
-        return self.deliver(request_id) if deliver else None
+        detail = {
+            "loc": ["body", "images_data_url"],
+            "msg": message or "the training images could not be processed",
+            "type": "value_error",
+        }
+        return self._end_failed(request_id, detail, "Invalid status code: 422", deliver=deliver)
 
     def fail_run(
         self,
@@ -203,31 +194,30 @@ class FalQueueServer(LoopbackServer):
     ) -> int | None:
         """End the request as a broken (500) or timed-out (504) run: the result answers that
         status with a `detail` list and `X-Fal-Error-Type`, the status carries `error`."""
-        detail = [{"msg": message, "type": error_type}]
         with self._lock:
             request = self._requests[request_id]
-            request.state, request.succeeded = "COMPLETED", False
-            request.error_body = {"detail": detail}
             request.error_status = status
             request.error_headers = {"X-Fal-Error-Type": error_type}
             request.status_error = {"error": message, "error_type": error_type}
-            request.last_callback = _callback(
-                request_id,
-                "ERROR",
-                payload={"detail": detail},
-                error=f"Invalid status code: {status}",
-            )
-        return self.deliver(request_id) if deliver else None
+        detail = {"msg": message, "type": error_type}
+        return self._end_failed(
+            request_id, detail, f"Invalid status code: {status}", deliver=deliver
+        )
 
     def end_cancelled(self, request_id: str, *, deliver: bool = True) -> int | None:
         """A run that was asked to cancel stops: FAL calls back with an ERROR for it."""
-        detail = [{"msg": "Request was cancelled by the user", "type": "request_cancelled"}]
+        detail = {"msg": "Request was cancelled by the user", "type": "request_cancelled"}
+        return self._end_failed(request_id, detail, "Request cancelled", deliver=deliver)
+
+    def _end_failed(
+        self, request_id: str, detail: JsonDict, error: str, *, deliver: bool
+    ) -> int | None:
         with self._lock:
             request = self._requests[request_id]
             request.state, request.succeeded = "COMPLETED", False
-            request.error_body = {"detail": detail}
+            request.error_body = {"detail": [detail]}
             request.last_callback = _callback(
-                request_id, "ERROR", payload={"detail": detail}, error="Request cancelled"
+                request_id, "ERROR", payload={"detail": [detail]}, error=error
             )
         return self.deliver(request_id) if deliver else None
 
