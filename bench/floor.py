@@ -48,6 +48,15 @@ def conninfo(database_url: str) -> str:
     return sync_url(database_url).set(drivername="postgresql").render_as_string(False)
 
 
+def _is_json(raw: bytes) -> bool:
+    """What every floor does with a body before writing it: parse it, as the product does."""
+    try:
+        json.loads(raw)
+    except ValueError:
+        return False
+    return True
+
+
 def create_sqlite_floor_app(path: Path) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -62,9 +71,7 @@ def create_sqlite_floor_app(path: Path) -> Starlette:
 
     async def receive(request: Request) -> Response:
         raw = await request.body()
-        try:
-            json.loads(raw)
-        except ValueError:
+        if not _is_json(raw):
             return JSONResponse({"error": "bad_request"}, status_code=400)
         # One transaction at a time on the worker's connection, as SQLite writes anyway.
         async with request.app.state.lock:
@@ -92,9 +99,7 @@ def create_floor_app(database_url: str) -> Starlette:
 
     async def receive(request: Request) -> Response:
         raw = await request.body()
-        try:
-            json.loads(raw)
-        except ValueError:
+        if not _is_json(raw):
             return JSONResponse({"error": "bad_request"}, status_code=400)
         async with request.app.state.pool.connection() as conn:
             # The pool's connection block commits on a clean exit.
