@@ -13,8 +13,6 @@ from service.store import migrate
 from service.store.engine import sync_url
 from service.store.models import UTCDateTime
 
-NOW = dt.datetime.now(dt.UTC)
-
 
 @pytest.fixture
 def engine(database_url: str) -> Iterator[sa.Engine]:
@@ -43,10 +41,13 @@ notifications = sa.table(
 
 def fill(engine: sa.Engine) -> None:
     """Old events of two outcomes, a recent one, and sent and pending notifications."""
-    rows = [("ignored", NOW - dt.timedelta(days=2))] * 3 + [
-        ("unmatched", NOW - dt.timedelta(hours=1))
+    # Now, not at import: the migration's hold-back is measured from the moment it runs, and
+    # a suite takes longer than the hold-back between collecting this module and running it.
+    now = dt.datetime.now(dt.UTC)
+    rows = [("ignored", now - dt.timedelta(days=2))] * 3 + [
+        ("unmatched", now - dt.timedelta(hours=1))
     ]
-    rows.append(("received", NOW))
+    rows.append(("received", now))
     with engine.begin() as conn:
         for n, (outcome, at) in enumerate(rows):
             conn.execute(
@@ -57,7 +58,7 @@ def fill(engine: sa.Engine) -> None:
                 )
             )  # fmt: skip
         for n, (state, at) in enumerate(
-            [("sent", NOW - dt.timedelta(days=1))] * 2 + [("pending", NOW)]
+            [("sent", now - dt.timedelta(days=1))] * 2 + [("pending", now)]
         ):
             conn.execute(
                 notifications.insert().values(
