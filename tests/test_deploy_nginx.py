@@ -39,9 +39,7 @@ from tests.support.nginx import (
     Reply,
     TLSConnection,
     call_once,
-    dev_certs,
     missing,
-    nginx_binary,
     nginx_test,
     running_nginx,
     write_config,
@@ -179,19 +177,6 @@ class Site:
 
 # --------------------------------------------------------------------------------------------
 # Fixtures
-
-
-@pytest.fixture(scope="module")
-def certs(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """`make dev-certs` output: root CA (ca.crt), intermediate (the bundle), the chain."""
-    nginx_binary()
-    return dev_certs(tmp_path_factory.mktemp("certs") / "dev")
-
-
-@pytest.fixture(scope="module")
-def client_context(certs: Path) -> ssl.SSLContext:
-    """A client that trusts the throw-away root only (not the intermediate, not the system)."""
-    return ssl.create_default_context(cafile=str(certs / "ca.crt"))
 
 
 @pytest.fixture(scope="module")
