@@ -20,6 +20,8 @@ class JobKind(enum.StrEnum):
     """What a FAL request does; each kind has its handler and its subject's transition table."""
 
     TRAINING = "training"
+    # Photos from a trained avatar; its subject is its row in `generations`.
+    GENERATION = "generation"
 
 
 class Source(enum.StrEnum):

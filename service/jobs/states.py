@@ -1,4 +1,4 @@
-"""Avatar statuses and the one table that says how an event may change them."""
+"""Avatar and generation statuses, and the table that says how an event may change an avatar."""
 
 from __future__ import annotations
 
@@ -52,6 +52,20 @@ TRANSITIONS: dict[tuple[AvatarStatus, EventStatus], AvatarStatus] = {
     (_S.CANCELLING, _E.FAILED): _S.CANCELLED,
     (_S.CANCELLING, _E.CANCELLED): _S.CANCELLED,
 }
+
+
+class GenerationStatus(enum.StrEnum):
+    # Written, with the quota checked, before the request goes to FAL; a submission that
+    # fails leaves it failed, and a failed generation does not count against the quota.
+    SUBMITTING = "submitting"
+    QUEUED = "queued"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in (GenerationStatus.COMPLETED, GenerationStatus.FAILED)
 
 
 @dataclass(frozen=True)

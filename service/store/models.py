@@ -148,6 +148,36 @@ class FalJob(Base):
     response_url: Mapped[str | None] = mapped_column(Text)
     cancel_url: Mapped[str | None] = mapped_column(Text)
     submitted_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # A generation's own row; None for a training, whose subject is the avatar.
+    generation_id: Mapped[str | None] = mapped_column(ForeignKey("generations.id"), index=True)
+
+
+class Generation(Base):
+    """Photos asked of a trained avatar: one FAL request, its settings, and what came back."""
+
+    __tablename__ = "generations"
+    __table_args__ = (Index("ix_generations_user_id_created_at", "user_id", "created_at"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    avatar_id: Mapped[str] = mapped_column(ForeignKey("avatars.id"), index=True)
+    # A GenerationStatus (service/jobs/states.py): submitting, queued, running, completed, failed.
+    status: Mapped[str] = mapped_column(String(16), default="submitting", index=True)
+    # A curated style's key (service/bot/styles.py), or None for a prompt of the person's own.
+    style: Mapped[str | None] = mapped_column(String(32))
+    # What the person chose or typed, as they see it; `prompt` is what FAL was sent.
+    label: Mapped[str] = mapped_column(Text)
+    prompt: Mapped[str] = mapped_column(Text)
+    frame: Mapped[str] = mapped_column(String(32))
+    num_images: Mapped[int] = mapped_column(Integer)
+    # FAL's output, image by image: [{"url", "width", "height", "content_type", "nsfw"}, ...]
+    images: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)
+    # FAL's seed may exceed 2**53; kept as text.
+    seed: Mapped[str | None] = mapped_column(String(32))
+    error_message: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+    finished_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
 
 
 class WebhookEvent(Base):
@@ -170,6 +200,8 @@ class WebhookEvent(Base):
     headers: Mapped[dict[str, str]] = mapped_column(JSON)
     body: Mapped[bytes] = mapped_column(LargeBinary)
     transition: Mapped[str | None] = mapped_column(String(40))
+    # The generation it was applied to; None for a training's event (its avatar is above).
+    generation_id: Mapped[str | None] = mapped_column(ForeignKey("generations.id"), index=True)
     # Who told us: "webhook" (FAL's callback), "reconciler" (the bot asked FAL), "operator".
     source: Mapped[str] = mapped_column(String(16), default="webhook", server_default="webhook")
     received_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
@@ -177,7 +209,7 @@ class WebhookEvent(Base):
 
 
 class Notification(Base):
-    """The outbox: one row per avatar outcome, written in the transaction that decided it."""
+    """The outbox: one row per job outcome, written in the transaction that decided it."""
 
     __tablename__ = "notifications"
     __table_args__ = (Index("ix_notifications_state_next_attempt_at", "state", "next_attempt_at"),)
@@ -185,6 +217,8 @@ class Notification(Base):
     id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
     dedupe_key: Mapped[str] = mapped_column(String(128), unique=True)
     avatar_id: Mapped[str | None] = mapped_column(ForeignKey("avatars.id"), index=True)
+    # A generation's outcome (its photos); the sent photos' file_ids come back into `media`.
+    generation_id: Mapped[str | None] = mapped_column(ForeignKey("generations.id"), index=True)
     chat_id: Mapped[int] = mapped_column(BigInteger)
     kind: Mapped[str] = mapped_column(String(16))
     # What is sent: "text" (sendMessage), "photo" (sendPhoto) or "album" (sendMediaGroup).
