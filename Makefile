@@ -32,8 +32,11 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check service tests bench
 	$(VENV)/bin/mypy
 
+# One pytest worker per core; `make test TEST_WORKERS=0` runs in one process (pdb, -x order).
+TEST_WORKERS ?= auto
+
 test: lint
-	$(VENV)/bin/pytest $(PYTEST_ARGS)
+	$(VENV)/bin/pytest -n $(TEST_WORKERS) --dist worksteal $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	$(PY) -m bench $(BENCH_ARGS)
