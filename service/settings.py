@@ -73,6 +73,8 @@ class Settings:
     training_expected_seconds: float = 1800.0
     training_hard_limit_seconds: float = 6 * 3600.0
     training_data_ttl_seconds: float = 48 * 3600.0
+    # A conversation (creating an avatar) left this long ends, and its half-made draft with it.
+    conversation_timeout_seconds: float = 3600.0
     # `python -m service maintenance` (service/store/retention.py): raw events and delivered
     # notifications older than this many days are pruned.
     events_retention_days: int = 90
@@ -162,6 +164,9 @@ class Settings:
                 "TRAINING_HARD_LIMIT_SECONDS", "21600", 1, 30 * 86400
             ),
             training_data_ttl_seconds=number("TRAINING_DATA_TTL_SECONDS", "172800", 1, 30 * 86400),
+            conversation_timeout_seconds=number(
+                "CONVERSATION_TIMEOUT_SECONDS", "3600", 1, 7 * 86400
+            ),
             events_retention_days=count("EVENTS_RETENTION_DAYS", "90", 1, 36500),
             notifications_retention_days=count("NOTIFICATIONS_RETENTION_DAYS", "30", 1, 36500),
         )

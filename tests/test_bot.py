@@ -16,7 +16,7 @@ from service.store.models import Avatar, FalJob, TrainingData, User, WebhookEven
 from tests.fakes.fal_keys import FalSigner, JwksServer
 from tests.fakes.fal_queue import PORTRAIT, STYLE, FalQueueServer
 from tests.fakes.telegram_api import FakeBotApi, Fault
-from tests.support.bot import FAL_KEY, BotStack, Person
+from tests.support.bot import FAL_KEY, BotStack, Person, avatars_of, begin_avatar
 from tests.support.db import run
 from tests.support.http import call
 from tests.support.images import jpeg_header, png
@@ -46,19 +46,6 @@ def stack(
         yield running
 
 
-def avatars_of(database_url: str, telegram_id: int) -> list[Avatar]:
-    async def work(session: AsyncSession) -> list[Avatar]:
-        rows = await session.execute(
-            select(Avatar)
-            .join(User, User.id == Avatar.user_id)
-            .where(User.telegram_id == telegram_id)
-            .order_by(Avatar.created_at)
-        )
-        return list(rows.scalars())
-
-    return run(database_url, work)
-
-
 def training_rows(database_url: str, avatar_id: str) -> int:
     async def work(session: AsyncSession) -> int:
         rows = await session.execute(
@@ -77,17 +64,6 @@ def events_of(database_url: str, request_id: str) -> list[WebhookEvent]:
         return list(rows.scalars())
 
     return run(database_url, work)
-
-
-def begin_avatar(person: Person, name: str, training_type: str = "portrait") -> None:
-    """/create -> name -> type: the bot then waits for photos."""
-    person.photos = []
-    person.send("/create")
-    person.expect("Как назовём" if person.user["language_code"] != "en" else "call the avatar")
-    person.send(name)
-    person.expect("Аватар" if person.user["language_code"] != "en" else "Avatar")
-    person.press(f"type:{training_type}")
-    person.expect("от 10 до 20" if person.user["language_code"] != "en" else "10 to 20")
 
 
 def start_training(stack: BotStack, person: Person, name: str, photos: int = 10) -> Any:

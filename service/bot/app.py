@@ -20,10 +20,12 @@ from telegram.ext import (
     ContextTypes,
     Defaults,
     MessageHandler,
+    TypeHandler,
     filters,
 )
 
-from service.bot import avatars, create, keyboards, menu, reconciler
+from service.bot import avatars, create, keyboards, menu, reconciler, timeouts
+from service.bot.persistence import StorePersistence
 from service.bot.services import SERVICES_KEY, Services, lang
 from service.bot.texts import t
 from service.settings import Settings
@@ -33,6 +35,7 @@ log = structlog.get_logger("service.bot")
 
 SETTINGS_KEY = "settings"
 RECONCILER_KEY = "reconciler"
+SWEEP_KEY = "conversation_sweep"
 BotApplication = Application[Any, Any, Any, Any, Any, Any]
 
 COMMANDS = {
@@ -86,6 +89,10 @@ async def _post_init(application: BotApplication) -> None:
     application.bot_data[RECONCILER_KEY] = asyncio.create_task(
         reconciler.run_forever(svc, policy), name="reconciler"
     )
+    application.bot_data[SWEEP_KEY] = asyncio.create_task(
+        timeouts.run_forever(application, svc, settings.conversation_timeout_seconds),
+        name="conversation_sweep",
+    )
     me = application.bot
     log.info(
         "bot_started",
@@ -97,11 +104,12 @@ async def _post_init(application: BotApplication) -> None:
 
 
 async def _post_stop(application: BotApplication) -> None:
-    task = application.bot_data.pop(RECONCILER_KEY, None)
-    if isinstance(task, asyncio.Task):
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+    for key in (RECONCILER_KEY, SWEEP_KEY):
+        task = application.bot_data.pop(key, None)
+        if isinstance(task, asyncio.Task):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
 
 async def _post_shutdown(application: BotApplication) -> None:
@@ -126,6 +134,8 @@ def build_application(settings: Settings) -> BotApplication:
         .connect_timeout(10)
         # Waits out a 429 for the bot's own replies; the outbox paces notifications itself.
         .rate_limiter(AIORateLimiter(max_retries=2))
+        # Conversations and their drafts in the shared database: a restart continues them.
+        .persistence(StorePersistence(settings.database_url))
         .post_init(_post_init)
         .post_stop(_post_stop)
         .post_shutdown(_post_shutdown)
@@ -135,7 +145,7 @@ def build_application(settings: Settings) -> BotApplication:
     application.add_handlers(
         [
             # The conversation first: while it runs, its states decide what a message means.
-            create.conversation(),
+            timeouts.expiring(create.conversation(), menu.show_menu),
             CommandHandler("start", menu.show_menu),
             CommandHandler("help", menu.show_help),
             CallbackQueryHandler(menu.show_help, pattern=f"^{keyboards.HELP}$"),
@@ -148,6 +158,8 @@ def build_application(settings: Settings) -> BotApplication:
             CallbackQueryHandler(menu.outdated_button),
         ]
     )
+    # The last group: after every update's own handler, its conversation state to the store.
+    application.add_handler(TypeHandler(Update, timeouts.persist_now), group=1)
     application.add_error_handler(on_error)
     return application
 

@@ -187,4 +187,7 @@ def conversation() -> ConversationHandler[ContextTypes.DEFAULT_TYPE]:
             ],
             allow_reentry=True,
             name="create_avatar",
+            # Its step survives a restart (service/bot/persistence.py); its timeout is the
+            # database's (service/bot/timeouts.py).
+            persistent=True,
         )

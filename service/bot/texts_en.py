@@ -50,6 +50,8 @@ EN: dict[str, str] = {
     "summary": "<b>Let's check</b>\n\nName: <b>{name}</b>\nType: {kind}\nPhotos: {count}\n\n"
     "Start training? It takes about {minutes} minutes.",
     "cancelled": "Avatar creation cancelled; nothing was kept.",
+    "conversation_timed_out": "⏳ No reply for {minutes} min, so I stopped creating the avatar "
+    "(the photos sent so far are not kept). Start again with /create whenever you like.",
     "nothing_to_cancel": "There is nothing to cancel.",
     "preparing": "⏳ Fetching the photos and starting the training of <b>{name}</b>…",
     "started": "🚀 Training of <b>{name}</b> has started. It usually takes about {minutes} "

@@ -279,3 +279,16 @@ class TrainingData(Base):
     photo_count: Mapped[int] = mapped_column(Integer)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
     expires_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, index=True)
+
+
+class BotState(Base):
+    """What the bot keeps of its conversations across restarts (service/bot/persistence.py)."""
+
+    __tablename__ = "bot_state"
+
+    # "user": a person's conversation data, by Telegram user id; "conversation": the step a
+    # conversation is at, by the conversation's name and its chat and user.
+    scope: Mapped[str] = mapped_column(String(16), primary_key=True)
+    key: Mapped[str] = mapped_column(String(128), primary_key=True)
+    data: Mapped[Any] = mapped_column(JSON)
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)

@@ -11,6 +11,10 @@ from __future__ import annotations
 import itertools
 from typing import Any
 
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from service.store.models import Avatar, User
 from tests.fakes.fal_queue import TEST_KEY, FalQueueServer
 from tests.fakes.telegram_api import (
     TEST_TOKEN,
@@ -21,6 +25,7 @@ from tests.fakes.telegram_api import (
     message_update,
     photo_update,
 )
+from tests.support.db import run
 from tests.support.images import png
 from tests.support.servers import GunicornServer, ServiceProcess, base_env, wait_until
 
@@ -170,3 +175,27 @@ class Person:
     def buttons(self, message: dict[str, Any]) -> list[str]:
         markup = message["sent"].get("reply_markup") or {}
         return [b["callback_data"] for row in markup.get("inline_keyboard", []) for b in row]
+
+
+def begin_avatar(person: Person, name: str, training_type: str = "portrait") -> None:
+    """/create -> name -> type: the bot then waits for photos."""
+    person.photos = []
+    person.send("/create")
+    person.expect("Как назовём" if person.user["language_code"] != "en" else "call the avatar")
+    person.send(name)
+    person.expect("Аватар" if person.user["language_code"] != "en" else "Avatar")
+    person.press(f"type:{training_type}")
+    person.expect("от 10 до 20" if person.user["language_code"] != "en" else "10 to 20")
+
+
+def avatars_of(database_url: str, telegram_id: int) -> list[Avatar]:
+    async def work(session: AsyncSession) -> list[Avatar]:
+        rows = await session.execute(
+            select(Avatar)
+            .join(User, User.id == Avatar.user_id)
+            .where(User.telegram_id == telegram_id)
+            .order_by(Avatar.created_at)
+        )
+        return list(rows.scalars())
+
+    return run(database_url, work)
