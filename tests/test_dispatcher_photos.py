@@ -224,3 +224,26 @@ def test_pacing_counts_an_album_as_its_messages(
     by_text = {c.params["text"]: c.at for c in api.calls_to("sendMessage") if c.ok}
     assert by_text["another chat"] - group.at >= 5 / 10 - 0.05
     assert by_text["after the album"] - group.at >= 5 * 0.4 - 0.05
+
+
+def test_the_albums_checkpoint_is_in_the_database_before_its_follow_up_is_answered(
+    api: FakeBotApi, host: ImageHost, database_url: str
+) -> None:
+    # The follow-up hangs past the (renewed) lease, as a sender that died after the album
+    # would leave it: the row is claimed again meanwhile, and that claim reads the checkpoint
+    # from the database, so it sends only the follow-up and never the album again.
+    api.plan("sendMessage", [Fault.hang(3.0)])
+
+    async def body(worker: Worker) -> None:
+        await until(lambda: len(api.calls_to("sendMessage")) == 2, 15, "a second follow-up")
+        await all_in(worker, S.SENT, 1, seconds=15)
+
+    run_one(
+        api,
+        database_url,
+        [album(served(host, 2))],
+        body,
+        outbox_lease_seconds=1.0,
+        telegram_chat_interval=0.1,
+    )
+    assert len(api.calls_to("sendMediaGroup")) == 1 and len(api.media.albums()) == 1
