@@ -7,7 +7,9 @@ Errors, one flat level under FalError, sorted by what the person (or the caller)
      +-- FalRejected       400/422: FAL refused the input itself (the detail says why)
      +-- FalNotFound       404: FAL does not know this request (any more)
      +-- FalUnavailable    5xx, 429, a timeout, a refused connection, an unreadable answer:
-                           worth another try later
+          |                worth another try later
+          +-- FalNoAnswer  the request went out and no answer came back (read timeout, the
+                           connection closed or reset): FAL may have acted on it
 """
 
 from __future__ import annotations
@@ -47,6 +49,10 @@ class FalNotFound(FalError):
 
 class FalUnavailable(FalError):
     """FAL could not be reached or failed on its side; try again later."""
+
+
+class FalNoAnswer(FalUnavailable):
+    """Sent, but the answer was lost: a submission may have been accepted all the same."""
 
 
 class QueueState(enum.StrEnum):
@@ -205,8 +211,13 @@ class FalQueue:
                 timeout=self._timeout,
                 **kwargs,
             )
+        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+            # Never connected: the request cannot have reached FAL.
+            raise FalUnavailable(f"FAL unreachable: {type(exc).__name__}: {exc}") from exc
         except httpx.TimeoutException as exc:
-            raise FalUnavailable(f"FAL did not answer within {self._timeout:g} s") from exc
+            raise FalNoAnswer(f"FAL did not answer within {self._timeout:g} s") from exc
+        except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError) as exc:
+            raise FalNoAnswer(f"FAL's answer was lost: {type(exc).__name__}: {exc}") from exc
         except httpx.HTTPError as exc:
             raise FalUnavailable(f"FAL unreachable: {type(exc).__name__}: {exc}") from exc
 
