@@ -1,6 +1,6 @@
 """FAL's queue API over httpx: submit a training, ask its status, fetch its result, cancel it.
 
-Errors, one flat level under FalError, sorted by what the person (or the caller) can do:
+Errors, sorted by what the person (or the caller) can do:
 
     FalError
      +-- FalAuthError      401/403, or no FAL_KEY: our configuration; retrying will not help
@@ -8,8 +8,7 @@ Errors, one flat level under FalError, sorted by what the person (or the caller)
      +-- FalNotFound       404: FAL does not know this request (any more)
      +-- FalUnavailable    5xx, 429, a timeout, a refused connection, an unreadable answer:
           |                worth another try later
-          +-- FalNoAnswer  the request went out and no answer came back (read timeout, the
-                           connection closed or reset): FAL may have acted on it
+          +-- FalNoAnswer  sent, unanswered (read timeout, connection reset): FAL may have it
 """
 
 from __future__ import annotations
@@ -52,7 +51,7 @@ class FalUnavailable(FalError):
 
 
 class FalNoAnswer(FalUnavailable):
-    """Sent, but the answer was lost: a submission may have been accepted all the same."""
+    """Sent, but the answer was lost: FAL may have accepted a submission all the same."""
 
 
 class QueueState(enum.StrEnum):
@@ -211,10 +210,7 @@ class FalQueue:
                 timeout=self._timeout,
                 **kwargs,
             )
-        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
-            # Never connected: the request cannot have reached FAL.
-            raise FalUnavailable(f"FAL unreachable: {type(exc).__name__}: {exc}") from exc
-        except httpx.TimeoutException as exc:
+        except (httpx.ReadTimeout, httpx.WriteTimeout) as exc:
             raise FalNoAnswer(f"FAL did not answer within {self._timeout:g} s") from exc
         except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError) as exc:
             raise FalNoAnswer(f"FAL's answer was lost: {type(exc).__name__}: {exc}") from exc
