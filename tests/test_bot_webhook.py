@@ -162,9 +162,11 @@ def test_switching_back_to_polling_deletes_the_webhook(
     ):
         api.webhook.context = client_context
         api.webhook.ports.add(nginx.port)
-        with BotStack(api, fal, module_jwks.jwks_url, **webhook_settings(nginx, bot_port)):
+        with BotStack(api, fal, module_jwks.jwks_url, **webhook_settings(nginx, bot_port)) as first:
             assert api.webhook.registration is not None
-        # Stopped, the webhook stays set: Telegram keeps the updates until the bot is back.
+        # SIGTERM stops it cleanly, and the webhook stays set: Telegram keeps the updates
+        # until the bot is back.
+        assert first.bot.proc is not None and first.bot.proc.returncode == 0
         assert api.webhook.registration is not None
         person = Person(api, 7105, language_code="en")
         person.send("/start")
