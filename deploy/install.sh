@@ -20,6 +20,7 @@
 #   /etc/nginx/conf.d/aibots.kz.conf          http-level definitions both sites use
 #   /etc/nginx/snippets/aibots.kz-error*.conf  nginx's own errors as JSON
 #   /etc/nginx/sites-available/aibots.kz.conf (+ link in sites-enabled), /etc/nginx/aibots.kz.d/
+#   (allow-list examples for FAL there, for Telegram in aibots.kz.d/telegram/)
 #   Debian's default site (sites-enabled/default) is disabled: it would answer every other
 #   name on port 80 with nginx's HTML page and version (KEEP_DEFAULT_SITE=1 keeps it).
 #   /usr/local/sbin/aibots    runs `python -m service ...` as the service user with its settings
@@ -176,6 +177,7 @@ install_dir 0755 root root "$NGINX/snippets"
 install_dir 0755 root root "$NGINX/sites-available"
 install_dir 0755 root root "$NGINX/sites-enabled"
 install_dir 0755 root root "$NGINX/aibots.kz.d"
+install_dir 0755 root root "$NGINX/aibots.kz.d/telegram"
 install_dir 0755 root root /usr/local/sbin
 
 # 4. The code: a fresh copy of the checkout (without local state, secrets and caches),
@@ -269,6 +271,7 @@ done
 install_file 0644 root root "$SRC/deploy/nginx/aibots.kz.conf" "$NGINX/sites-available/aibots.kz.conf"
 install_file 0644 root root "$SRC/deploy/nginx/aibots.kz-legacy-http.conf" "$NGINX/sites-available/aibots.kz-legacy-http.conf"
 install_file 0644 root root "$SRC/deploy/nginx/fal-networks.conf" "$NGINX/aibots.kz.d/fal-networks.conf.example"
+install_file 0644 root root "$SRC/deploy/nginx/telegram-networks.conf" "$NGINX/aibots.kz.d/telegram/telegram-networks.conf.example"
 default_site=$ROOT$NGINX/sites-enabled/default
 if [[ ${KEEP_DEFAULT_SITE:-0} != 1 && -L $default_site ]] &&
     [[ $(readlink "$default_site") == */sites-available/default ]]; then

@@ -14,6 +14,7 @@ from dotenv import dotenv_values
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 VerifyMode = Literal["required", "off"]
+BotUpdates = Literal["polling", "webhook"]
 LogFormat = Literal["json", "console"]
 
 DEFAULT_DATABASE_URL = "sqlite:///var/aisha.db"
@@ -79,6 +80,17 @@ class Settings:
     # notifications older than this many days are pruned.
     events_retention_days: int = 90
     notifications_retention_days: int = 30
+    # How the bot gets Telegram's updates (service/bot/webhook.py): getUpdates, or a webhook
+    # at BOT_WEBHOOK_URL/<path> that nginx forwards to BOT_BIND.
+    bot_updates: BotUpdates = "polling"
+    bot_bind: str = "127.0.0.1:8081"
+    bot_webhook_url: str = "https://aibots.kz:8443/telegram"
+    # Empty: derived from the token (service/bot/webhook.py says why that is enough).
+    telegram_webhook_secret: str = field(default="", repr=False)
+    bot_webhook_max_connections: int = 40
+    # A submission whose answer was lost may have reached FAL: its avatar keeps the slot this
+    # long, waiting for a callback, before it returns to draft (service/bot/reconciler.py).
+    submission_unconfirmed_seconds: float = 3600.0
 
     @property
     def telegram_configured(self) -> bool:
@@ -135,7 +147,7 @@ class Settings:
                 "FORWARDED_ALLOW_IPS", get("FORWARDED_ALLOW_IPS", "127.0.0.1,::1")
             ),
             cors_origins=_origins(get("CORS_ORIGINS", "https://aibots.kz")),
-            bind=_bind(get("BIND", defaults.bind)),
+            bind=_bind("BIND", get("BIND", defaults.bind)),
             web_concurrency=count("WEB_CONCURRENCY", "2", 1, 64),
             log_level=_choice(
                 "LOG_LEVEL",
@@ -169,6 +181,18 @@ class Settings:
             ),
             events_retention_days=count("EVENTS_RETENTION_DAYS", "90", 1, 36500),
             notifications_retention_days=count("NOTIFICATIONS_RETENTION_DAYS", "30", 1, 36500),
+            bot_updates=_choice(
+                "BOT_UPDATES", get("BOT_UPDATES", "polling").lower(), ("polling", "webhook")
+            ),
+            bot_bind=_bind("BOT_BIND", get("BOT_BIND", defaults.bot_bind)),
+            bot_webhook_url=_https_url(
+                "BOT_WEBHOOK_URL", get("BOT_WEBHOOK_URL", defaults.bot_webhook_url)
+            ),
+            telegram_webhook_secret=_webhook_secret(get("TELEGRAM_WEBHOOK_SECRET", "")),
+            bot_webhook_max_connections=count("BOT_WEBHOOK_MAX_CONNECTIONS", "40", 1, 100),
+            submission_unconfirmed_seconds=number(
+                "SUBMISSION_UNCONFIRMED_SECONDS", "3600", 0, 7 * 86400
+            ),
         )
 
 
@@ -221,11 +245,32 @@ def _origins(value: str) -> tuple[str, ...]:
     return origins
 
 
-def _bind(value: str) -> str:
+def _bind(name: str, value: str) -> str:
     host, sep, port = value.rpartition(":")
     bare_ipv6 = ":" in host and not (host.startswith("[") and host.endswith("]"))
     if not sep or not host or bare_ipv6 or not port.isdigit() or not 0 < int(port) < 65536:
-        raise SettingsError(f"BIND: expected HOST:PORT, got {value!r}")
+        raise SettingsError(f"{name}: expected HOST:PORT, got {value!r}")
+    return value
+
+
+def _https_url(name: str, value: str) -> str:
+    # Telegram delivers webhooks over HTTPS only (to ports 443, 80, 88 or 8443).
+    if urlsplit(_http_url(name, value)).scheme != "https":
+        raise SettingsError(f"{name}: Telegram calls webhooks over https:// only, got {value!r}")
+    if urlsplit(value).query or urlsplit(value).fragment:
+        raise SettingsError(f"{name}: expected a base URL without query or fragment")
+    return value.rstrip("/")
+
+
+_SECRET_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-")
+
+
+def _webhook_secret(value: str) -> str:
+    # Telegram's rule for secret_token: 1-256 characters, A-Z a-z 0-9 _ and -.
+    if len(value) > 256 or not set(value) <= _SECRET_CHARS:
+        raise SettingsError(
+            "TELEGRAM_WEBHOOK_SECRET: expected at most 256 of A-Z a-z 0-9 _ -, or empty"
+        )
     return value
 
 

@@ -461,7 +461,7 @@ def test_proxy_headers_carry_the_real_client_and_drop_forged_ones(stub_site: Sit
 def test_only_the_service_paths_are_exposed(stub_site: Site) -> None:
     source = fresh_source()
     for path in ("/", "/api", "/health/", "/healthz", "/.env", "/index.html", "/metrics/",
-                 "/static/app.js", "/server-status"):  # fmt: skip
+                 "/static/app.js", "/server-status", "/telegram", "/telegramx"):  # fmt: skip
         target, marker = probe(path)
         reply = stub_site.call("GET", target, source=source)
         assert reply.status == 404, (path, reply)
@@ -622,6 +622,44 @@ def test_fal_allow_list_from_the_published_ranges(
                 assert site.reached_upstream(marker) is admitted
         # The allow-list guards the webhook only.
         assert site.call("GET", "/health", source="127.0.0.4").status == 200
+
+
+TELEGRAM_NETWORKS = ROOT / "deploy" / "nginx" / "telegram-networks.conf"
+
+
+def test_telegram_location_reaches_the_bot_only_and_its_allow_list_holds(
+    tmp_path: Path, certs: Path, client_context: ssl.SSLContext
+) -> None:
+    """/telegram/ goes to the bot's upstream and nothing else does; with the optional
+    allow-list in aibots.kz.d/telegram/, other clients get nginx's JSON 403."""
+    text = TELEGRAM_NETWORKS.read_text()
+    allowed = re.findall(r"(?m)^allow (\S+);", text)
+    assert allowed == ["127.0.0.1", "::1", "149.154.160.0/20", "91.108.4.0/22"]
+    assert text.rstrip().endswith("deny all;")
+    allow = tmp_path / "aibots.kz.d"
+    with stand_in() as app, stand_in() as bot:
+        for enabled in (False, True):
+            if enabled:
+                (allow / "telegram").mkdir(parents=True)
+                (allow / "telegram" / "telegram-networks.conf").write_text(text)
+            prefix = tmp_path / f"nginx-{enabled}"
+            with running_nginx(prefix, certs, app.port, allow, bot=bot.port) as nginx:
+                site = Site("stub", nginx, client_context, stub=app)
+                for source in ("127.0.0.1", "127.0.0.7"):
+                    target, marker = probe("/telegram/somepath")
+                    reply = site.call("POST", target, body=b"{}", source=source)
+                    admitted = source == "127.0.0.1" or not enabled
+                    assert (reply.status == 200) is admitted, (enabled, source, reply)
+                    if admitted:
+                        assert any(marker in path for path in bot.paths())
+                    else:
+                        assert reply.json()["error"] == "forbidden"
+                        assert not site.reached_upstream(marker)
+                # The bot sees nothing else, and the app nothing of Telegram's.
+                target, marker = probe("/api/v1/avatar/status_update")
+                site.call("POST", target, body=b"{}")
+                assert not any(marker in path for path in bot.paths())
+                assert not any("/telegram/" in path for path in app.paths())
 
 
 def test_a_body_at_the_limit_passes_on_the_webhook_only(site: Site) -> None:

@@ -17,6 +17,7 @@ from service.fal.payload import EventStatus, parse_body, parse_event
 from service.fal.queue import (
     CancelAnswer,
     FalAuthError,
+    FalNoAnswer,
     FalQueue,
     FalRejected,
     FalUnavailable,
@@ -114,14 +115,29 @@ def test_server_errors_timeouts_and_refused_connections_are_unavailable(
     with pytest.raises(FalUnavailable) as bad_gateway:
         with_client(fal.url, lambda q: q.submit(PORTRAIT, portrait(files), "x"))
     assert bad_gateway.value.status == 502
+    assert not isinstance(bad_gateway.value, FalNoAnswer)
     started = time.monotonic()
-    with pytest.raises(FalUnavailable, match=r"did not answer within 0\.3 s"):
+    # Sent, but unanswered: FAL may have it, so it is told apart from "never reached FAL".
+    with pytest.raises(FalNoAnswer, match=r"did not answer within 0\.3 s"):
         with_client(fal.url, lambda q: q.submit(PORTRAIT, portrait(files), "x"), timeout=0.3)
     assert time.monotonic() - started < 2.0
     url = fal.url
     fal.stop()
-    with pytest.raises(FalUnavailable, match="unreachable"):
+    with pytest.raises(FalUnavailable, match="unreachable") as refused:
         with_client(url, lambda q: q.submit(PORTRAIT, portrait(files), "x"))
+    assert not isinstance(refused.value, FalNoAnswer)
+
+
+def test_a_submission_accepted_whose_answer_is_dropped_is_no_answer(
+    fal: FalQueueServer, files: FileServer
+) -> None:
+    fal.lose_answers(1)
+    with pytest.raises(FalNoAnswer, match="answer was lost"):
+        with_client(fal.url, lambda q: q.submit(PORTRAIT, portrait(files), "x"))
+    assert len(fal.requests()) == 1, "FAL accepted it all the same"
+    # The next one is answered as usual.
+    submitted = with_client(fal.url, lambda q: q.submit(PORTRAIT, portrait(files), "x"))
+    assert submitted.request_id == fal.requests()[1].request_id
 
 
 def test_status_result_and_cancel_follow_one_request(

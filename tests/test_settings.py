@@ -98,10 +98,17 @@ def test_from_env_without_a_file_and_with_an_empty_environment_gives_the_default
 
 
 def test_secrets_do_not_appear_in_the_repr() -> None:
-    settings = Settings.from_mapping({"TELEGRAM_TOKEN": "123:SECRET-TOKEN", "FAL_KEY": "fal-KEY"})
+    settings = Settings.from_mapping(
+        {
+            "TELEGRAM_TOKEN": "123:SECRET-TOKEN",
+            "FAL_KEY": "fal-KEY",
+            "TELEGRAM_WEBHOOK_SECRET": "hook-SECRET",
+        }
+    )
     assert settings.telegram_configured
     assert "SECRET-TOKEN" not in repr(settings)
     assert "fal-KEY" not in repr(settings)
+    assert "hook-SECRET" not in repr(settings)
 
 
 @pytest.mark.parametrize(
@@ -130,6 +137,15 @@ def test_secrets_do_not_appear_in_the_repr() -> None:
         ("BIND", "127.0.0.1:http"),
         ("BIND", "127.0.0.1:70000"),
         ("BIND", "::1"),
+        ("BOT_UPDATES", "push"),
+        ("BOT_BIND", "8081"),
+        ("BOT_WEBHOOK_URL", "http://aibots.kz:8443/telegram"),
+        ("BOT_WEBHOOK_URL", "https://aibots.kz:8443/telegram?x=1"),
+        ("TELEGRAM_WEBHOOK_SECRET", "has space"),
+        ("TELEGRAM_WEBHOOK_SECRET", "x" * 257),
+        ("BOT_WEBHOOK_MAX_CONNECTIONS", "0"),
+        ("BOT_WEBHOOK_MAX_CONNECTIONS", "101"),
+        ("SUBMISSION_UNCONFIRMED_SECONDS", "-1"),
         ("WEB_CONCURRENCY", "zero"),
         ("WEB_CONCURRENCY", "0"),
         ("WEB_CONCURRENCY", "-2"),
@@ -181,6 +197,11 @@ def test_a_bad_value_is_refused_with_a_message_starting_with_its_name(
         ("FAL_WEBHOOK_VERIFY", "off", "fal_webhook_verify", "off"),
         ("BIND", "0.0.0.0:8443", "bind", "0.0.0.0:8443"),
         ("BIND", "[::1]:8000", "bind", "[::1]:8000"),
+        ("BOT_UPDATES", "Webhook", "bot_updates", "webhook"),
+        ("BOT_BIND", "[::1]:9000", "bot_bind", "[::1]:9000"),
+        ("BOT_WEBHOOK_URL", "https://x.kz:88/tg/", "bot_webhook_url", "https://x.kz:88/tg"),
+        ("TELEGRAM_WEBHOOK_SECRET", "A-z_09", "telegram_webhook_secret", "A-z_09"),
+        ("SUBMISSION_UNCONFIRMED_SECONDS", "30", "submission_unconfirmed_seconds", 30.0),
         ("WEB_CONCURRENCY", "4", "web_concurrency", 4),
         ("LOG_LEVEL", "debug", "log_level", "DEBUG"),
         ("LOG_FORMAT", "console", "log_format", "console"),

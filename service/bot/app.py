@@ -24,7 +24,7 @@ from telegram.ext import (
     filters,
 )
 
-from service.bot import avatars, create, keyboards, menu, reconciler, timeouts
+from service.bot import avatars, create, keyboards, menu, reconciler, timeouts, webhook
 from service.bot.persistence import StorePersistence
 from service.bot.services import SERVICES_KEY, Services, lang
 from service.bot.texts import t
@@ -37,6 +37,8 @@ SETTINGS_KEY = "settings"
 RECONCILER_KEY = "reconciler"
 SWEEP_KEY = "conversation_sweep"
 BotApplication = Application[Any, Any, Any, Any, Any, Any]
+# What the handlers below take; Telegram sends nothing else (polling and webhook alike).
+ALLOWED_UPDATES = [Update.MESSAGE, Update.CALLBACK_QUERY]
 
 COMMANDS = {
     "ru": [
@@ -165,7 +167,8 @@ def build_application(settings: Settings) -> BotApplication:
 
 
 def run(settings: Settings) -> int:
-    """Run the bot with long polling until SIGTERM/SIGINT; the exit code for the CLI."""
+    """Run the bot (BOT_UPDATES: long polling, or a webhook) until SIGTERM/SIGINT; the exit
+    code for the CLI."""
     if not settings.telegram_token:
         print("cannot start the bot: TELEGRAM_TOKEN is empty", file=sys.stderr)
         return 2
@@ -177,11 +180,23 @@ def run(settings: Settings) -> int:
         log.warning("fal_key_missing", detail="FAL_KEY is empty: trainings cannot be submitted")
     application = build_application(settings)
     try:
-        application.run_polling(allowed_updates=Update.ALL_TYPES)
+        if settings.bot_updates == "webhook":
+            return _serve_webhook(application, settings)
+        # PTB's polling starts with deleteWebhook: the way back from webhook mode.
+        application.run_polling(allowed_updates=ALLOWED_UPDATES)
     except InvalidToken:
         print("cannot start the bot: Telegram refused TELEGRAM_TOKEN", file=sys.stderr)
         return 2
     except TelegramError as exc:
         print(f"cannot start the bot: Telegram: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _serve_webhook(application: BotApplication, settings: Settings) -> int:
+    try:
+        asyncio.run(webhook.serve(application, settings, ALLOWED_UPDATES))
+    except OSError as exc:
+        print(f"cannot start the bot: BOT_BIND {settings.bot_bind}: {exc}", file=sys.stderr)
         return 1
     return 0

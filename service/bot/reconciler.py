@@ -18,8 +18,10 @@ Every RECONCILE_INTERVAL_SECONDS (with +-20 % jitter) it looks at the bot's avat
   result and apply it (completed, or failed with FAL's reason);
 - older than TRAINING_HARD_LIMIT_SECONDS and still not done: cancel at FAL (best effort) and
   apply a failure saying so, which fails the avatar with a clear message;
-- claimed but never submitted (the bot stopped between creating the avatar and hearing from
-  FAL) for a while: back to `draft`, from which the person can retry.
+- claimed but never sent to FAL (the bot stopped before the submission) for a while: back to
+  `draft`, from which the person can retry;
+- sent, but FAL's answer was lost, for SUBMISSION_UNCONFIRMED_SECONDS: back to `draft`, with a
+  retry offered (service/bot/unconfirmed.py).
 It also deletes training zips that expired long ago (drafts nobody retried).
 """
 
@@ -35,6 +37,7 @@ import structlog
 from sqlalchemy import and_, exists, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from service.bot import unconfirmed
 from service.bot.services import Services
 from service.fal.payload import Event, EventStatus, from_result
 from service.fal.queue import FalError, FalUnavailable, Outcome, QueueState
@@ -61,6 +64,8 @@ class Policy:
     stale_claim: float
     # Expired zips are kept this much longer (a retry renews them), then deleted.
     data_retention: float
+    # A submission whose answer was lost waits this long for its callback.
+    unconfirmed: float = 3600.0
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Policy:
@@ -70,6 +75,7 @@ class Policy:
             hard_limit=settings.training_hard_limit_seconds,
             stale_claim=min(600.0, max(settings.training_expected_seconds, 60.0)),
             data_retention=7 * 86400.0,
+            unconfirmed=settings.submission_unconfirmed_seconds,
         )
 
 
@@ -205,6 +211,8 @@ async def _revert_stale_claims(session: AsyncSession, policy: Policy, now: dt.da
             Avatar.status == AvatarStatus.TRAINING.value,
             Avatar.started_by == "bot",
             ~exists().where(FalJob.avatar_id == Avatar.id),
+            # Set once the submission goes out: FAL may have it (see unconfirmed.expire).
+            Avatar.training_started_at.is_(None),
             Avatar.updated_at <= now - dt.timedelta(seconds=policy.stale_claim),
         )
         .values(
@@ -221,6 +229,9 @@ async def reconcile_once(svc: Services, policy: Policy) -> Report:
     now = utcnow()
     report = Report()
     report.reverted = await svc.transaction(lambda s: _revert_stale_claims(s, policy, now))
+    report.reverted += await svc.transaction(
+        lambda s: unconfirmed.expire(s, policy.unconfirmed, now)
+    )
     for training in await svc.transaction(lambda s: _candidates(s, policy, now)):
         report.checked += 1
         state: QueueState | None = None

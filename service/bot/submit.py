@@ -70,6 +70,16 @@ async def download(bot: Bot, file_ids: list[str]) -> list[bytes]:
         raise PhotosUnavailable(f"Telegram: {exc}") from exc
 
 
+async def sending(session: AsyncSession, avatar_id: str) -> None:
+    """Mark the avatar as about to be submitted: from now on FAL may have it (see
+    service.bot.unconfirmed), so a lost answer or a crash no longer means "not submitted"."""
+    await session.execute(
+        update(Avatar)
+        .where(Avatar.id == avatar_id, Avatar.status == AvatarStatus.TRAINING.value)
+        .values(training_started_at=utcnow(), updated_at=utcnow())
+    )
+
+
 async def back_to_draft(session: AsyncSession, avatar_id: str, error: str) -> None:
     # Only if FAL never answered with a request id: a callback may have matched it meanwhile.
     await session.execute(
@@ -79,7 +89,12 @@ async def back_to_draft(session: AsyncSession, avatar_id: str, error: str) -> No
             Avatar.status == AvatarStatus.TRAINING.value,
             ~exists().where(FalJob.avatar_id == Avatar.id),
         )
-        .values(status=AvatarStatus.DRAFT.value, error_message=error[:2000], updated_at=utcnow())
+        .values(
+            status=AvatarStatus.DRAFT.value,
+            error_message=error[:2000],
+            training_started_at=None,
+            updated_at=utcnow(),
+        )
     )
 
 

@@ -66,6 +66,11 @@ EN: dict[str, str] = {
     "fal_unavailable": "The training service is unavailable right now.",
     "photos_unavailable": "The photos could not be fetched from Telegram.",
     "kept_draft": "Avatar <b>{name}</b> is kept as a draft — please try again a little later.",
+    "unconfirmed": "The training service did not confirm that it received <b>{name}</b>. "
+    "If it did, the training goes on and I will write when it is ready. If nothing comes "
+    "within {minutes} minutes, I will offer to start it again.",
+    "unconfirmed_expired": "The training service never confirmed <b>{name}</b>, and no result "
+    "has come. It is back among your drafts — you can start it again.",
     "photos_gone": "This draft's photos are no longer available. Please create the avatar "
     "again: /create",
     "discarded": "Draft <b>{name}</b> deleted.",

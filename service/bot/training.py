@@ -10,7 +10,10 @@ The order keeps every crash recoverable and every network call outside a transac
 4. one transaction registers the FAL job (request id, app, URLs) and applies any callback
    that came first (`service.jobs.ingest.register`).
 A failure in 2 or 3 puts the avatar back to `draft`, from which the person can retry; the zip,
-if made, is kept for that retry.
+if made, is kept for that retry. Except when the submission went out and its answer was lost
+(FalNoAnswer): FAL may have accepted it, so the avatar keeps its slot, "submitted,
+unconfirmed", until its callback comes or SUBMISSION_UNCONFIRMED_SECONDS pass
+(service.bot.unconfirmed); a retry before then could start a second paid training.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from service.bot.photos import Draft
 from service.bot.services import Services
 from service.bot.submit import PhotosUnavailable
 from service.bot.texts import Lang, t
-from service.fal.queue import FalAuthError, FalError, FalRejected
+from service.fal.queue import FalAuthError, FalError, FalNoAnswer, FalRejected
 from service.jobs import registry
 from service.jobs.states import AvatarStatus
 from service.store import training_data
@@ -201,11 +204,13 @@ async def discard(svc: Services, telegram_id: int, avatar_id: str) -> str:
 async def launch(svc: Services, bot: Bot, avatar: AvatarRef) -> str:
     """Steps 2-4 for an avatar in `training`; returns its status afterwards.
 
-    Raises FalError or PhotosUnavailable after putting the avatar back to `draft`.
+    Raises FalError or PhotosUnavailable after putting the avatar back to `draft`, except
+    FalNoAnswer, after which it stays in `training`, unconfirmed.
     """
     settings = svc.settings
     try:
         token = await submit.training_data_token(svc, bot, avatar.id)
+        await svc.transaction(lambda s: submit.sending(s, avatar.id))
         submission = await svc.fal.submit(
             TRAINERS[avatar.training_type],
             fal_arguments(
@@ -215,6 +220,9 @@ async def launch(svc: Services, bot: Bot, avatar: AvatarRef) -> str:
             ),
             webhook_url(settings.fal_webhook_url, avatar.id, avatar.training_type),
         )
+    except FalNoAnswer as exc:
+        log.warning("training_submission_unconfirmed", avatar_id=avatar.id, error=str(exc))
+        raise
     except (FalError, PhotosUnavailable) as exc:
         error = str(exc)
         log.warning("training_not_submitted", avatar_id=avatar.id, error=error)
@@ -247,6 +255,10 @@ async def launch_and_tell(
     """Launch the training, then tell the person it started, or why not and how to retry."""
     try:
         status = await launch(svc, bot, avatar)
+    except FalNoAnswer:
+        minutes = max(1, round(svc.settings.submission_unconfirmed_seconds / 60))
+        await bot.send_message(chat_id, t(lang, "unconfirmed", name=avatar.name, minutes=minutes))
+        return
     except (FalError, PhotosUnavailable) as exc:
         await bot.send_message(
             chat_id,

@@ -1,13 +1,14 @@
 """FAL's queue API over httpx: submit a training, ask its status, fetch its result, cancel it.
 
-Errors, one flat level under FalError, sorted by what the person (or the caller) can do:
+Errors, sorted by what the person (or the caller) can do:
 
     FalError
      +-- FalAuthError      401/403, or no FAL_KEY: our configuration; retrying will not help
      +-- FalRejected       400/422: FAL refused the input itself (the detail says why)
      +-- FalNotFound       404: FAL does not know this request (any more)
      +-- FalUnavailable    5xx, 429, a timeout, a refused connection, an unreadable answer:
-                           worth another try later
+          |                worth another try later
+          +-- FalNoAnswer  sent, unanswered (read timeout, connection reset): FAL may have it
 """
 
 from __future__ import annotations
@@ -47,6 +48,10 @@ class FalNotFound(FalError):
 
 class FalUnavailable(FalError):
     """FAL could not be reached or failed on its side; try again later."""
+
+
+class FalNoAnswer(FalUnavailable):
+    """Sent, but the answer was lost: FAL may have accepted a submission all the same."""
 
 
 class QueueState(enum.StrEnum):
@@ -205,8 +210,10 @@ class FalQueue:
                 timeout=self._timeout,
                 **kwargs,
             )
-        except httpx.TimeoutException as exc:
-            raise FalUnavailable(f"FAL did not answer within {self._timeout:g} s") from exc
+        except (httpx.ReadTimeout, httpx.WriteTimeout) as exc:
+            raise FalNoAnswer(f"FAL did not answer within {self._timeout:g} s") from exc
+        except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError) as exc:
+            raise FalNoAnswer(f"FAL's answer was lost: {type(exc).__name__}: {exc}") from exc
         except httpx.HTTPError as exc:
             raise FalUnavailable(f"FAL unreachable: {type(exc).__name__}: {exc}") from exc
 

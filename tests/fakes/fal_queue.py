@@ -147,6 +147,7 @@ class FalQueueServer(LoopbackServer):
         self._order: list[str] = []
         self._calls: list[QueueCall] = []
         self._plans: dict[str, deque[tuple[int, JsonDict] | float]] = {}
+        self._answers_to_lose = 0
 
     # -- scripting -----------------------------------------------------------------------------
 
@@ -155,6 +156,12 @@ class FalQueueServer(LoopbackServer):
         (status, body) pairs in order; a number instead hangs that long, then drops the call."""
         with self._lock:
             self._plans[operation] = deque(answers)
+
+    def lose_answers(self, count: int = 1) -> None:
+        """Accept the next `count` submissions, then drop each connection unanswered: the
+        request is queued (and will call back), but the client never learns its id."""
+        with self._lock:
+            self._answers_to_lose = count
 
     def start_training(self, request_id: str) -> None:
         with self._lock:
@@ -301,7 +308,14 @@ class FalQueueServer(LoopbackServer):
         if not marker:
             if method != "POST":
                 return 405, {"detail": "Method Not Allowed"}, {}
-            return _plain(self._planned("submit") or self._submit(app_id, query, body))
+            planned = self._planned("submit")
+            if planned is not None:
+                return _plain(planned)
+            status, answer = self._submit(app_id, query, body)
+            with self._lock:
+                lose = status == 200 and self._answers_to_lose > 0
+                self._answers_to_lose -= lose
+            return (0, {}, {}) if lose else (status, answer, {})
         request_id, _, action = rest.partition("/")
         with self._lock:
             request = self._requests.get(request_id)

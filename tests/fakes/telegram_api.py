@@ -25,6 +25,7 @@ from typing import Any, Literal, Self, TextIO
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from . import LoopbackHandler, LoopbackServer
+from .telegram_webhook import WebhookSender
 
 MAX_TEXT_LENGTH = 4096
 MAX_DOWNLOAD_SIZE = 20 * 1024 * 1024
@@ -373,6 +374,7 @@ _INT_FIELDS = {
     "limit",
     "cache_time",
     "user_id",
+    "max_connections",
 }
 _BOOL_FIELDS = {
     "disable_notification",
@@ -726,6 +728,8 @@ class FakeBotApi(LoopbackServer):
         self._commands: list[Any] = []
         self._record_path = record_path
         self._record: TextIO | None = None
+        # setWebhook, deleteWebhook and the deliveries they start (tests/fakes/telegram_webhook).
+        self.webhook = WebhookSender(self)
         bot_id = token.split(":", 1)[0]
         self.bot_user: JsonDict = {
             **DEFAULT_BOT_USER,
@@ -747,7 +751,8 @@ class FakeBotApi(LoopbackServer):
             "deleteMessage": self._delete_message,
             "setMyCommands": self._set_my_commands,
             "getMyCommands": lambda _: list(self._commands),
-            "deleteWebhook": lambda _: True,
+            "setWebhook": self.webhook.set_webhook,
+            "deleteWebhook": self.webhook.delete_webhook,
             "getWebhookInfo": self._get_webhook_info,
             "close": lambda _: True,
             "logOut": lambda _: True,
@@ -999,6 +1004,11 @@ class FakeBotApi(LoopbackServer):
         return message
 
     def _get_updates(self, params: JsonDict) -> list[JsonDict]:
+        if self.webhook.registration is not None:
+            raise ApiError(
+                409, "Conflict: can't use getUpdates method while webhook is active; use "
+                "deleteWebhook to delete the webhook first",
+            )  # fmt: skip
         offset = _int_param(params, "offset", 0)
         limit = min(max(_int_param(params, "limit", 100), 1), 100)
         timeout = params.get("timeout")
@@ -1060,7 +1070,7 @@ class FakeBotApi(LoopbackServer):
     def _get_webhook_info(self, params: JsonDict) -> JsonDict:
         with self._lock:
             pending = len(self._updates)
-        return {"url": "", "has_custom_certificate": False, "pending_update_count": pending}
+        return self.webhook.info(pending)
 
 
 def _int_param(params: JsonDict, name: str, default: int) -> int:

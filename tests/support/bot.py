@@ -41,6 +41,8 @@ class BotStack:
     ) -> None:
         self.api = api
         self.fal = fal
+        # The bot is up once it asks for updates, or once it has set its webhook.
+        self.ready_call = "setWebhook" if settings.get("BOT_UPDATES") == "webhook" else "getUpdates"
         shared = {"TELEGRAM_TOKEN": TOKEN, "TELEGRAM_API_URL": api.url}
         self.server = GunicornServer({**shared, "FAL_JWKS_URL": jwks_url})
         self.database_url = self.server.database_url
@@ -61,8 +63,7 @@ class BotStack:
         self.server.__enter__()
         try:
             self.bot.start()
-            # Polling has begun once the bot asks for updates.
-            wait_until(self._polling, 30, what="the bot's first getUpdates")
+            wait_until(self._polling, 30, what=f"the bot's first {self.ready_call}")
         except BaseException:
             self.close()
             raise
@@ -72,7 +73,8 @@ class BotStack:
         assert self.bot.proc is not None
         if self.bot.proc.poll() is not None:
             raise AssertionError(f"the bot exited early:\n{self.bot.log_text()[-3000:]}")
-        return bool(self.api.calls_to("getUpdates"))
+        # A getUpdates stays pending for its long poll; a refused setWebhook does not count.
+        return any(call.outcome != "error" for call in self.api.calls_to(self.ready_call))
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()

@@ -52,6 +52,7 @@ LOGS_PATH = "/var/log/nginx/"
 ALLOW_PATH = "/etc/nginx/aibots.kz.d/"
 SNIPPETS_PATH = "/etc/nginx/snippets/"
 UPSTREAM = "server 127.0.0.1:8000;"
+BOT_UPSTREAM = "server 127.0.0.1:8081;"
 RATE_LIMIT = "limit_req zone=aibots_kz_per_client burst=50 nodelay;"
 RATE_LIMIT_LIFTED = (
     "# limit_req lifted for this benchmark run only: wrk floods from one address, which the "
@@ -234,10 +235,12 @@ def write_config(
     allow: Path | None = None,
     *,
     lift_rate_limit: bool = False,
+    bot: int | None = None,
 ) -> Layout:
     """Debian's layout under `prefix`: nginx.conf, conf.d/, snippets/, sites-available/ and
-    sites-enabled/ with both project sites linked."""
-    for sub in ("logs", "tmp", "aibots.kz.d", "conf.d", "snippets", "sites-available",
+    sites-enabled/ with both project sites linked; the bot's upstream is `bot` (default: a
+    port where nothing listens)."""
+    for sub in ("logs", "tmp", "aibots.kz.d/telegram", "conf.d", "snippets", "sites-available",
                 "sites-enabled"):  # fmt: skip
         (prefix / sub).mkdir(parents=True, exist_ok=True)
     port, legacy_port = free_port(), free_port()
@@ -267,7 +270,9 @@ def write_config(
         SNIPPETS_PATH: paths[SNIPPETS_PATH],
     })  # fmt: skip
     servers = "\n    ".join(f"server 127.0.0.1:{p};" for p in _ports(upstream))
-    (prefix / "conf.d" / SHARED.name).write_text(render(SHARED, {UPSTREAM: servers}))
+    bot_server = f"server 127.0.0.1:{bot or free_port()};"
+    shared = render(SHARED, {UPSTREAM: servers, BOT_UPSTREAM: bot_server})
+    (prefix / "conf.d" / SHARED.name).write_text(shared)
     for snippet in SNIPPETS:
         (prefix / "snippets" / snippet.name).write_text(render(snippet, {}))
     for source, text in ((SITE, site), (LEGACY, legacy)):
@@ -297,9 +302,11 @@ def running_nginx(
     allow: Path | None = None,
     *,
     lift_rate_limit: bool = False,
+    bot: int | None = None,
 ) -> Iterator[Nginx]:
-    """nginx with both sites in front of `upstream` (one port, or several for one upstream)."""
-    layout = write_config(prefix, certs, upstream, allow, lift_rate_limit=lift_rate_limit)
+    """nginx with both sites in front of `upstream` (one port, or several for one upstream),
+    and the bot's webhook location in front of `bot`."""
+    layout = write_config(prefix, certs, upstream, allow, lift_rate_limit=lift_rate_limit, bot=bot)
     checked = nginx_test(layout.conf)
     assert checked.returncode == 0, checked.stderr
     with (prefix / "nginx.stderr").open("wb") as stderr:
