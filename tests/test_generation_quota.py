@@ -45,6 +45,6 @@ def test_the_last_24_hours_count_and_failed_ones_do_not(database_url: str) -> No
 
 
 def test_the_stores_words_are_the_statuses() -> None:
-    assert generations.FAILED == GenerationStatus.FAILED.value
+    assert GenerationStatus.FAILED.value == generations.FAILED
     unfinished = {s.value for s in GenerationStatus if not s.is_terminal}
     assert set(generations.IN_FLIGHT) == unfinished
