@@ -20,7 +20,8 @@ Every RECONCILE_INTERVAL_SECONDS (with +-20 % jitter) it looks at the bot's avat
   apply a failure saying so, which fails the avatar with a clear message;
 - claimed but never submitted (the bot stopped between creating the avatar and hearing from
   FAL) for a while: back to `draft`, from which the person can retry.
-It also deletes training zips that expired long ago (drafts nobody retried).
+It also deletes training zips that expired long ago (drafts nobody retried), and passes over
+the generations (service/bot/reconcile_generations.py) by the same rules and times of their own.
 """
 
 from __future__ import annotations
@@ -28,22 +29,25 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import random
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
 
 import structlog
 from sqlalchemy import and_, exists, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from service.bot import reconcile_generations
+from service.bot.asking import Asked as Asked
+from service.bot.asking import apply as apply
+from service.bot.asking import ask, fail, result_pending
+from service.bot.asking import resolve as resolve
+from service.bot.reconcile_generations import GenerationPolicy
 from service.bot.services import Services
-from service.fal.payload import Event, EventStatus, from_result
-from service.fal.queue import FalError, FalUnavailable, Outcome, QueueState
-from service.jobs.ingest import Delivery, Result, ingest
-from service.jobs.registry import JobKind, Source
+from service.fal.queue import FalError, QueueState
+from service.jobs.registry import JobKind
 from service.jobs.states import AvatarStatus
 from service.settings import Settings
 from service.store import training_data
-from service.store.models import Avatar, FalJob, WebhookEvent, utcnow
+from service.store.models import Avatar, FalJob, utcnow
 
 log = structlog.get_logger("service.bot.reconciler")
 
@@ -61,6 +65,7 @@ class Policy:
     stale_claim: float
     # Expired zips are kept this much longer (a retry renews them), then deleted.
     data_retention: float
+    generations: GenerationPolicy = field(default_factory=GenerationPolicy)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Policy:
@@ -87,6 +92,10 @@ class Training:
     started_at: dt.datetime
     result_pending: bool = False
 
+    @property
+    def subject(self) -> dict[str, str]:
+        return {"avatar_id": self.avatar_id}
+
 
 @dataclass
 class Report:
@@ -95,6 +104,11 @@ class Report:
     timed_out: int = 0
     reverted: int = 0
     purged: int = 0
+    # Generations: asked about, applied, failed after the hard limit or mid-submission.
+    generations_checked: int = 0
+    generations_applied: int = 0
+    generations_timed_out: int = 0
+    generations_interrupted: int = 0
 
 
 def training_of(avatar: Avatar, job: FalJob, result_pending: bool = False) -> Training:
@@ -111,60 +125,6 @@ def training_of(avatar: Avatar, job: FalJob, result_pending: bool = False) -> Tr
     )
 
 
-async def apply(
-    svc: Services, training: Training, event: Event, evidence: dict[str, Any]
-) -> Result:
-    """Apply what the bot learnt from FAL to the training's job, in the webhook's transaction.
-
-    `evidence` (what FAL answered) is kept as the event's raw record, with its source.
-    """
-    delivery = Delivery.learnt(event, Source.RECONCILER, evidence)
-    result = await svc.transaction(lambda session: ingest(session, delivery))
-    log.info(
-        "reconciled",
-        avatar_id=training.avatar_id,
-        request_id=training.request_id,
-        event_status=event.status.value,
-        outcome=result.outcome.value,
-        transition=result.transition,
-    )
-    return result
-
-
-async def resolve(svc: Services, training: Training) -> QueueState:
-    """Ask FAL where the training is; if it is done, apply its result. Raises FalError."""
-    if training.status_url is None or training.response_url is None:
-        raise FalError("the training was not submitted by this bot: no status URL")
-    status = await svc.fal.status(training.status_url)
-    if status.state is QueueState.COMPLETED:
-        try:
-            outcome = await svc.fal.result(training.response_url)
-        except FalUnavailable:
-            if status.error is None:
-                raise
-            # The status already says the run failed and why; the result adds nothing to wait
-            # for.
-            detail = {"detail": status.error}
-            outcome = Outcome(False, detail, 0, error_type=status.error_type, error=status.error)
-        # The evidence reads as FAL's webhook for the same result would have.
-        evidence: dict[str, Any] = {"request_id": training.request_id}
-        if outcome.succeeded:
-            event = from_result(training.request_id, outcome.output)
-            evidence.update(status="OK", payload=outcome.output)
-        else:
-            error = _failure_words(outcome)
-            event = from_result(training.request_id, outcome.output, error)
-            evidence.update(status="ERROR", error=error, payload=outcome.output)
-        await apply(svc, training, event, evidence)
-    return status.state
-
-
-def _failure_words(outcome: Outcome) -> str:
-    """FAL's reason for a failed run, as a webhook's `error` would carry it."""
-    reason = outcome.error or f"Invalid status code: {outcome.http_status}"
-    return f"{outcome.error_type}: {reason}" if outcome.error_type else reason
-
-
 async def _give_up(svc: Services, training: Training, policy: Policy) -> None:
     if training.cancel_url is not None:
         try:
@@ -174,16 +134,11 @@ async def _give_up(svc: Services, training: Training, policy: Policy) -> None:
             log.warning("reconciler_cancel_failed", avatar_id=training.avatar_id, error=str(exc))
     hours = policy.hard_limit / 3600
     reason = f"The training did not finish within {hours:g} hours, so it was stopped."
-    event = Event(training.request_id, EventStatus.FAILED, error_message=reason)
-    evidence = {"request_id": training.request_id, "status": "ERROR", "error": reason}
-    await apply(svc, training, event, evidence)
+    await fail(svc, training, reason)
 
 
 async def _candidates(session: AsyncSession, policy: Policy, now: dt.datetime) -> list[Training]:
-    pending = exists().where(
-        WebhookEvent.request_id == FalJob.request_id,
-        WebhookEvent.status == EventStatus.RESULT_PENDING.value,
-    )
+    pending = result_pending()
     due = now - dt.timedelta(seconds=policy.expected)
     rows = await session.execute(
         select(Avatar, FalJob, pending)
@@ -223,16 +178,7 @@ async def reconcile_once(svc: Services, policy: Policy) -> Report:
     report.reverted = await svc.transaction(lambda s: _revert_stale_claims(s, policy, now))
     for training in await svc.transaction(lambda s: _candidates(s, policy, now)):
         report.checked += 1
-        state: QueueState | None = None
-        try:
-            state = await resolve(svc, training)
-        except FalError as exc:
-            log.warning(
-                "reconciler_status_failed",
-                avatar_id=training.avatar_id,
-                request_id=training.request_id,
-                error=str(exc),
-            )
+        state = await ask(svc, training)
         if state is QueueState.COMPLETED:
             report.applied += 1
         elif (now - training.started_at).total_seconds() >= policy.hard_limit:
@@ -240,7 +186,8 @@ async def reconcile_once(svc: Services, policy: Policy) -> Report:
             report.timed_out += 1
     cutoff = now - dt.timedelta(seconds=policy.data_retention)
     report.purged = await svc.transaction(lambda s: training_data.purge_expired(s, cutoff))
-    if report.checked or report.reverted or report.purged:
+    await reconcile_generations.reconcile_once(svc, policy.generations, report, now)
+    if any(vars(report).values()):
         log.info("reconciler_pass", **vars(report))
     return report
 
