@@ -12,9 +12,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.bot.reconcile_generations import GenerationPolicy
 from service.bot.reconciler import Policy, Report, reconcile_once
-from service.fal.payload import parse_body, parse_event
 from service.fal.queue import Submission
-from service.jobs.ingest import Delivery, Outcome, ingest
+from service.jobs.ingest import Outcome
 from service.jobs.states import GenerationStatus
 from service.outbox.messages import MessageType
 from service.store import generations as quota
@@ -35,6 +34,7 @@ from tests.support.generations import (
     result_pending,
     submitted,
 )
+from tests.test_ingest import deliver
 from tests.test_reconciler import KEY, World
 
 POLICY = Policy(
@@ -118,9 +118,7 @@ def test_a_lost_callback_is_fetched_and_applied_once(world: Generations) -> None
 def test_payload_error_sends_nothing_until_the_result_is_fetched(world: Generations) -> None:
     gen = world.at_fal(1, age_seconds=5)
     world.fal.complete(gen.request_id, deliver=False)
-    body = result_pending(gen.request_id)
-    delivery = Delivery(body, parse_event(parse_body(body), {}), {}, "", None, signed=True)
-    first = run(world.url, lambda s: ingest(s, delivery))
+    first = deliver(world.url, result_pending(gen.request_id))
     assert first.outcome is Outcome.RECEIVED and not first.notification_enqueued
     assert outbox_of(world.url, gen.generation_id) == []
     # Young as it is, the stored payload_error makes it due at once.
