@@ -22,7 +22,8 @@ Every RECONCILE_INTERVAL_SECONDS (with +-20 % jitter) it looks at the bot's avat
   `draft`, from which the person can retry;
 - sent, but FAL's answer was lost, for SUBMISSION_UNCONFIRMED_SECONDS: back to `draft`, with a
   retry offered (service/bot/unconfirmed.py).
-It also deletes training zips that expired long ago (drafts nobody retried).
+It also deletes training zips that expired long ago (drafts nobody retried), and passes over
+the generations (service/bot/reconcile_generations.py) by the same rules and times of their own.
 """
 
 from __future__ import annotations
@@ -30,23 +31,25 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import random
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
 
 import structlog
 from sqlalchemy import and_, exists, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from service.bot import unconfirmed
+from service.bot import reconcile_generations, unconfirmed
+from service.bot.asking import Asked as Asked
+from service.bot.asking import apply as apply
+from service.bot.asking import ask, fail, result_pending
+from service.bot.asking import resolve as resolve
+from service.bot.reconcile_generations import GenerationPolicy
 from service.bot.services import Services
-from service.fal.payload import Event, EventStatus, from_result
-from service.fal.queue import FalError, FalUnavailable, Outcome, QueueState
-from service.jobs.ingest import Delivery, Result, ingest
-from service.jobs.registry import JobKind, Source
+from service.fal.queue import FalError, QueueState
+from service.jobs.registry import JobKind
 from service.jobs.states import AvatarStatus
 from service.settings import Settings
 from service.store import training_data
-from service.store.models import Avatar, FalJob, WebhookEvent, utcnow
+from service.store.models import Avatar, FalJob, utcnow
 
 log = structlog.get_logger("service.bot.reconciler")
 
@@ -66,6 +69,7 @@ class Policy:
     data_retention: float
     # A submission whose answer was lost waits this long for its callback.
     unconfirmed: float = 3600.0
+    generations: GenerationPolicy = field(default_factory=GenerationPolicy)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Policy:
@@ -93,6 +97,10 @@ class Training:
     started_at: dt.datetime
     result_pending: bool = False
 
+    @property
+    def subject(self) -> dict[str, str]:
+        return {"avatar_id": self.avatar_id}
+
 
 @dataclass
 class Report:
@@ -101,6 +109,11 @@ class Report:
     timed_out: int = 0
     reverted: int = 0
     purged: int = 0
+    # Generations: asked about, applied, failed after the hard limit or mid-submission.
+    generations_checked: int = 0
+    generations_applied: int = 0
+    generations_timed_out: int = 0
+    generations_interrupted: int = 0
 
 
 def training_of(avatar: Avatar, job: FalJob, result_pending: bool = False) -> Training:
@@ -117,60 +130,6 @@ def training_of(avatar: Avatar, job: FalJob, result_pending: bool = False) -> Tr
     )
 
 
-async def apply(
-    svc: Services, training: Training, event: Event, evidence: dict[str, Any]
-) -> Result:
-    """Apply what the bot learnt from FAL to the training's job, in the webhook's transaction.
-
-    `evidence` (what FAL answered) is kept as the event's raw record, with its source.
-    """
-    delivery = Delivery.learnt(event, Source.RECONCILER, evidence)
-    result = await svc.transaction(lambda session: ingest(session, delivery))
-    log.info(
-        "reconciled",
-        avatar_id=training.avatar_id,
-        request_id=training.request_id,
-        event_status=event.status.value,
-        outcome=result.outcome.value,
-        transition=result.transition,
-    )
-    return result
-
-
-async def resolve(svc: Services, training: Training) -> QueueState:
-    """Ask FAL where the training is; if it is done, apply its result. Raises FalError."""
-    if training.status_url is None or training.response_url is None:
-        raise FalError("the training was not submitted by this bot: no status URL")
-    status = await svc.fal.status(training.status_url)
-    if status.state is QueueState.COMPLETED:
-        try:
-            outcome = await svc.fal.result(training.response_url)
-        except FalUnavailable:
-            if status.error is None:
-                raise
-            # The status already says the run failed and why; the result adds nothing to wait
-            # for.
-            detail = {"detail": status.error}
-            outcome = Outcome(False, detail, 0, error_type=status.error_type, error=status.error)
-        # The evidence reads as FAL's webhook for the same result would have.
-        evidence: dict[str, Any] = {"request_id": training.request_id}
-        if outcome.succeeded:
-            event = from_result(training.request_id, outcome.output)
-            evidence.update(status="OK", payload=outcome.output)
-        else:
-            error = _failure_words(outcome)
-            event = from_result(training.request_id, outcome.output, error)
-            evidence.update(status="ERROR", error=error, payload=outcome.output)
-        await apply(svc, training, event, evidence)
-    return status.state
-
-
-def _failure_words(outcome: Outcome) -> str:
-    """FAL's reason for a failed run, as a webhook's `error` would carry it."""
-    reason = outcome.error or f"Invalid status code: {outcome.http_status}"
-    return f"{outcome.error_type}: {reason}" if outcome.error_type else reason
-
-
 async def _give_up(svc: Services, training: Training, policy: Policy) -> None:
     if training.cancel_url is not None:
         try:
@@ -180,16 +139,11 @@ async def _give_up(svc: Services, training: Training, policy: Policy) -> None:
             log.warning("reconciler_cancel_failed", avatar_id=training.avatar_id, error=str(exc))
     hours = policy.hard_limit / 3600
     reason = f"The training did not finish within {hours:g} hours, so it was stopped."
-    event = Event(training.request_id, EventStatus.FAILED, error_message=reason)
-    evidence = {"request_id": training.request_id, "status": "ERROR", "error": reason}
-    await apply(svc, training, event, evidence)
+    await fail(svc, training, reason)
 
 
 async def _candidates(session: AsyncSession, policy: Policy, now: dt.datetime) -> list[Training]:
-    pending = exists().where(
-        WebhookEvent.request_id == FalJob.request_id,
-        WebhookEvent.status == EventStatus.RESULT_PENDING.value,
-    )
+    pending = result_pending()
     due = now - dt.timedelta(seconds=policy.expected)
     rows = await session.execute(
         select(Avatar, FalJob, pending)
@@ -234,16 +188,7 @@ async def reconcile_once(svc: Services, policy: Policy) -> Report:
     )
     for training in await svc.transaction(lambda s: _candidates(s, policy, now)):
         report.checked += 1
-        state: QueueState | None = None
-        try:
-            state = await resolve(svc, training)
-        except FalError as exc:
-            log.warning(
-                "reconciler_status_failed",
-                avatar_id=training.avatar_id,
-                request_id=training.request_id,
-                error=str(exc),
-            )
+        state = await ask(svc, training)
         if state is QueueState.COMPLETED:
             report.applied += 1
         elif (now - training.started_at).total_seconds() >= policy.hard_limit:
@@ -251,7 +196,8 @@ async def reconcile_once(svc: Services, policy: Policy) -> Report:
             report.timed_out += 1
     cutoff = now - dt.timedelta(seconds=policy.data_retention)
     report.purged = await svc.transaction(lambda s: training_data.purge_expired(s, cutoff))
-    if report.checked or report.reverted or report.purged:
+    await reconcile_generations.reconcile_once(svc, policy.generations, report, now)
+    if any(vars(report).values()):
         log.info("reconciler_pass", **vars(report))
     return report
 
