@@ -4,6 +4,7 @@ URL of setWebhook, the secret header, repeats until a 2xx), and the way back to 
 
 from __future__ import annotations
 
+import re
 import ssl
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,12 +14,11 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from service.bot.webhook import secret_path, secret_token
-from service.settings import Settings
-from service.store.models import User
+from service.bot.webhook import SECRET_KEY, secret_path
+from service.store.models import BotState, User
 from tests.fakes.fal_keys import JwksServer
 from tests.fakes.fal_queue import FalQueueServer
-from tests.fakes.telegram_api import TEST_TOKEN, FakeBotApi, message_update
+from tests.fakes.telegram_api import FakeBotApi, message_update
 from tests.support.bot import BotStack, Person
 from tests.support.db import run
 from tests.support.nginx import Nginx, running_nginx
@@ -27,13 +27,28 @@ from tests.support.servers import free_port, holds, wait_until
 pytestmark = pytest.mark.nginx
 
 MAX_CONNECTIONS = 7
-SECRET = secret_token(Settings(telegram_token=TEST_TOKEN))
 _update_ids = iter(range(900_000, 1_000_000))
 
 
 def direct_update(person: Person, text: str) -> dict[str, Any]:
     """An update of our own numbering, posted straight to the webhook by the test."""
     return {"update_id": next(_update_ids), **message_update(person.id, text, user=person.user)}
+
+
+def stored_secret(database_url: str) -> str | None:
+    async def work(session: AsyncSession) -> str | None:
+        found = await session.execute(
+            select(BotState.data).where(BotState.scope == "bot", BotState.key == SECRET_KEY)
+        )
+        return found.scalar_one_or_none()
+
+    return run(database_url, work)
+
+
+def registered_secret(stack: BotStack) -> str:
+    """The secret_token the bot gave setWebhook (generated: TELEGRAM_WEBHOOK_SECRET is unset)."""
+    call = next(c for c in stack.api.calls_to("setWebhook") if c.ok)
+    return str(call.params["secret_token"])
 
 
 def known_user(database_url: str, telegram_id: int) -> bool:
@@ -86,9 +101,12 @@ def stack(
 def test_the_bot_registers_its_webhook(stack: BotStack, front: tuple[Nginx, int]) -> None:
     nginx, _ = front
     (call,) = [c for c in stack.api.calls_to("setWebhook") if c.ok]
-    assert call.params["url"] == f"https://aibots.kz:{nginx.port}/telegram/{secret_path(SECRET)}"
-    assert call.params["secret_token"] == SECRET
-    assert SECRET not in call.params["url"], "the path must not give the secret away"
+    secret = call.params["secret_token"]
+    # Generated once (256 random bits) and kept in the database for the next start.
+    assert re.fullmatch(r"[A-Za-z0-9_-]{43}", secret)
+    assert stored_secret(stack.database_url) == secret
+    assert call.params["url"] == f"https://aibots.kz:{nginx.port}/telegram/{secret_path(secret)}"
+    assert secret not in call.params["url"], "the path must not give the secret away"
     assert call.params["allowed_updates"] == ["message", "callback_query"]
     assert call.params["max_connections"] == MAX_CONNECTIONS
     # Telegram refuses getUpdates while a webhook is set: the bot never asked.
@@ -105,13 +123,13 @@ def test_a_start_delivered_through_nginx_gets_its_answer(
     assert [d.status for d in stack.api.webhook.delivered(update_id)] == [200]
     (entry,) = [e for e in nginx.entries() if e["uri"].startswith("/telegram/")][-1:]
     assert entry["status"] == "200" and entry["upstream_addr"], entry
-    assert SECRET not in Path(nginx.access_log).read_text()
+    assert registered_secret(stack) not in Path(nginx.access_log).read_text()
 
 
 def test_a_wrong_or_missing_secret_gets_401_and_changes_nothing(stack: BotStack) -> None:
     person = Person(stack.api, 7102, language_code="en")
     update = direct_update(person, "/start")
-    for secret in ("wrong", None, SECRET[:-1]):
+    for secret in ("wrong", None, registered_secret(stack)[:-1]):
         status, body = stack.api.webhook.post(update, secret=secret)
         assert status == 401, (secret, body)
         assert body["error"] == "unauthorized"
@@ -145,6 +163,22 @@ def test_only_the_secret_path_reaches_the_bot(stack: BotStack) -> None:
         assert status == 404 and body["error"] == "not_found", (path, body)
     # No automatic redirect from /telegram to /telegram/ (nginx's own 404).
     assert stack.api.webhook.post(update, path="/telegram")[0] == 404
+
+
+def test_a_restarted_bot_registers_the_same_stored_secret(stack: BotStack) -> None:
+    before = registered_secret(stack)
+    stack.bot.stop()
+    stack.bot.start()
+    wait_until(
+        lambda: len([c for c in stack.api.calls_to("setWebhook") if c.ok]) == 2,
+        30,
+        what="the restarted bot's setWebhook",
+    )
+    again = [c for c in stack.api.calls_to("setWebhook") if c.ok][-1]
+    assert again.params["secret_token"] == before
+    person = Person(stack.api, 7106, language_code="en")
+    person.send("/start")
+    person.expect("Hello")
 
 
 def test_switching_back_to_polling_deletes_the_webhook(

@@ -12,6 +12,7 @@ import httpx
 from telegram import Update
 from telegram.ext import ApplicationBuilder
 
+from service.bot.services import Services
 from service.bot.webhook import (
     SECRET_HEADER,
     RecentUpdates,
@@ -21,28 +22,45 @@ from service.bot.webhook import (
     webhook_url,
 )
 from service.settings import Settings
+from service.store import migrate
 from tests.fakes.telegram_api import TEST_TOKEN, message_update
 
 SECRET = "s3cret_-token"
 
 
-def test_the_derived_secret_is_stable_per_token_and_telegram_accepts_it() -> None:
-    one = secret_token(Settings(telegram_token=TEST_TOKEN))
-    assert one == secret_token(Settings(telegram_token=TEST_TOKEN))
-    assert re.fullmatch(r"[A-Za-z0-9_-]{1,256}", one)
-    assert one != secret_token(Settings(telegram_token="654321:another-token"))
-    assert TEST_TOKEN not in one
-    chosen = Settings(telegram_token=TEST_TOKEN, telegram_webhook_secret=SECRET)
-    assert secret_token(chosen) == SECRET
+def test_the_secret_is_generated_once_and_kept_in_the_database(database_url: str) -> None:
+    migrate.upgrade(database_url)
+
+    async def twice(settings: Settings) -> tuple[str, str]:
+        # Two starts of the bot: two Services, one database.
+        found = []
+        for _ in range(2):
+            svc = Services.open(settings)
+            try:
+                found.append(await secret_token(settings, svc))
+            finally:
+                await svc.close()
+        return found[0], found[1]
+
+    settings = Settings(telegram_token=TEST_TOKEN, database_url=database_url)
+    one, again = asyncio.run(twice(settings))
+    assert one == again
+    # 256 random bits in the characters Telegram allows; nothing of the token in it.
+    assert re.fullmatch(r"[A-Za-z0-9_-]{43}", one)
+    assert TEST_TOKEN.split(":")[1] not in one
+    chosen = Settings(
+        telegram_token=TEST_TOKEN, database_url=database_url, telegram_webhook_secret=SECRET
+    )
+    assert asyncio.run(twice(chosen)) == (SECRET, SECRET)
 
 
 def test_the_url_is_the_base_and_a_path_that_does_not_show_the_secret() -> None:
     settings = Settings(telegram_token=TEST_TOKEN, bot_webhook_url="https://aibots.kz:8443/tg")
-    url = webhook_url(settings)
-    path = secret_path(secret_token(settings))
+    url = webhook_url(settings, SECRET)
+    path = secret_path(SECRET)
     assert url == f"https://aibots.kz:8443/tg/{path}"
     assert re.fullmatch(r"[0-9a-f]{32}", path)
-    assert secret_token(settings) not in url
+    assert SECRET not in url
 
 
 def test_recent_updates_forget_the_oldest_beyond_their_size() -> None:

@@ -7,22 +7,22 @@ missing or wrong secret 401, an update it has already taken 200 "duplicate", and
 is put on the application's update queue and answered 200 before it is handled (as polling
 confirms an update before handling it).
 
-The secret, unless TELEGRAM_WEBHOOK_SECRET sets one, is derived from the bot's token by HMAC.
-Nothing has to be stored or shared between hosts, it survives restarts, and it changes with
-the token. Whoever knows the token can compute it, but the token alone already lets them call
-setWebhook, so a stored random secret would guard against no one more. The path is a hash of
-the secret: nginx logs the path, never the header, so the log does not reveal the secret.
+The secret, unless TELEGRAM_WEBHOOK_SECRET sets one, is generated (256 random bits) the first
+time the bot starts in webhook mode and stored in the shared database (`bot_state`), so every
+restart, and a bot moved to another host with the same database, registers the same one. The
+path is a hash of the secret: nginx logs the path, never the header, so the log does not
+reveal the secret.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import collections
 import contextlib
 import hashlib
 import hmac
 import json
+import secrets
 import signal
 import socket
 from collections.abc import Iterator, Sequence
@@ -38,7 +38,10 @@ from starlette.routing import Route
 from telegram import Update
 from telegram.ext import Application
 
+from service.bot.services import SERVICES_KEY, Services
 from service.settings import Settings
+from service.store import bot_state
+from service.store.models import utcnow
 
 log = structlog.get_logger("service.bot.webhook")
 
@@ -52,14 +55,23 @@ REMEMBERED_UPDATES = 10_000
 KEEP_ALIVE_SECONDS = 75
 
 
-def secret_token(settings: Settings) -> str:
-    """TELEGRAM_WEBHOOK_SECRET, or one derived from the token (43 characters of A-Za-z0-9_-)."""
+# The stored secret's name in bot_state.
+SECRET_KEY = "telegram_webhook_secret"
+
+
+async def secret_token(settings: Settings, svc: Services) -> str:
+    """TELEGRAM_WEBHOOK_SECRET, or the one generated once and kept in the database (43
+    characters of A-Za-z0-9_-, as Telegram allows)."""
     if settings.telegram_webhook_secret:
         return settings.telegram_webhook_secret
-    digest = hmac.new(
-        settings.telegram_token.encode(), b"aibots.kz telegram webhook secret", hashlib.sha256
-    ).digest()
-    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+
+    def generate() -> str:
+        return secrets.token_urlsafe(32)
+
+    stored = await svc.transaction(
+        lambda session: bot_state.kept(session, SECRET_KEY, generate, utcnow())
+    )
+    return str(stored)
 
 
 def secret_path(secret: str) -> str:
@@ -68,9 +80,9 @@ def secret_path(secret: str) -> str:
     return digest.hexdigest()[:32]
 
 
-def webhook_url(settings: Settings) -> str:
+def webhook_url(settings: Settings, secret: str) -> str:
     """What setWebhook is given: BOT_WEBHOOK_URL/<secret path>."""
-    return f"{settings.bot_webhook_url}/{secret_path(secret_token(settings))}"
+    return f"{settings.bot_webhook_url}/{secret_path(secret)}"
 
 
 class RecentUpdates:
@@ -171,31 +183,35 @@ async def serve(
 
     Raises OSError when BOT_BIND cannot be bound, TelegramError when Telegram refuses.
     """
-    secret = secret_token(settings)
     sock = _listen(settings.bot_bind)
-    config = uvicorn.Config(
-        create_app(application, secret),
-        lifespan="off",
-        log_config=None,
-        access_log=False,
-        server_header=False,
-        timeout_keep_alive=KEEP_ALIVE_SECONDS,
-    )
-    server = _Server(config)
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, lambda: setattr(server, "should_exit", True))
     serving: asyncio.Task[None] | None = None
+    server: _Server | None = None
     await application.initialize()
     try:
         if application.post_init is not None:
             await application.post_init(application)
+        svc = application.bot_data[SERVICES_KEY]
+        assert isinstance(svc, Services), "post_init opens the services"
+        secret = await secret_token(settings, svc)
+        server = _Server(
+            uvicorn.Config(
+                create_app(application, secret),
+                lifespan="off",
+                log_config=None,
+                access_log=False,
+                server_header=False,
+                timeout_keep_alive=KEEP_ALIVE_SECONDS,
+            )
+        )
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, lambda: setattr(server, "should_exit", True))
         await application.start()
         serving = asyncio.create_task(server.serve(sockets=[sock]), name="telegram-webhook")
         # The socket listens already (bound above), so the first delivery, however soon it
         # comes after setWebhook, waits in its backlog rather than being refused.
         await application.bot.set_webhook(
-            webhook_url(settings),
+            webhook_url(settings, secret),
             secret_token=secret,
             allowed_updates=list(allowed_updates),
             max_connections=settings.bot_webhook_max_connections,
@@ -209,7 +225,8 @@ async def serve(
         )
         await serving
     finally:
-        server.should_exit = True
+        if server is not None:
+            server.should_exit = True
         if serving is not None:
             with contextlib.suppress(Exception):
                 await serving

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
+from collections.abc import Callable
 from typing import Any, cast
 
 from sqlalchemy import Table, delete, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from service.store.dialect import dialect_of
 from service.store.models import BotState
 
 state = cast(Table, BotState.__table__)
@@ -19,6 +21,8 @@ class Scope(enum.StrEnum):
     USER = "user"
     # The step a conversation is at, by its name and its chat and user.
     CONVERSATION = "conversation"
+    # What the bot itself keeps, by name (the webhook's secret token).
+    BOT = "bot"
 
 
 async def load(session: AsyncSession, scope: Scope) -> dict[str, tuple[Any, dt.datetime]]:
@@ -49,3 +53,20 @@ async def idle(session: AsyncSession, scope: Scope, before: dt.datetime) -> dict
         )
     )
     return dict(rows.tuples().all())
+
+
+async def kept(session: AsyncSession, key: str, make: Callable[[], Any], now: dt.datetime) -> Any:
+    """The bot's value `key`, made by `make` and stored the first time it is asked for.
+
+    Two processes asking at once store one value: the second insert does nothing, and both
+    read what is stored.
+    """
+    query = select(state.c.data).where(state.c.scope == Scope.BOT.value, state.c.key == key)
+    found = (await session.execute(query)).first()
+    if found is None:
+        made = {"scope": Scope.BOT.value, "key": key, "data": make(), "updated_at": now}
+        insert_once = dialect_of(session).insert(state).values(made).on_conflict_do_nothing()
+        await session.execute(insert_once)
+        found = (await session.execute(query)).first()
+    assert found is not None
+    return found[0]
