@@ -1,4 +1,4 @@
-"""The bot's conversations kept in the shared database: one row per person's data or step."""
+"""What the bot keeps in the shared database: people's data, conversations' steps, its secret."""
 
 from __future__ import annotations
 

@@ -287,7 +287,7 @@ class BotState(Base):
     __tablename__ = "bot_state"
 
     # "user": a person's conversation data, by Telegram user id; "conversation": the step a
-    # conversation is at, by the conversation's name and its chat and user.
+    # conversation is at, by its name and its chat and user; "bot": the bot's own (a secret).
     scope: Mapped[str] = mapped_column(String(16), primary_key=True)
     key: Mapped[str] = mapped_column(String(128), primary_key=True)
     data: Mapped[Any] = mapped_column(JSON)
