@@ -1,7 +1,8 @@
 """`make bench`: the floor, the product and end to end, measured in one run on this machine.
 
     python -m bench [--connections 32] [--threads 2] [--duration 30] [--e2e-rate 50]
-                    [--e2e-seconds 30] [--profile | --no-profile]
+                    [--e2e-seconds 30] [--gen-rate 5] [--gen-seconds 20]
+                    [--profile | --no-profile]
 
 Everything runs on loopback: nginx with the project's site file and test certificates
 (`deploy/certs.sh dev`), gunicorn with the project's settings, a fresh PostgreSQL database per
@@ -12,7 +13,8 @@ phase on the running server, FAL's key set, and the local Bot API server as its 
 2. The product: the same wrk run against `python -m service serve`, every request a signed
    completion of its own training (avatars that exist), with the dispatcher sending.
 3. End to end: signed completions at a steady rate, from send to the Bot API server's receipt
-   of the sendMessage; then a burst, for the dispatcher's pacing.
+   of the sendMessage; then a burst, for the dispatcher's pacing; then generation callbacks
+   (4 photos each, bench/generations.py) until the Bot API server received each album.
 
 Results: bench/results/bench-<time>.{json,md} and latest.{json,md}; the Markdown is printed.
 When the product misses a throughput or latency target, a further product run is profiled with
@@ -41,7 +43,7 @@ from typing import Any
 
 import psycopg
 
-from bench import e2e, profiling
+from bench import e2e, generations, profiling
 from bench.accounting import PidSource, Window, postgres_pids
 from bench.loadgen import WrkRun, find_wrk, run_wrk, write_feed
 from bench.processes import BotApiProcess, FloorServer
@@ -246,9 +248,23 @@ class Bench:
                 steady = e2e.steady(stack, self.signer, trainings[50 : 50 + count], record, rate)
                 memory = rss_mib(stack.workers())
                 burst = e2e.burst(stack, self.signer, trainings[50 + count :], record, limit)
-                return {"steady": steady.as_dict(), "burst": burst, "worker_rss_mib": memory}
+                albums = self.generations(stack, database, record)
+                return {
+                    "steady": steady.as_dict(),
+                    "burst": burst,
+                    "generations": albums,
+                    "worker_rss_mib": memory,
+                }
         finally:
             postgres.drop_database(database)
+
+    def generations(self, stack: Stack, database: str, record: Path) -> dict[str, Any]:
+        """Generation callbacks at a steady rate, each until its album was received."""
+        rate = self.args.gen_rate
+        count = int(rate * self.args.gen_seconds)
+        seeded = generations.seed_generations(database, 10 + count, first_chat=30_000_000)
+        generations.steady(stack, self.signer, seeded[:10], record, rate=2)  # warm-up
+        return generations.steady(stack, self.signer, seeded[10:], record, rate)
 
 
 def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
@@ -346,6 +362,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--e2e-rate", type=float, default=50.0)
     parser.add_argument("--e2e-seconds", type=float, default=30.0)
     parser.add_argument("--e2e-telegram-rate", type=float, default=100.0)
+    parser.add_argument("--gen-rate", type=float, default=5.0, help="generation callbacks/s")
+    parser.add_argument("--gen-seconds", type=float, default=20.0)
     choice = parser.add_mutually_exclusive_group()
     choice.add_argument("--profile", action="store_true", help="profile the product anyway")
     choice.add_argument("--no-profile", action="store_true", help="never profile")
@@ -408,6 +426,8 @@ def main(argv: list[str] | None = None) -> int:
             "e2e_rate": args.e2e_rate,
             "e2e_seconds": args.e2e_seconds,
             "e2e_telegram_rate_per_second": args.e2e_telegram_rate,
+            "gen_rate": args.gen_rate,
+            "gen_seconds": args.gen_seconds,
         },
         "floor": pg["floor"],
         "product": {k: v for k, v in pg["product"].items() if k != "profile"},

@@ -98,6 +98,21 @@ def markdown(results: dict[str, Any]) -> str:
                 f"{b['configured_limit_per_second']:.0f}.",
                 "",
             ]
+        g = e2e.get("generations")
+        if g:
+            lines += [
+                f"Generations at {g['rate']:.0f} callbacks/s for {g['seconds']:.0f} s (signed, "
+                f"{g['photos_per_album']} photos each, until the local Bot API server received "
+                "the album, having fetched every photo's URL):",
+                "",
+                "| sent | acknowledged | albums received | missing | duplicates "
+                "| median ms | p99 ms | max ms |",
+                "|---:|---:|---:|---:|---:|---:|---:|---:|",
+                f"| {g['sent']} | {g['acknowledged']} | {g['albums_received']} | {g['missing']} "
+                f"| {g['duplicates']} | {_ms(g['p50_ms'])} | {_ms(g['p99_ms'])} "
+                f"| {_ms(g['max_ms'])} |",
+                "",
+            ]
     lines += ["| target | value | met |", "|---|---|---|"]
     lines += [f"| {t['target']} | {t['value']} | {'yes' if t['met'] else 'NO'} |"
               for t in results["targets"]]  # fmt: skip
