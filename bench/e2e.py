@@ -86,11 +86,7 @@ def steady(
     chat = {t.request_id: t.chat_id for t in trainings}
     acked = [d for d in deliveries if d.acknowledged]
     seen = wait_for(record, {chat[d.webhook.request_id] for d in acked}, timeout=60)
-    latencies = [
-        (min(seen[chat[d.webhook.request_id]]) - _sent(d)) * 1000
-        for d in acked
-        if chat[d.webhook.request_id] in seen
-    ]
+    latencies = latencies_ms(acked, chat, seen)
     ours = {c: times for c, times in seen.items() if c in set(chat.values())}
     return Steady(
         rate=rate,
@@ -104,6 +100,17 @@ def steady(
         p99_ms=round(nearest_rank(latencies, 0.99), 1),
         max_ms=round(max(latencies), 1),
     )
+
+
+def latencies_ms(
+    acked: list[Delivery], chat: dict[str, int], seen: dict[int, list[float]]
+) -> list[float]:
+    """For each acknowledged webhook whose chat got a message: send to first arrival, in ms."""
+    return [
+        (min(seen[chat[d.webhook.request_id]]) - _sent(d)) * 1000
+        for d in acked
+        if chat[d.webhook.request_id] in seen
+    ]
 
 
 def _sent(delivery: Delivery) -> float:

@@ -16,14 +16,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
-from sqlalchemy import Table, insert, select
+from sqlalchemy import Table, insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from bench.e2e import ADDRESSES, nearest_rank
+from bench.e2e import ADDRESSES, latencies_ms, nearest_rank
 from service.fal.flux_lora import Frame
 from service.jobs.registry import JobKind
 from service.jobs.states import AvatarStatus, GenerationStatus
-from service.store.models import Avatar, FalJob, Generation, User, new_id, utcnow
+from service.store.models import Avatar, FalJob, Generation, new_id, utcnow
 from tests.fakes.fal_keys import FalSigner
 from tests.fakes.fal_queue import callback_body
 from tests.support.db import run
@@ -31,6 +31,7 @@ from tests.support.imagehost import ImageHost
 from tests.support.images import jpeg
 from tests.support.sender import Sender, Webhook, sources
 from tests.support.stack import Stack
+from tests.support.trainings import insert_people
 
 PHOTOS = 4
 WIDTH, HEIGHT = 896, 1152  # flux-lora's portrait_4_3
@@ -46,22 +47,13 @@ class Seeded:
 
 def seed_generations(database_url: str, count: int, first_chat: int) -> list[Seeded]:
     """`count` people, each with a completed avatar and one generation of 4 photos queued."""
-    users, avatars = cast(Table, User.__table__), cast(Table, Avatar.__table__)
+    avatars = cast(Table, Avatar.__table__)
     generations, jobs = cast(Table, Generation.__table__), cast(Table, FalJob.__table__)
     planned = [Seeded(first_chat + i, str(uuid.uuid4()), new_id()) for i in range(count)]
 
     async def work(session: AsyncSession) -> None:
         now = utcnow()
-        await session.execute(
-            insert(users),
-            [{"telegram_id": s.chat_id, "created_at": now, "updated_at": now} for s in planned],
-        )
-        found = await session.execute(
-            select(users.c.telegram_id, users.c.id).where(
-                users.c.telegram_id.in_([s.chat_id for s in planned])
-            )
-        )
-        user_of = dict(found.tuples().all())
+        user_of = await insert_people(session, [s.chat_id for s in planned], now)
         avatar_of = {s.chat_id: new_id() for s in planned}
         await session.execute(
             insert(avatars),
@@ -174,11 +166,7 @@ def steady(
         while not wanted <= set(seen) and time.monotonic() < deadline:
             time.sleep(0.2)
             seen = albums(record)
-    latencies = [
-        (min(seen[chat[d.webhook.request_id]]) - (d.sent_at or 0.0)) * 1000
-        for d in acked
-        if chat[d.webhook.request_id] in seen
-    ]
+    latencies = latencies_ms(acked, chat, seen)
     ours = {c: times for c, times in seen.items() if c in set(chat.values())}
     return {
         "rate": rate,

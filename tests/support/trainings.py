@@ -7,6 +7,7 @@ service's own tables in a few multi-row INSERTs instead.
 
 from __future__ import annotations
 
+import datetime as dt
 import uuid
 from dataclasses import dataclass
 from typing import Any, cast
@@ -47,11 +48,25 @@ def training_job(
     )
 
 
+async def insert_people(
+    session: AsyncSession, chat_ids: list[int], now: dt.datetime
+) -> dict[int, int]:
+    """New users for these Telegram ids, in one INSERT: telegram id -> user id."""
+    users = cast(Table, User.__table__)
+    await session.execute(
+        insert(users),
+        [{"telegram_id": chat, "created_at": now, "updated_at": now} for chat in chat_ids],
+    )
+    found = await session.execute(
+        select(users.c.telegram_id, users.c.id).where(users.c.telegram_id.in_(chat_ids))
+    )
+    return dict(found.tuples().all())
+
+
 def seed_trainings(
     database_url: str, count: int, first_chat: int, name: str = "Load"
 ) -> list[Training]:
     """Register `count` trainings for the chats first_chat, first_chat + 1, ..."""
-    users = cast(Table, User.__table__)
     avatars = cast(Table, Avatar.__table__)
     jobs = cast(Table, FalJob.__table__)
     planned = [
@@ -62,16 +77,7 @@ def seed_trainings(
         now = utcnow()
         for start in range(0, count, _BATCH):
             batch = planned[start : start + _BATCH]
-            await session.execute(
-                insert(users),
-                [{"telegram_id": t.chat_id, "created_at": now, "updated_at": now} for t in batch],
-            )
-            found = await session.execute(
-                select(users.c.telegram_id, users.c.id).where(
-                    users.c.telegram_id.in_([t.chat_id for t in batch])
-                )
-            )
-            ids = {telegram_id: user_id for telegram_id, user_id in found}
+            ids = await insert_people(session, [t.chat_id for t in batch], now)
             rows: list[dict[str, Any]] = [
                 {
                     "id": t.avatar_id,
