@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -73,6 +74,12 @@ class Settings:
     training_expected_seconds: float = 1800.0
     training_hard_limit_seconds: float = 6 * 3600.0
     training_data_ttl_seconds: float = 48 * 3600.0
+    # Generations (service/bot/generation.py): FAL's app, the LoRA's weight, and the limits per
+    # person, enforced in the database: photos in the last 24 hours, jobs at once.
+    fal_generation_app: str = "fal-ai/flux-lora"
+    generation_lora_scale: float = 1.0
+    generations_per_day: int = 20
+    generations_in_flight: int = 2
     # `python -m service maintenance` (service/store/retention.py): raw events and delivered
     # notifications older than this many days are pruned.
     events_retention_days: int = 90
@@ -162,6 +169,12 @@ class Settings:
                 "TRAINING_HARD_LIMIT_SECONDS", "21600", 1, 30 * 86400
             ),
             training_data_ttl_seconds=number("TRAINING_DATA_TTL_SECONDS", "172800", 1, 30 * 86400),
+            fal_generation_app=_app_id(
+                "FAL_GENERATION_APP", get("FAL_GENERATION_APP", defaults.fal_generation_app)
+            ),
+            generation_lora_scale=number("GENERATION_LORA_SCALE", "1.0", 0.0, 4.0),
+            generations_per_day=count("GENERATIONS_PER_DAY", "20", 1, 1000),
+            generations_in_flight=count("GENERATIONS_IN_FLIGHT", "2", 1, 100),
             events_retention_days=count("EVENTS_RETENTION_DAYS", "90", 1, 36500),
             notifications_retention_days=count("NOTIFICATIONS_RETENTION_DAYS", "30", 1, 36500),
         )
@@ -182,6 +195,14 @@ def _http_url(name: str, value: str) -> str:
     parts = urlsplit(value)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise SettingsError(f"{name}: expected an http:// or https:// URL, got {value!r}")
+    return value
+
+
+def _app_id(name: str, value: str) -> str:
+    # A path under FAL_QUEUE_URL: `owner/app` with an optional sub-path, nothing that could
+    # leave the queue's host or carry a query.
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)+", value) or ".." in value:
+        raise SettingsError(f"{name}: expected an app id like fal-ai/flux-lora, got {value!r}")
     return value
 
 

@@ -23,7 +23,7 @@ from telegram.ext import (
     filters,
 )
 
-from service.bot import avatars, create, keyboards, menu, reconciler
+from service.bot import avatars, create, gallery, generate, keyboards, menu, reconciler
 from service.bot.services import SERVICES_KEY, Services, lang
 from service.bot.texts import t
 from service.settings import Settings
@@ -40,15 +40,19 @@ COMMANDS = {
         ("start", "Главное меню"),
         ("create", "Создать аватар"),
         ("avatars", "Мои аватары"),
+        ("generate", "Сделать фото с аватаром"),
+        ("photos", "Мои фото"),
         ("help", "Как это работает"),
-        ("cancel", "Отменить создание аватара"),
+        ("cancel", "Отменить создание аватара или фото"),
     ],
     "en": [
         ("start", "Main menu"),
         ("create", "Create an avatar"),
         ("avatars", "My avatars"),
+        ("generate", "Make photos with an avatar"),
+        ("photos", "My photos"),
         ("help", "How it works"),
-        ("cancel", "Cancel creating an avatar"),
+        ("cancel", "Cancel creating an avatar or photos"),
     ],
 }
 
@@ -142,9 +146,20 @@ def build_application(settings: Settings) -> BotApplication:
             CommandHandler("avatars", avatars.list_avatars),
             CallbackQueryHandler(avatars.list_avatars, pattern=f"^{keyboards.AVATARS}$"),
             CallbackQueryHandler(avatars.avatar_action, pattern=keyboards.AVATAR_ACTION_PATTERN),
-            CommandHandler("cancel", menu.nothing_to_cancel),
+            CommandHandler("generate", generate.generate_command),
+            CallbackQueryHandler(generate.begin, pattern=keyboards.GEN_ENTRY_PATTERN),
+            CallbackQueryHandler(generate.choose_style, pattern=keyboards.GEN_STYLE_PATTERN),
+            CallbackQueryHandler(generate.choose_own, pattern=keyboards.GEN_OWN_PATTERN),
+            CallbackQueryHandler(generate.choose_frame, pattern=keyboards.GEN_FRAME_PATTERN),
+            CallbackQueryHandler(generate.choose_count, pattern=keyboards.GEN_COUNT_PATTERN),
+            CallbackQueryHandler(gallery.again, pattern=keyboards.GEN_AGAIN_PATTERN),
+            CommandHandler("photos", gallery.my_photos),
+            CallbackQueryHandler(gallery.my_photos, pattern=keyboards.GEN_MINE_PATTERN),
+            CallbackQueryHandler(gallery.send_again, pattern=keyboards.GEN_SEND_PATTERN),
+            CommandHandler("cancel", generate.cancel),
             MessageHandler(filters.PHOTO | filters.Document.ALL, menu.photo_outside),
-            MessageHandler(filters.ChatType.PRIVATE & ~filters.COMMAND, menu.text_outside),
+            # The typed prompt, when one is awaited; otherwise a pointer to the menu.
+            MessageHandler(filters.ChatType.PRIVATE & ~filters.COMMAND, generate.text),
             CallbackQueryHandler(menu.outdated_button),
         ]
     )
