@@ -637,3 +637,61 @@ def test_parse_body_then_parse_event_on_any_json_raises_only_payload_error(value
     except PayloadError:
         return
     assert isinstance(parsed, Event)
+
+
+# --- a generation's callback (fal-ai/flux-lora) ---------------------------------------------
+
+GENERATED = {
+    "images": [
+        {"url": "https://v3.fal.media/files/a.jpeg", "width": 768, "height": 1024,
+         "content_type": "image/jpeg"},
+        {"url": "https://v3.fal.media/files/b.jpeg", "width": 768, "height": 1024,
+         "content_type": "image/jpeg"},
+    ],
+    "seed": 2**60 + 3,
+    "has_nsfw_concepts": [False, True],
+}  # fmt: skip
+
+
+def test_a_generations_ok_carries_its_images_flags_seed_and_hint() -> None:
+    parsed = event(
+        {"request_id": "g-1", "status": "OK", "payload": GENERATED}, {"generation_id": "gen42"}
+    )
+    assert parsed.status is EventStatus.COMPLETED and parsed.generation_id == "gen42"
+    assert parsed.generated is not None and parsed.error_message is None
+    assert [image.nsfw for image in parsed.generated.images] == [False, True]
+    assert parsed.generated.seed == 2**60 + 3  # exact, never through a float
+    assert parsed.avatar_id is None and parsed.lora_url is None
+
+
+def test_a_generations_error_and_payload_error() -> None:
+    failed = event(
+        {
+            "request_id": "g-2",
+            "status": "ERROR",
+            "error": "Invalid status code: 422",
+            "payload": {"detail": [{"loc": ["body", "prompt"], "msg": "too long"}]},
+        },
+        {"generation_id": "gen42"},
+    )
+    assert failed.status is EventStatus.FAILED and failed.generated is None
+    assert failed.error_message == "Invalid status code: 422; body.prompt: too long"
+    pending = event({"request_id": "g-3", "status": "OK", "payload": None, "payload_error": "x"})
+    assert pending.status is EventStatus.RESULT_PENDING and pending.generated is None
+
+
+@pytest.mark.parametrize("images", [[], [{"width": 1}], "nope"])
+def test_unreadable_images_are_recorded_with_the_reason_not_refused(images: object) -> None:
+    parsed = event({"request_id": "g-4", "status": "OK", "payload": {"images": images}})
+    assert parsed.status is EventStatus.COMPLETED and parsed.generated is None
+    assert parsed.error_message is not None and "could not be read" in parsed.error_message
+
+
+def test_a_training_output_has_nothing_generated() -> None:
+    parsed = event(json.loads(FAL_OK))
+    assert parsed.generated is None and parsed.error_message is None and parsed.lora_url
+
+
+def test_a_bad_generation_id_is_refused() -> None:
+    with pytest.raises(PayloadError, match="generation_id"):
+        event({"request_id": "g", "status": "OK"}, {"generation_id": "x" * 33})

@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from service.fal import flux_lora
 from service.fal.comment import parse_comment
 
 
@@ -74,6 +75,11 @@ class Event:
     avatar_id: str | None = None
     training_type: str | None = None
     comment_user_id: str | None = None
+    # The `?generation_id=` of a generation's webhook URL, as `avatar_id` is a training's.
+    generation_id: str | None = None
+    # A generation's output (flux-lora's images, their safety flags and the seed); None for a
+    # training's, or when the output had no readable images (then `error_message` says why).
+    generated: flux_lora.Result | None = None
 
 
 def parse_body(raw: bytes) -> dict[str, Any]:
@@ -110,11 +116,13 @@ def parse_event(
         training_type = None
     payload = body.get("payload")
     lora_url = config_url = error_message = None
+    generated = None
     if status is EventStatus.COMPLETED:
         if payload is None and body.get("payload_error"):
             status = EventStatus.RESULT_PENDING
         lora_url = _file_url(payload, "diffusers_lora_file") or _str(body.get("lora_url"))
         config_url = _file_url(payload, "config_file") or _str(body.get("config_url"))
+        generated, error_message = _generated(payload)
     elif status is EventStatus.FAILED:
         error_message = _error_message(body)
     return Event(
@@ -127,6 +135,8 @@ def parse_event(
         avatar_id=avatar_id,
         training_type=training_type,
         comment_user_id=meta.get("user_id"),
+        generation_id=_optional_id(query.get("generation_id"), "generation_id"),
+        generated=generated,
     )
 
 
@@ -139,17 +149,32 @@ def from_result(
     same rules as a webhook body carrying that output as `payload`.
     """
     if error is None:
+        generated, problem = _generated(output)
         return Event(
             request_id=request_id,
             status=EventStatus.COMPLETED,
             lora_url=_file_url(output, "diffusers_lora_file"),
             config_url=_file_url(output, "config_file"),
+            error_message=problem,
+            generated=generated,
         )
     return Event(
         request_id=request_id,
         status=EventStatus.FAILED,
         error_message=_error_message({"error": error, "payload": output}),
     )
+
+
+def _generated(payload: object) -> tuple[flux_lora.Result | None, str | None]:
+    """A generation's images from a finished request's output (one that has `images`), or
+    why they cannot be read. A training's output has none: (None, None)."""
+    if not isinstance(payload, Mapping) or "images" not in payload:
+        return None, None
+    try:
+        return flux_lora.read_output(payload), None
+    except flux_lora.OutputError as exc:
+        # Recorded, not refused: a 400 would only make FAL send the same body again.
+        return None, f"FAL's output could not be read: {exc}"[:MAX_ERROR_LENGTH]
 
 
 def _request_id(body: Mapping[str, Any], signed_request_id: str | None) -> str:

@@ -6,7 +6,9 @@ and cancel URLs. Each accepted submission downloads its `images_data_url` in the
 keeps the zip's files, so a test can see exactly what FAL would have trained on. Nothing
 finishes by itself: the test decides with `complete()`, `fail()` or `payload_error()`, each of
 which can deliver the Ed25519-signed callback, or "lose" it (`deliver=False`); `deliver()`
-repeats the last callback, as FAL does when it retries.
+repeats the last callback, as FAL does when it retries. It also serves the generation app
+`fal-ai/flux-lora` (tests/fakes/fal_generation.py): a request for it is checked against the
+LoRAs of the trainings it finished (or `add_lora`), and `complete()` draws its images.
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-from . import LoopbackHandler, LoopbackServer
+from . import LoopbackHandler, LoopbackServer, fal_generation
+from .fal_generation import FLUX_LORA
 from .fal_keys import FalSigner
 
 PORTRAIT = "fal-ai/flux-lora-portrait-trainer"
@@ -108,6 +111,14 @@ class _QueueHandler(LoopbackHandler):
         parts = urlsplit(self.path)
         path = parts.path.strip("/")
         body = self.read_body()
+        if method == "GET" and path.startswith("media/"):
+            # FAL's CDN: the files of a result need no key.
+            data = fal.media.get(parts.path)
+            if data is None:
+                self.send_json(404, {"detail": "File not found"})
+            else:
+                self.send_body(200, data, "image/jpeg")
+            return
         authorized = self.headers.get("Authorization") == f"Key {fal.key}"
         headers: dict[str, str] = {}
         if not authorized:
@@ -147,6 +158,10 @@ class FalQueueServer(LoopbackServer):
         self._order: list[str] = []
         self._calls: list[QueueCall] = []
         self._plans: dict[str, deque[tuple[int, JsonDict] | float]] = {}
+        # Every LoRA a generation may use (its weights' URL -> its trigger word), and the
+        # generated images by path.
+        self.loras: dict[str, str] = {}
+        self.media: dict[str, bytes] = {}
 
     # -- scripting -----------------------------------------------------------------------------
 
@@ -160,15 +175,41 @@ class FalQueueServer(LoopbackServer):
         with self._lock:
             self._requests[request_id].state = "IN_PROGRESS"
 
-    def complete(self, request_id: str, *, deliver: bool = True) -> int | None:
-        """Finish the request: trained if its zip was good, failed if not. Returns the
-        callback's HTTP status (None when not delivered or unreachable)."""
+    def add_lora(self, url: str, trigger: str) -> None:
+        """A LoRA generations may use (an avatar trained before this queue started)."""
+        with self._lock:
+            self.loras[url] = trigger
+
+    def complete(
+        self,
+        request_id: str,
+        *,
+        deliver: bool = True,
+        nsfw: list[bool] | None = None,
+        sizes: list[int] | None = None,
+    ) -> int | None:
+        """Finish the request: trained if its zip was good, failed if not; a generation draws
+        its images (`nsfw`: the safety checker's flag per image; `sizes`: their bytes).
+        Returns the callback's HTTP status (None when not delivered or unreachable)."""
         request = self.wait_downloaded(request_id)
-        if request.archive is None:
+        if request.app_id == FLUX_LORA:
+            output, files = fal_generation.generate(
+                self.url, request_id, request.arguments, nsfw=nsfw, sizes=sizes
+            )
+            with self._lock:
+                self.media.update(files)
+        elif request.archive is None:
             return self.fail(request_id, deliver=deliver, message=request.download_error)
+        else:
+            output = lora_output(request_id)
+            trigger = request.arguments.get("trigger_phrase") or request.arguments.get(
+                "trigger_word"
+            )
+            if isinstance(trigger, str):
+                self.add_lora(output["diffusers_lora_file"]["url"], trigger)
         with self._lock:
             request.state, request.succeeded = "COMPLETED", True
-            request.output = lora_output(request_id)
+            request.output = output
             request.last_callback = _callback(request_id, "OK", payload=request.output)
         return self.deliver(request_id) if deliver else None
 
@@ -221,9 +262,10 @@ class FalQueueServer(LoopbackServer):
             )
         return self.deliver(request_id) if deliver else None
 
-    def payload_error(self, request_id: str) -> int | None:
-        """Finish successfully but call back without the output (FAL's `payload_error`)."""
-        self.complete(request_id, deliver=False)
+    def payload_error(self, request_id: str, **drawn: Any) -> int | None:
+        """Finish successfully but call back without the output (FAL's `payload_error`);
+        `drawn` as complete() takes it."""
+        self.complete(request_id, deliver=False, **drawn)
         with self._lock:
             self._requests[request_id].last_callback = _callback(
                 request_id,
@@ -244,6 +286,15 @@ class FalQueueServer(LoopbackServer):
         with self._lock:
             request.deliveries.append(status)
         return status
+
+    def deliver_status(self, request_id: str, status: str = "IN_PROGRESS") -> int | None:
+        """A signed callback with only a status (news older than the last one, arriving
+        late); the last callback stays what deliver() repeats."""
+        with self._lock:
+            url = self._requests[request_id].webhook_url
+        assert url is not None, "the request was submitted without fal_webhook"
+        body = _callback(request_id, status)
+        return _post(url, body, self.signer.headers(body, request_id))
 
     def deliver_later(self, request_id: str, seconds: float) -> threading.Timer:
         timer = threading.Timer(seconds, self.deliver, args=(request_id,))
@@ -331,7 +382,7 @@ class FalQueueServer(LoopbackServer):
 
     def _submit(self, app_id: str, query: dict[str, str], raw: bytes) -> tuple[int, JsonDict]:
         required = REQUIRED_INPUTS.get(app_id)
-        if required is None:
+        if required is None and app_id != FLUX_LORA:
             return 404, {"detail": f"Application {app_id!r} not found"}
         try:
             arguments = json.loads(raw)
@@ -339,20 +390,28 @@ class FalQueueServer(LoopbackServer):
             return 422, {"detail": [{"loc": ["body"], "msg": "invalid JSON", "type": "json"}]}
         if not isinstance(arguments, dict):
             return 422, {"detail": [{"loc": ["body"], "msg": "not an object", "type": "type"}]}
-        missing = [name for name in required if name not in arguments]
+        missing = [name for name in required or () if name not in arguments]
         if missing:
             detail = [
                 {"loc": ["body", name], "msg": "field required", "type": "value_error.missing"}
                 for name in missing
             ]
             return 422, {"detail": detail}
+        if app_id == FLUX_LORA:
+            with self._lock:
+                refused = fal_generation.refusal(arguments, self.loras)
+            if refused is not None:
+                return refused
         request_id = str(uuid.uuid4())
         request = FalRequest(request_id, app_id, arguments, query.get("fal_webhook"))
         with self._lock:
             self._requests[request_id] = request
             self._order.append(request_id)
             self._changed.notify_all()
-        threading.Thread(target=self._download, args=(request,), daemon=True).start()
+        if app_id == FLUX_LORA:
+            request.downloaded.set()  # nothing to fetch: the LoRA is FAL's own file
+        else:
+            threading.Thread(target=self._download, args=(request,), daemon=True).start()
         base = f"{self.url}/{app_id}/requests/{request_id}"
         return 200, {
             "request_id": request_id,

@@ -64,3 +64,72 @@ def webp_vp8(width: int, height: int) -> bytes:
     payload = b"\x00\x00\x00" + b"\x9d\x01\x2a" + struct.pack("<HH", width, height) + b"\x00" * 8
     body = b"WEBP" + b"VP8 " + struct.pack("<I", len(payload)) + payload
     return b"RIFF" + struct.pack("<I", len(body)) + body
+
+
+# The standard luminance DC table of JPEG's Annex K (code lengths 1..16, then the symbols).
+_DC_BITS = (0, 1, 5, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0)
+_DC_SYMBOLS = bytes(range(12))
+# An AC table with one symbol, end-of-block: every block here is a flat colour.
+_AC_BITS = (1,) + (0,) * 15
+_AC_SYMBOLS = b"\x00"
+
+
+def _codes(bits: tuple[int, ...], symbols: bytes) -> dict[int, tuple[int, int]]:
+    """Huffman codes as JPEG assigns them: by length, in order (symbol -> (code, length))."""
+    codes, code, index = {}, 0, 0
+    for length, count in enumerate(bits, start=1):
+        for _ in range(count):
+            codes[symbols[index]] = (code, length)
+            code, index = code + 1, index + 1
+        code <<= 1
+    return codes
+
+
+def _segment(marker: int, data: bytes) -> bytes:
+    return struct.pack(">BBH", 0xFF, marker, len(data) + 2) + data
+
+
+def jpeg(width: int, height: int, seed: int = 0) -> bytes:
+    """A valid baseline JPEG (any decoder reads it) of one colour chosen by `seed`."""
+    rgb = (seed * 37 % 256, seed * 91 % 256, seed * 13 % 256)
+    r, g, b = rgb
+    levels = (
+        0.299 * r + 0.587 * g + 0.114 * b,
+        128 - 0.168736 * r - 0.331264 * g + 0.5 * b,
+        128 + 0.5 * r - 0.418688 * g - 0.081312 * b,
+    )
+    # A flat 8x8 block's DC coefficient is 8 times its level shifted by 128 (quantiser 1).
+    dcs = [round(8 * (level - 128)) for level in levels]
+    dc_codes, eob = _codes(_DC_BITS, _DC_SYMBOLS), _codes(_AC_BITS, _AC_SYMBOLS)[0]
+    bits: list[tuple[int, int]] = []
+    previous = [0, 0, 0]
+    for _ in range(((width + 7) // 8) * ((height + 7) // 8)):
+        for component, dc in enumerate(dcs):
+            diff, previous[component] = dc - previous[component], dc
+            size = abs(diff).bit_length()
+            bits.append(dc_codes[size])
+            if size:
+                bits.append((diff if diff > 0 else diff + (1 << size) - 1, size))
+            bits.append(eob)
+    stream, acc, filled = bytearray(), 0, 0
+    for value, length in bits:
+        acc, filled = (acc << length) | value, filled + length
+        while filled >= 8:
+            filled -= 8
+            byte = (acc >> filled) & 0xFF
+            stream += b"\xff\x00" if byte == 0xFF else bytes([byte])
+    if filled:
+        byte = ((acc << (8 - filled)) | ((1 << (8 - filled)) - 1)) & 0xFF
+        stream += b"\xff\x00" if byte == 0xFF else bytes([byte])
+    components = b"".join(bytes([i, 0x11, 0]) for i in (1, 2, 3))
+    return (
+        b"\xff\xd8"
+        + _segment(0xE0, b"JFIF\x00\x01\x01\x00\x00\x01\x00\x01\x00\x00")
+        + _segment(0xDB, b"\x00" + b"\x01" * 64)
+        + _segment(0xC0, struct.pack(">BHHB", 8, height, width, 3) + components)
+        + _segment(0xC4, b"\x00" + bytes(_DC_BITS) + _DC_SYMBOLS)
+        + _segment(0xC4, b"\x10" + bytes(_AC_BITS) + _AC_SYMBOLS)
+        + _segment(0xDA, b"\x03" + b"".join(bytes([i, 0x00]) for i in (1, 2, 3)) + b"\x00\x3f\x00")
+        + bytes(stream)
+        + b"\xff\xd9"
+    )
