@@ -9,7 +9,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from telegram import InputMediaPhoto, Update
 from telegram.ext import ContextTypes
 
-from service.bot import generate, generation, keyboards
+from service.bot import generation, keyboards, launch
 from service.bot.services import lang, say, services
 from service.bot.styles import frame_label
 from service.bot.texts import Lang, age, t
@@ -47,7 +47,7 @@ def _line(language: Lang, number: int, row: Generation) -> str:
         number=number,
         icon=_ICONS.get(row.status, "•"),
         label=shorten(row.label, LABEL_CHARS),
-        photos=generate.photos(language, row.num_images),
+        photos=launch.photos(language, row.num_images),
         frame=frame,
         status=t(language, f"gen_status_{row.status}"),
         age=age(language, (utcnow() - row.created_at).total_seconds()),
@@ -147,4 +147,4 @@ async def again(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     except generation.NotFound:
         await say(update, t(lang(update), "gen_not_found"))
         return
-    await generate.go(update, context, choice)
+    await launch.go(update, context, choice)

@@ -13,18 +13,17 @@ from typing import Any
 import structlog
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
-from telegram import Bot, InlineKeyboardMarkup, Update
+from telegram import Update
 from telegram.ext import ContextTypes
 
-from service.bot import generation, keyboards, menu
+from service.bot import keyboards, launch, menu
 from service.bot.drafts import GENERATION_KEY
 from service.bot.generation import Choice
 from service.bot.services import Services, lang, say, services
 from service.bot.styles import MAX_PROMPT_CHARS, PromptProblem, clean_prompt, frame_label, style
 from service.bot.texts import Lang, status_name, t
 from service.fal.flux_lora import Frame
-from service.fal.queue import FalAuthError, FalError, FalRejected
-from service.jobs.states import AvatarStatus, GenerationStatus
+from service.jobs.states import AvatarStatus
 from service.store import generations
 from service.store.models import Avatar, User, utcnow
 
@@ -52,19 +51,6 @@ class Chosen:
 def chosen_of(context: ContextTypes.DEFAULT_TYPE) -> Chosen | None:
     found: Any = context.user_data.get(GENERATION_KEY) if context.user_data is not None else None
     return found if isinstance(found, Chosen) else None
-
-
-def photos(language: Lang, count: int) -> str:
-    if language == "en":
-        return f"{count} photo" if count == 1 else f"{count} photos"
-    return f"{count} фото"
-
-
-def wait(language: Lang, seconds: float) -> str:
-    minutes = max(1, int(seconds // 60) + (1 if seconds % 60 else 0))
-    hours, minutes = divmod(minutes, 60)
-    h, m = ("h", "min") if language == "en" else ("ч", "мин")
-    return f"{hours} {h} {minutes} {m}" if hours else f"{minutes} {m}"
 
 
 async def _left(svc: Services, telegram_id: int) -> int:
@@ -254,90 +240,12 @@ async def choose_count(update: Update, context: ContextTypes.DEFAULT_TYPE) -> No
     if chosen is None or chosen.step != COUNT or chosen.frame is None:
         await _outdated(update)
         return
-    assert context.user_data is not None
-    context.user_data.pop(GENERATION_KEY, None)
     count = int(query.data.rsplit(":", 1)[1])
     choice = Choice(chosen.avatar_id, chosen.frame, count, chosen.style, chosen.own)
-    await go(update, context, choice)
-
-
-async def go(update: Update, context: ContextTypes.DEFAULT_TYPE, choice: Choice) -> None:
-    """Reserve the generation (or say why not), then submit it in the background."""
-    person, chat = update.effective_user, update.effective_chat
-    assert person is not None and chat is not None
-    language = lang(update)
-    svc = services(context)
-    try:
-        reserved = await generation.reserve(svc, person.id, choice, language)
-    except generation.Refused as refused:
-        await say(update, refusal(svc, language, refused, choice.count))
-        return
-    # FAL answers within seconds, but up to its timeout: other people's updates go on.
-    context.application.create_task(
-        submit_and_tell(svc, context.bot, chat.id, language, reserved),
-        update=update,
-        name=f"generate:{reserved.id}",
-    )
-
-
-def refusal(svc: Services, language: Lang, refused: generation.Refused, count: int) -> str:
-    """Why the generation cannot start, in words for the person (HTML)."""
-    settings = svc.settings
-    if isinstance(refused, generation.TooManyRunning):
-        limit = settings.generations_in_flight
-        return t(language, "gen_too_many_running", running=refused.running, limit=limit)
-    if isinstance(refused, generation.OverQuota):
-        text = t(
-            language,
-            "gen_over_quota",
-            photos=photos(language, count),
-            left=refused.left,
-            per_day=settings.generations_per_day,
-        )
-        if refused.free_at is not None:
-            seconds = (refused.free_at - utcnow()).total_seconds()
-            text += " " + t(language, "gen_free_in", wait=wait(language, seconds))
-        return text
-    if isinstance(refused, generation.AvatarNotReady):
-        status = status_name(language, refused.status)
-        return t(language, "gen_avatar_not_ready", name=refused.name, status=status)
-    return t(language, "not_found")
-
-
-def _fal_reason(language: Lang, exc: FalError) -> str:
-    if isinstance(exc, FalAuthError):
-        return t(language, "gen_fal_auth")
-    if isinstance(exc, FalRejected):
-        return t(language, "gen_fal_rejected", detail=exc.detail[:300])
-    return t(language, "gen_fal_unavailable")
-
-
-async def submit_and_tell(
-    svc: Services, bot: Bot, chat_id: int, language: Lang, reserved: generation.Reserved
-) -> None:
-    """Submit to FAL, then tell the person it is on its way, or why not and what to do."""
-    try:
-        status = await generation.submit(svc, reserved)
-    except FalError as exc:
-        text = f"{_fal_reason(language, exc)}\n\n{t(language, 'gen_not_counted')}"
-        markup: InlineKeyboardMarkup = keyboards.generation_failed(language, reserved.id)
-        await bot.send_message(chat_id, text, reply_markup=markup)
-        return
-    if GenerationStatus(status).is_terminal:
-        # A callback already ended it; its photos (or its failure) come from the outbox.
-        return
-    await bot.send_message(
-        chat_id,
-        t(
-            language,
-            "gen_queued",
-            photos=photos(language, reserved.count),
-            name=reserved.avatar_name,
-            label=reserved.label,
-            left=reserved.left,
-            per_day=svc.settings.generations_per_day,
-        ),
-    )
+    if await launch.go(update, context, choice):
+        assert context.user_data is not None
+        context.user_data.pop(GENERATION_KEY, None)
+    # Refused: the choices stay, so a smaller count (or a later press) works.
 
 
 async def cancel(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:

@@ -23,6 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.bot.services import Services
 from service.bot.styles import compose, style
+from service.bot.submit import keep_answer
 from service.fal import flux_lora
 from service.fal.flux_lora import Frame
 from service.fal.queue import FalError, Submission
@@ -279,11 +280,7 @@ async def record(
             registered_for=job.generation_id,
         )
         return generation.status
-    # A callback that raced this may have registered the job from its hint, without the URLs.
-    job.app = app
-    job.status_url = submission.status_url
-    job.response_url = submission.response_url
-    job.cancel_url = submission.cancel_url
+    keep_answer(job, submission, app)
     if generation.status == GenerationStatus.SUBMITTING.value:
         generation.status = GenerationStatus.QUEUED.value
         generation.updated_at = utcnow()

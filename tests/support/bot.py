@@ -8,9 +8,12 @@ API server's getUpdates and reads what the bot (and the outbox) sent to them.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
+from collections.abc import Iterator
 from typing import Any
 
+from tests.fakes.fal_keys import FalSigner
 from tests.fakes.fal_queue import TEST_KEY, FalQueueServer
 from tests.fakes.telegram_api import (
     TEST_TOKEN,
@@ -75,6 +78,15 @@ class BotStack:
     def close(self) -> None:
         self.bot.close()
         self.server.close()
+
+
+@contextlib.contextmanager
+def running_bot(
+    api: FakeBotApi, signer: FalSigner, jwks_url: str, **settings: str
+) -> Iterator[BotStack]:
+    """A BotStack with a local FAL queue of its own, signing with `signer`."""
+    with FalQueueServer(FAL_KEY, signer) as fal, BotStack(api, fal, jwks_url, **settings) as stack:
+        yield stack
 
 
 class Person:
