@@ -100,26 +100,41 @@ def test_many_chats_are_forgotten_once_their_interval_passed_but_not_before() ->
     assert abs(pacer.reserve(5) - 1.0) < EPSILON
 
 
+def test_an_album_counts_as_its_messages_for_the_chat_and_for_the_bot() -> None:
+    clock = Clock()
+    pacer = Pacer(rate=10, chat_interval=1.0, clock=clock)
+    # An album of four photos and its follow-up: five messages, sent together.
+    assert pacer.reserve(7, messages=5) == 0.0
+    # Every other chat waits five global slots, not one.
+    assert abs(pacer.reserve(8) - 0.5) < EPSILON
+    # The same chat waits five intervals before its next message.
+    assert abs(pacer.reserve(7) - 5.0) < EPSILON
+
+
 @given(
     rate=st.sampled_from([1.0, 5.0, 30.0]),
     interval=st.sampled_from([0.0, 0.5, 1.0, 3.0]),
-    steps=st.lists(st.tuples(st.integers(0, 4), st.floats(0.0, 2.0, allow_nan=False)), max_size=60),
+    steps=st.lists(
+        st.tuples(st.integers(0, 4), st.floats(0.0, 2.0, allow_nan=False), st.integers(1, 11)),
+        max_size=60,
+    ),
 )
 def test_no_schedule_breaks_either_limit(
-    rate: float, interval: float, steps: list[tuple[int, float]]
+    rate: float, interval: float, steps: list[tuple[int, float, int]]
 ) -> None:
     clock = Clock()
     pacer = Pacer(rate=rate, chat_interval=interval, clock=clock)
-    sends: list[tuple[float, int]] = []
-    for chat, gap in steps:
+    # (when it goes out, the chat, how many messages it makes: 1, or an album and follow-up)
+    sends: list[tuple[float, int, int]] = []
+    for chat, gap, messages in steps:
         clock.advance(gap)
-        wait = pacer.reserve(chat)
+        wait = pacer.reserve(chat, messages)
         assert wait >= 0.0
-        sends.append((clock.now + wait, chat))
-    times = sorted(at for at, _ in sends)
-    for earlier, later in itertools.pairwise(times):
-        assert later - earlier >= 1.0 / rate - EPSILON
-    for chat in {c for _, c in sends}:
-        mine = sorted(at for at, c in sends if c == chat)
-        for earlier, later in itertools.pairwise(mine):
-            assert later - earlier >= interval - EPSILON
+        sends.append((clock.now + wait, chat, messages))
+    ordered = sorted(sends)
+    for (earlier, _, count), (later, _, _) in itertools.pairwise(ordered):
+        assert later - earlier >= count / rate - EPSILON
+    for chat in {c for _, c, _ in sends}:
+        mine = [(at, count) for at, c, count in ordered if c == chat]
+        for (earlier, count), (later, _) in itertools.pairwise(mine):
+            assert later - earlier >= count * interval - EPSILON

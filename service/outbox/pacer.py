@@ -23,12 +23,16 @@ class Pacer:
         self._next_for_chat: dict[int, float] = {}
         self._paused_until = 0.0
 
-    def reserve(self, chat_id: int) -> float:
-        """Reserve the earliest allowed slot for this chat; returns seconds to wait for it."""
+    def reserve(self, chat_id: int, messages: int = 1) -> float:
+        """Reserve the earliest allowed slot for this chat; returns seconds to wait for it.
+
+        `messages` is how many Telegram messages the send makes (an album of four and its
+        follow-up: five); they go out together and the slots after them move back by as many.
+        """
         now = self._clock()
         slot = max(now, self._next_any, self._next_for_chat.get(chat_id, 0.0))
-        self._next_any = slot + self._gap
-        self._next_for_chat[chat_id] = slot + self._chat_interval
+        self._next_any = slot + self._gap * messages
+        self._next_for_chat[chat_id] = slot + self._chat_interval * messages
         if len(self._next_for_chat) > 10_000:
             self._next_for_chat = {c: t for c, t in self._next_for_chat.items() if t > now}
         return slot - now

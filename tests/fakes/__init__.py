@@ -1,8 +1,7 @@
 """Local stand-ins for FAL's key server and the Telegram Bot API, speaking their real protocols.
 
-The loopback server plumbing they share lives here (rather than in a module of its own) so the
-package stays three files; import the fakes from `tests.fakes.fal_keys` and
-`tests.fakes.telegram_api`.
+The loopback server plumbing they share lives here (rather than in a module of its own); import
+the fakes from their modules (`tests.fakes.fal_keys`, `tests.fakes.telegram_api`, ...).
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """A local Telegram Bot API server for tests and benchmarks.
 
 Standalone: `python -m tests.fakes.telegram_api --port N [--token T] [--record FILE]` serves until
-SIGTERM, prints nothing, and appends each delivered sendMessage to FILE as one JSON line.
+SIGTERM, prints nothing, and appends each delivered sendMessage, sendPhoto, sendDocument and
+sendMediaGroup (an album is one line) to FILE as one JSON line. Photos: telegram_media.py.
 """
 
 from __future__ import annotations
@@ -741,6 +742,11 @@ class FakeBotApi(LoopbackServer):
             "close": lambda _: True,
             "logOut": lambda _: True,
         }
+        # Imported here: the media module builds on this one's errors and HTML parser.
+        from tests.fakes.telegram_media import MediaDesk
+
+        self.media = MediaDesk(self)
+        handlers.update(self.media.handlers())
         # Bot API method names are case-insensitive.
         self._methods = {name.lower(): (name, fn) for name, fn in handlers.items()}
 
@@ -880,11 +886,22 @@ class FakeBotApi(LoopbackServer):
         with self._lock:
             call.outcome, call.status = outcome, status
             call.description, call.result = description, result
-            if self._record is not None and call.method == "sendMessage" and outcome == "ok":
-                line = {"chat_id": call.params["chat_id"], "text": call.params["text"]}
-                self._record.write(json.dumps({**line, "at": time.time()}) + "\n")
-                self._record.flush()
+            if self._record is not None and outcome == "ok":
+                self._record_line(call)
             self._calls_changed.notify_all()
+
+    def _record_line(self, call: Call) -> None:
+        from tests.fakes.telegram_media import MEDIA_METHODS, record_line
+
+        assert self._record is not None
+        if call.method == "sendMessage":
+            line = {"chat_id": call.params["chat_id"], "text": call.params["text"]}
+        elif call.method in MEDIA_METHODS:
+            line = record_line(call.method, call.params["chat_id"], call.result)
+        else:
+            return
+        self._record.write(json.dumps({**line, "at": time.time()}) + "\n")
+        self._record.flush()
 
     def _next_fault(self, method: str) -> Fault | None:
         with self._lock:
@@ -1047,7 +1064,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--token", default=TEST_TOKEN)
-    parser.add_argument("--record", help="append each delivered sendMessage as a JSON line")
+    parser.add_argument("--record", help="append each delivered message or album as a JSON line")
     parser.add_argument("--fail-ratio", type=float, default=0.0)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
@@ -1066,4 +1083,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    # Run as the imported module, not as __main__: the media module's ApiError must be the
+    # very class this server catches.
+    from tests.fakes.telegram_api import main as imported_main
+
+    raise SystemExit(imported_main())

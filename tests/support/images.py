@@ -133,3 +133,22 @@ def jpeg(width: int, height: int, seed: int = 0) -> bytes:
         + bytes(stream)
         + b"\xff\xd9"
     )
+
+
+def padded(data: bytes, size: int) -> bytes:
+    """A JPEG grown to exactly `size` bytes by comment (COM) segments after its SOI marker.
+
+    Still the same valid image: decoders skip comments. For tests of byte limits (Telegram
+    fetches at most 5 MB by URL) without encoding a large picture.
+    """
+    missing = size - len(data)
+    # A segment is its marker and length (4 bytes) and up to 65533 bytes of comment.
+    assert data.startswith(b"\xff\xd8") and (missing == 0 or missing >= 4), missing
+    segments = []
+    while missing:
+        body = min(65533, missing - 4)
+        if 0 < missing - 4 - body < 4:
+            body -= 4  # leave enough for one more (empty) segment
+        segments.append(b"\xff\xfe" + struct.pack(">H", body + 2) + b"\x00" * body)
+        missing -= body + 4
+    return data[:2] + b"".join(segments) + data[2:]
