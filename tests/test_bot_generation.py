@@ -19,7 +19,7 @@ from tests.fakes.fal_keys import FalSigner, JwksServer
 from tests.fakes.fal_queue import FalRequest
 from tests.fakes.telegram_api import FakeBotApi
 from tests.support.bot import BotStack, Person, running_bot
-from tests.support.generations import (
+from tests.support.bot_generations import (
     completed_avatar,
     earlier_generation,
     generations_of,

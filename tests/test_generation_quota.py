@@ -15,8 +15,8 @@ from service.fal.flux_lora import Frame
 from service.settings import Settings
 from service.store import generations, migrate
 from service.store.models import Generation, utcnow
+from tests.support.bot_generations import completed_avatar, earlier_generation
 from tests.support.db import run
-from tests.support.generations import completed_avatar, earlier_generation
 
 TELEGRAM_ID = 4242
 

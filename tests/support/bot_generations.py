@@ -1,4 +1,4 @@
-"""Set-up and reading for generation tests: completed avatars, earlier generations, the rows."""
+"""Set-up and reading for the bot's generation tests: completed avatars, earlier generations."""
 
 from __future__ import annotations
 
