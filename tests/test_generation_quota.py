@@ -10,6 +10,7 @@ from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.bot.generation import Choice, OverQuota, Reserved, TooManyRunning, reserve
+from service.bot.reconciler import Policy, reconcile_once
 from service.bot.services import Services
 from service.fal.flux_lora import Frame
 from service.settings import Settings
@@ -104,3 +105,32 @@ def test_failed_and_day_old_generations_do_not_count_and_finished_ones_leave_the
     assert isinstance(fourth, OverQuota) and fourth.free_at is not None
     expected = utcnow() + dt.timedelta(hours=23.5)
     assert abs((fourth.free_at - expected).total_seconds()) < 60
+
+
+def test_a_submission_the_bot_never_finished_is_failed_and_frees_its_place(db: str) -> None:
+    avatar = completed_avatar(db, TELEGRAM_ID, "Anna")
+    policy = Policy(interval=1, expected=60, hard_limit=3600, stale_claim=120, data_retention=1)
+    stale = earlier_generation(db, avatar, 2, "submitting", hours_ago=0.5)
+    fresh = earlier_generation(db, avatar, 2, "submitting", hours_ago=0.01)
+
+    async def once() -> int:
+        svc = Services.open(Settings(database_url=db))
+        try:
+            return (await reconcile_once(svc, policy)).reverted
+        finally:
+            await svc.close()
+
+    assert asyncio.run(once()) == 1
+
+    async def rows(session: AsyncSession) -> dict[str, tuple[str, str | None]]:
+        found = await session.execute(
+            select(Generation.id, Generation.status, Generation.error_message)
+        )
+        return {row[0]: (row[1], row[2]) for row in found}
+
+    after = run(db, rows)
+    assert after[stale][0] == "failed" and "interrupted" in (after[stale][1] or "")
+    assert after[fresh] == ("submitting", None)
+    tap = Choice(avatar.id, Frame.SQUARE, 1, style="art")
+    (passed,) = asyncio.run(_taps(db, [tap], per_day=3, in_flight=2))
+    assert isinstance(passed, Reserved) and passed.left == 0

@@ -19,7 +19,8 @@ Every RECONCILE_INTERVAL_SECONDS (with +-20 % jitter) it looks at the bot's avat
 - older than TRAINING_HARD_LIMIT_SECONDS and still not done: cancel at FAL (best effort) and
   apply a failure saying so, which fails the avatar with a clear message;
 - claimed but never submitted (the bot stopped between creating the avatar and hearing from
-  FAL) for a while: back to `draft`, from which the person can retry.
+  FAL) for a while: back to `draft`, from which the person can retry; a generation left in
+  `submitting` so is failed (it then neither counts nor holds an in-flight place).
 It also deletes training zips that expired long ago (drafts nobody retried).
 """
 
@@ -40,10 +41,10 @@ from service.fal.payload import Event, EventStatus, from_result
 from service.fal.queue import FalError, FalUnavailable, Outcome, QueueState
 from service.jobs.ingest import Delivery, Result, ingest
 from service.jobs.registry import JobKind, Source
-from service.jobs.states import AvatarStatus
+from service.jobs.states import AvatarStatus, GenerationStatus
 from service.settings import Settings
 from service.store import training_data
-from service.store.models import Avatar, FalJob, WebhookEvent, utcnow
+from service.store.models import Avatar, FalJob, Generation, WebhookEvent, utcnow
 
 log = structlog.get_logger("service.bot.reconciler")
 
@@ -216,11 +217,34 @@ async def _revert_stale_claims(session: AsyncSession, policy: Policy, now: dt.da
     return int(result.rowcount)  # type: ignore[attr-defined]
 
 
+async def _fail_stale_submissions(
+    session: AsyncSession, policy: Policy, now: dt.datetime
+) -> int:
+    """Generations the bot wrote and never heard FAL accept (it stopped in between): failed,
+    so that they neither count nor hold one of the person's in-flight places."""
+    result = await session.execute(
+        update(Generation)
+        .where(
+            Generation.status == GenerationStatus.SUBMITTING.value,
+            ~exists().where(FalJob.generation_id == Generation.id),
+            Generation.updated_at <= now - dt.timedelta(seconds=policy.stale_claim),
+        )
+        .values(
+            status=GenerationStatus.FAILED.value,
+            error_message="the generation was interrupted before FAL accepted it",
+            updated_at=now,
+            finished_at=now,
+        )
+    )
+    return int(result.rowcount)  # type: ignore[attr-defined]
+
+
 async def reconcile_once(svc: Services, policy: Policy) -> Report:
     """One pass over the trainings that need it; FAL is asked outside any transaction."""
     now = utcnow()
     report = Report()
     report.reverted = await svc.transaction(lambda s: _revert_stale_claims(s, policy, now))
+    report.reverted += await svc.transaction(lambda s: _fail_stale_submissions(s, policy, now))
     for training in await svc.transaction(lambda s: _candidates(s, policy, now)):
         report.checked += 1
         state: QueueState | None = None
