@@ -182,3 +182,26 @@ class Person:
     def buttons(self, message: dict[str, Any]) -> list[str]:
         markup = message["sent"].get("reply_markup") or {}
         return [b["callback_data"] for row in markup.get("inline_keyboard", []) for b in row]
+
+
+def begin_avatar(person: Person, name: str, training_type: str = "portrait") -> None:
+    """/create -> name -> type: the bot then waits for photos."""
+    person.photos = []
+    person.send("/create")
+    person.expect("Как назовём" if person.user["language_code"] != "en" else "call the avatar")
+    person.send(name)
+    person.expect("Аватар" if person.user["language_code"] != "en" else "Avatar")
+    person.press(f"type:{training_type}")
+    person.expect("от 10 до 20" if person.user["language_code"] != "en" else "10 to 20")
+
+
+def start_training(stack: BotStack, person: Person, name: str, photos: int = 10) -> Any:
+    """Create an avatar with `photos` photos and press Start; returns FAL's request."""
+    already = len(stack.fal.requests())
+    begin_avatar(person, name)
+    person.send_photos(photos)
+    person.press("photos:done")
+    person.expect("Проверим")
+    person.press("train:start")
+    person.expect("началось")
+    return stack.fal.wait_submitted(already + 1)[-1]
