@@ -9,7 +9,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from service.fal.payload import EventStatus
-from service.jobs.states import TERMINAL, TRANSITIONS, AvatarStatus, Change, transition
+from service.jobs.states import (
+    TERMINAL,
+    TRANSITIONS,
+    AvatarStatus,
+    Change,
+    GenerationStatus,
+    generation_transition,
+    transition,
+)
 
 S, E = AvatarStatus, EventStatus
 
@@ -193,3 +201,23 @@ def test_a_cancelling_training_that_errors_ends_cancelled_not_failed() -> None:
 def test_a_second_cancel_request_changes_nothing() -> None:
     assert transition(S.CANCELLING, 40, E.CANCEL_REQUESTED, None) is None
     assert transition(S.DRAFT, 0, E.CANCEL_REQUESTED, None) is None
+
+
+# --- a generation's table --------------------------------------------------------------------
+
+
+def test_a_generation_ends_once_and_progress_only_moves_it_forward() -> None:
+    G, step = GenerationStatus, generation_transition
+    for start in (G.SUBMITTING, G.QUEUED, G.RUNNING):
+        assert step(start, EventStatus.COMPLETED) is G.COMPLETED
+        assert step(start, EventStatus.FAILED) is G.FAILED
+        assert step(start, EventStatus.CANCEL_REQUESTED) is None
+    assert step(G.SUBMITTING, EventStatus.QUEUED) is G.QUEUED
+    assert step(G.QUEUED, EventStatus.IN_PROGRESS) is G.RUNNING
+    assert step(G.QUEUED, EventStatus.RESULT_PENDING) is G.RUNNING
+    # Older news, repeats, anything after the end: nothing.
+    assert step(G.RUNNING, EventStatus.QUEUED) is None
+    assert step(G.QUEUED, EventStatus.QUEUED) is None
+    for end in (G.COMPLETED, G.FAILED):
+        assert end.is_terminal
+        assert all(step(end, event) is None for event in EventStatus)

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
-import html
 import re
 import unicodedata
 from dataclasses import dataclass
 
 from service.fal.flux_lora import Frame
 
+# The caption is rendered by the webhook service with the outcome (the jobs may not import the
+# bot): one helper for both.
+from service.jobs.generation_texts import MAX_CAPTION_CHARS as MAX_CAPTION_CHARS
+from service.jobs.generation_texts import caption as caption
+
 MAX_PROMPT_CHARS = 500
-# Telegram allows 1024 characters of caption after entity parsing.
-MAX_CAPTION_CHARS = 1024
 
 
 @dataclass(frozen=True)
@@ -118,19 +120,3 @@ def compose(trigger: str, *, style_key: str | None = None, own: str | None = Non
         return own
     # The LoRA only answers to its trigger word: without it FAL draws a stranger.
     return f"photo of {trigger}, {own}"
-
-
-def caption(text: str, held_back: int, language: str) -> str:
-    """An album's caption (HTML): the style's name or the prompt, escaped, within 1024."""
-    note = ""
-    if held_back:
-        note = (
-            f"\n\n{held_back} photo(s) held back by the safety filter."
-            if language == "en"
-            else f"\n\nСкрыто фильтром безопасности: {held_back}."
-        )
-    # Telegram counts the caption after entity parsing, where "&amp;" is one character: the
-    # limit applies to the text as shown, so it is cut before escaping.
-    room = MAX_CAPTION_CHARS - len(note)
-    shown = text if len(text) <= room else text[: room - 1] + "…"
-    return html.escape(shown) + note

@@ -19,7 +19,7 @@ from sqlalchemy import Table, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.fal.payload import Event, EventStatus, PayloadError, parse_body, parse_event
-from service.jobs import training
+from service.jobs import generation, training
 from service.jobs.registry import ENQUEUED, Handler, JobKind, Plan, Source, Subject
 from service.store.dialect import Chain, Step, StepContext, dialect_of
 from service.store.direct import DirectConnection
@@ -69,11 +69,13 @@ class Result:
     avatar_id: str | None = None
     transition: str | None = None
     notification_enqueued: bool = False
+    generation_id: str | None = None
 
 
 EVENT_COLUMNS = (
-    "dedupe_key", "request_id", "avatar_id", "status", "outcome", "signed", "client_ip",
-    "query", "headers", "body", "transition", "source", "received_at", "applied_at",
+    "dedupe_key", "request_id", "avatar_id", "generation_id", "status", "outcome", "signed",
+    "client_ip", "query", "headers", "body", "transition", "source", "received_at",
+    "applied_at",
 )  # fmt: skip
 
 
@@ -95,6 +97,7 @@ def _rematch(ctx: StepContext) -> Any:
         .where(events.c.id == p("id"))
         .values(
             avatar_id=p("avatar_id"),
+            generation_id=p("generation_id"),
             outcome=p("outcome"),
             transition=p("transition"),
             applied_at=p("applied_at", UTCDateTime()),
@@ -106,7 +109,10 @@ def _rematch(ctx: StepContext) -> Any:
 RECORD, REMATCH = Step("recorded", _record), Step("rematched", _rematch)
 
 # Each kind of job and its handler; an event goes to the kind whose registry row it matches.
-HANDLERS: dict[JobKind, Handler[Any]] = {JobKind.TRAINING: training.HANDLER}
+HANDLERS: dict[JobKind, Handler[Any]] = {
+    JobKind.TRAINING: training.HANDLER,
+    JobKind.GENERATION: generation.HANDLER,
+}
 
 
 async def ingest(session: AsyncSession, delivery: Delivery) -> Result:
@@ -161,12 +167,13 @@ def _prepare(
         handler, target = found
         plan = handler.plan(target, event, now)
         outcome = Outcome.RECEIVED if plan.transition or _is_news(event) else Outcome.IGNORED
-    avatar_id = target.id if target else None
+    subject: dict[str, str | None] = {"avatar_id": None, "generation_id": None}
+    if target is not None:
+        subject = target.recorded_as
     record = {
         "dedupe_key": delivery.dedupe_key,
         "request_id": event.request_id,
-        # The subject's id (a training's avatar); a generation will need its own column.
-        "avatar_id": avatar_id,
+        **subject,
         "status": event.status.value,
         "outcome": outcome.value,
         "signed": delivery.signed,
@@ -179,14 +186,25 @@ def _prepare(
         "received_at": now,
         "applied_at": now if target else None,
     }
-    result = Result(outcome, event.request_id, avatar_id, plan.transition)
+    result = _result(outcome, event.request_id, subject, plan)
     return (RECORD, *plan.steps), {RECORD.name: record, **plan.params}, result
+
+
+def _result(
+    outcome: Outcome,
+    request_id: str,
+    subject: dict[str, str | None],
+    plan: Plan,
+    enqueued: bool = False,
+) -> Result:
+    avatar_id, generation_id = subject["avatar_id"], subject["generation_id"]
+    return Result(outcome, request_id, avatar_id, plan.transition, enqueued, generation_id)
 
 
 def _answer(planned: Result, written: dict[str, int]) -> Result:
     if not written[RECORD.name]:
         # Nothing else has been written in this transaction, so answering now changes nothing.
-        return Result(Outcome.DUPLICATE, planned.request_id, planned.avatar_id)
+        return replace(planned, outcome=Outcome.DUPLICATE, transition=None)
     enqueued = written.get(ENQUEUED, 0) > 0
     return replace(planned, notification_enqueued=enqueued)
 
@@ -214,7 +232,7 @@ async def _match(session: AsyncSession, event: Event) -> tuple[Handler[Any], Sub
 async def _by_request(
     session: AsyncSession | DirectConnection, request_id: str
 ) -> tuple[Handler[Any], Subject] | None:
-    # One query per kind (one, today), each joining the registry to its own subject's table,
+    # One query per kind, each joining the registry to its own subject's table,
     # so that the matched path stays a single look-up.
     for handler in HANDLERS.values():
         subject = await handler.by_request(session, request_id)
@@ -262,7 +280,7 @@ async def register(session: AsyncSession, job: FalJob) -> list[Result]:
         outcome = Outcome.RECEIVED if plan.transition else Outcome.IGNORED
         rematch = {
             "id": event_id,
-            "avatar_id": target.id,
+            **target.recorded_as,
             "outcome": outcome.value,
             "transition": plan.transition,
             "applied_at": utcnow(),
@@ -271,5 +289,5 @@ async def register(session: AsyncSession, job: FalJob) -> list[Result]:
             session, (REMATCH, *plan.steps), {REMATCH.name: rematch, **plan.params}
         )
         enqueued = written.get(ENQUEUED, 0) > 0
-        results.append(Result(outcome, job.request_id, target.id, plan.transition, enqueued))
+        results.append(_result(outcome, job.request_id, target.recorded_as, plan, enqueued))
     return results

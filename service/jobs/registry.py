@@ -56,6 +56,10 @@ class Subject(Protocol):
     @property
     def id(self) -> str: ...
 
+    @property
+    def recorded_as(self) -> dict[str, str | None]:
+        """The `avatar_id` and `generation_id` its events are recorded under."""
+
 
 S = TypeVar("S", bound=Subject)
 

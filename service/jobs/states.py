@@ -68,6 +68,35 @@ class GenerationStatus(enum.StrEnum):
         return self in (GenerationStatus.COMPLETED, GenerationStatus.FAILED)
 
 
+_G = GenerationStatus
+
+# A generation's table, as the avatar's: (current status, event) -> next status; an absent pair
+# changes nothing, so the terminal states stay final and late or repeated news is ignored.
+# Progress is not kept: queued and running are all a person is shown.
+GENERATION_TRANSITIONS: dict[tuple[GenerationStatus, EventStatus], GenerationStatus] = {
+    (_G.SUBMITTING, _E.QUEUED): _G.QUEUED,
+    (_G.SUBMITTING, _E.IN_PROGRESS): _G.RUNNING,
+    (_G.SUBMITTING, _E.RESULT_PENDING): _G.RUNNING,
+    (_G.QUEUED, _E.IN_PROGRESS): _G.RUNNING,
+    (_G.QUEUED, _E.RESULT_PENDING): _G.RUNNING,
+    **{
+        (before, event): after
+        for before in (_G.SUBMITTING, _G.QUEUED, _G.RUNNING)
+        for event, after in (
+            (_E.COMPLETED, _G.COMPLETED),
+            (_E.FAILED, _G.FAILED),
+            # Nobody cancels a generation; should FAL end one so, its photos never come.
+            (_E.CANCELLED, _G.FAILED),
+        )
+    },
+}
+
+
+def generation_transition(status: GenerationStatus, event: EventStatus) -> GenerationStatus | None:
+    """The generation's next status, or None when the event changes nothing."""
+    return GENERATION_TRANSITIONS.get((status, event))
+
+
 @dataclass(frozen=True)
 class Change:
     status: AvatarStatus

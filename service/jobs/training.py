@@ -6,25 +6,22 @@ import datetime as dt
 from dataclasses import dataclass
 from typing import Any, cast
 
-import structlog
-from sqlalchemy import Table, Text, and_, bindparam, delete, func, select, update
+from sqlalchemy import Table, Text, delete, func, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.fal.payload import Event
+from service.jobs.kinds import ENQUEUE, lookups, read, registering, unclaimed, unmoved
 from service.jobs.outcomes import render_outcome
-from service.jobs.registry import ENQUEUED, JobKind, Plan
+from service.jobs.registry import JobKind, Plan
 from service.jobs.states import AvatarStatus, Change, transition
-from service.outbox.messages import OUTBOX_CHANNEL, Message, row_values
+from service.outbox.messages import Message, row_values
 from service.store.dialect import Step, StepContext
 from service.store.direct import DirectConnection
-from service.store.models import Avatar, FalJob, Notification, TrainingData, User, UTCDateTime
-
-log = structlog.get_logger("service.jobs.ingest")
+from service.store.models import Avatar, FalJob, TrainingData, User, UTCDateTime
 
 avatars = cast(Table, Avatar.__table__)
 users = cast(Table, User.__table__)
 jobs = cast(Table, FalJob.__table__)
-notifications = cast(Table, Notification.__table__)
 training_data = cast(Table, TrainingData.__table__)
 
 
@@ -42,6 +39,10 @@ class Target:
     telegram_id: int
     language_code: str | None
 
+    @property
+    def recorded_as(self) -> dict[str, str | None]:
+        return {"avatar_id": self.id, "generation_id": None}
+
 
 _COLUMNS = (
     avatars.c.id,
@@ -54,36 +55,11 @@ _COLUMNS = (
     users.c.telegram_id,
     users.c.language_code,
 )
-_is_training = jobs.c.kind == JobKind.TRAINING.value
-# Read without a lock on the direct path, whose write re-checks the avatar under its lock.
-PEEK_BY_REQUEST = (
-    select(*_COLUMNS)
-    .select_from(
-        jobs.join(avatars, avatars.c.id == jobs.c.avatar_id).join(
-            users, users.c.id == avatars.c.user_id
-        )
-    )
-    .where(jobs.c.request_id == bindparam("key"), _is_training)
-)
-# Concurrent events for one avatar queue on its row; only the avatar's row is locked.
-BY_REQUEST = PEEK_BY_REQUEST.with_for_update(of=avatars)
-BY_AVATAR = (
-    select(*_COLUMNS)
-    .select_from(
-        avatars.join(users, users.c.id == avatars.c.user_id).outerjoin(
-            jobs, and_(jobs.c.avatar_id == avatars.c.id, _is_training)
-        )
-    )
-    .where(avatars.c.id == bindparam("key"))
-    .with_for_update(of=avatars)
-)
+_READS = lookups(_COLUMNS, avatars, jobs.c.avatar_id == avatars.c.id, JobKind.TRAINING)
 
 
 async def _find(session: AsyncSession | DirectConnection, query: Any, key: str) -> Target | None:
-    if isinstance(session, DirectConnection):
-        row: Any = await session.first(query, {"key": key})
-    else:
-        row = (await session.execute(query, {"key": key})).mappings().one_or_none()
+    row = await read(session, query, {"key": key})
     if row is None:
         return None
     return Target(**{**row, "status": AvatarStatus(row["status"])})
@@ -98,8 +74,8 @@ class Trainings:
         """The avatar whose registered training is `request_id` (unlocked on a direct
         connection, whose write takes the lock in `unmoved`'s step)."""
         if isinstance(session, DirectConnection):
-            return await _find(session, PEEK_BY_REQUEST, request_id)
-        return await _find(session, BY_REQUEST, request_id)
+            return await _find(session, _READS.peek_by_request, request_id)
+        return await _find(session, _READS.by_request, request_id)
 
     def unmoved(self, subject: Target) -> tuple[Step, dict[str, Any]]:
         seen = {"id": subject.id, "status": subject.status.value, "progress": subject.progress}
@@ -119,30 +95,7 @@ async def _by_hint(session: AsyncSession, event: Event) -> Target | None:
     """The avatar named by the event's `?avatar_id=` or comment, if it has no other training."""
     if event.avatar_id is None:
         return None
-    target = await _find(session, BY_AVATAR, event.avatar_id)
-    if target is not None and target.request_id is not None:
-        # avatar_id is a hint from the URL or comment; a registered request id is the
-        # stronger fact.
-        log.warning(
-            "webhook_avatar_request_mismatch",
-            request_id=event.request_id,
-            avatar_id=target.id,
-            avatar_request_id=target.request_id,
-        )
-        return None
-    return target
-
-
-def _register(ctx: StepContext) -> Any:
-    """The training's job, learnt from its first event (the avatar was found by a hint)."""
-    columns = ("request_id", "kind", "user_id", "avatar_id", "submitted_at")
-    chosen = select(*(ctx.param(c, jobs.c[c].type) for c in columns)).where(ctx.gate)
-    return (
-        ctx.dialect.insert(jobs)
-        .from_select(columns, chosen)
-        .on_conflict_do_nothing()
-        .returning(jobs.c.request_id)
-    )
+    return unclaimed(await _find(session, _READS.by_subject, event.avatar_id), event, "avatar")
 
 
 def _change(ctx: StepContext) -> Any:
@@ -174,39 +127,8 @@ def _unzip(ctx: StepContext) -> Any:
     )
 
 
-NOTIFICATION_COLUMNS = (
-    "dedupe_key", "avatar_id", "chat_id", "kind", "message_type", "text", "media",
-    "reply_markup", "state", "attempts", "next_attempt_at", "created_at", "updated_at",
-)  # fmt: skip
-
-
-def _enqueue(ctx: StepContext) -> Any:
-    chosen = select(*(ctx.param(c, notifications.c[c].type) for c in NOTIFICATION_COLUMNS)).where(
-        ctx.gate
-    )
-    return (
-        ctx.dialect.insert(notifications)
-        .from_select(NOTIFICATION_COLUMNS, chosen)
-        .on_conflict_do_nothing(index_elements=["dedupe_key"])
-        # On PostgreSQL this also wakes the dispatcher on commit, only when a row went in.
-        .returning(notifications.c.id, *ctx.dialect.wake(OUTBOX_CHANNEL))
-    )
-
-
-def _unmoved(ctx: StepContext) -> Any:
-    """The avatar, locked, if it is still where the plan started from."""
-    p = ctx.param
-    return (
-        select(avatars.c.id)
-        .where(avatars.c.id == p("id"), avatars.c.status == p("status"))
-        .where(avatars.c.progress == p("progress"))
-        .with_for_update()
-    )
-
-
-UNMOVED = Step("unmoved", _unmoved)
-REGISTER, CHANGE = Step("registered", _register), Step("changed", _change)
-UNZIP, ENQUEUE = Step("unzipped", _unzip), Step(ENQUEUED, _enqueue)
+UNMOVED = unmoved(avatars, "status", "progress")
+CHANGE, UNZIP = Step("changed", _change), Step("unzipped", _unzip)
 
 
 def _plan(target: Target, event: Event, now: dt.datetime) -> Plan:
@@ -218,14 +140,9 @@ def _plan(target: Target, event: Event, now: dt.datetime) -> Plan:
     steps: list[Step] = []
     params: dict[str, dict[str, Any]] = {}
     if target.request_id is None:
-        steps.append(REGISTER)
-        params[REGISTER.name] = {
-            "request_id": event.request_id,
-            "kind": JobKind.TRAINING.value,
-            "user_id": target.user_id,
-            "avatar_id": target.id,
-            "submitted_at": now,
-        }
+        step, values = registering(event, JobKind.TRAINING, target.user_id, target.id, None, now)
+        steps.append(step)
+        params[step.name] = values
     terminal = change.status.is_terminal
     steps.append(CHANGE)
     params[CHANGE.name] = {

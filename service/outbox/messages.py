@@ -32,7 +32,13 @@ class Message:
 
 
 def row_values(
-    dedupe_key: str, kind: str, message: Message, *, avatar_id: str | None, now: dt.datetime
+    dedupe_key: str,
+    kind: str,
+    message: Message,
+    *,
+    avatar_id: str | None,
+    now: dt.datetime,
+    generation_id: str | None = None,
 ) -> dict[str, Any]:
     """The outbox row's columns for `message`; one row per `dedupe_key`, ever.
 
@@ -41,6 +47,7 @@ def row_values(
     return {
         "dedupe_key": dedupe_key,
         "avatar_id": avatar_id,
+        "generation_id": generation_id,
         "chat_id": message.chat_id,
         "kind": kind,
         "message_type": message.message_type.value,

@@ -1,44 +1,52 @@
-"""A person's generation quota, counted in the database: photos in the last day, jobs at once."""
+"""Generations counted in the database: a person's photos of the last 24 hours, jobs at FAL."""
 
 from __future__ import annotations
 
 import datetime as dt
+from typing import Any, cast
 
-from sqlalchemy import func, select
+from sqlalchemy import ColumnElement, ScalarSelect, Table, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.store.models import Generation
 
-# The window of GENERATIONS_PER_DAY: rolling, not a calendar day (nobody's midnight is ours).
+generations = cast(Table, Generation.__table__)
+
+# The quota is rolling: the photos asked in the 24 hours before now.
 WINDOW = dt.timedelta(hours=24)
-# GenerationStatus values (service/jobs/states.py; the store does not import jobs/). A failed
-# generation made nothing, so it does not count; one not yet finished holds its photos.
+# GenerationStatus's words (service/jobs/states.py, which the store may not import; a test holds
+# them equal): a failed generation never counts, and these three are still at FAL.
 FAILED = "failed"
-ACTIVE = ("submitting", "queued", "running")
+IN_FLIGHT = ("submitting", "queued", "running")
+
+
+def photos_used_since(user_id: ColumnElement[Any] | int, since: Any) -> ScalarSelect[Any]:
+    """The photos the person asked since `since` (a value or a bound parameter), failed ones
+    left out: one expression for the quota check and for the outcome's "photos left"."""
+    # An alias of its own, so that inside a query of `generations` it is not correlated to it.
+    counted = generations.alias("counted")
+    return (
+        select(func.coalesce(func.sum(counted.c.num_images), 0))
+        .where(
+            counted.c.user_id == user_id,
+            counted.c.status != FAILED,
+            counted.c.created_at > since,
+        )
+        .scalar_subquery()
+    )
 
 
 async def photos_left(session: AsyncSession, user_id: int, per_day: int, now: dt.datetime) -> int:
     """How many photos the person may still ask for: `per_day` less those of the last 24 h."""
-    used = (
-        await session.execute(
-            select(func.coalesce(func.sum(Generation.num_images), 0)).where(
-                Generation.user_id == user_id,
-                Generation.created_at > now - WINDOW,
-                Generation.status != FAILED,
-            )
-        )
-    ).scalar_one()
+    used = (await session.execute(select(photos_used_since(user_id, now - WINDOW)))).scalar_one()
     return max(0, per_day - int(used))
 
 
 async def in_flight(session: AsyncSession, user_id: int) -> int:
-    """The person's generations submitted (or being submitted) and not yet finished."""
-    return int(
-        (
-            await session.execute(
-                select(func.count())
-                .select_from(Generation)
-                .where(Generation.user_id == user_id, Generation.status.in_(ACTIVE))
-            )
-        ).scalar_one()
+    """The person's generations not yet finished (being submitted, queued or running at FAL)."""
+    count = await session.execute(
+        select(func.count()).where(
+            generations.c.user_id == user_id, generations.c.status.in_(IN_FLIGHT)
+        )
     )
+    return int(count.scalar_one())

@@ -123,6 +123,7 @@ async def _handle(
     fields.update(
         outcome=result.outcome.value,
         avatar_id=result.avatar_id,
+        generation_id=result.generation_id,
         transition=result.transition,
         notification_enqueued=result.notification_enqueued,
     )

@@ -210,7 +210,7 @@ class FalQueueServer(LoopbackServer):
         with self._lock:
             request.state, request.succeeded = "COMPLETED", True
             request.output = output
-            request.last_callback = _callback(request_id, "OK", payload=request.output)
+            request.last_callback = callback_body(request_id, "OK", payload=request.output)
         return self.deliver(request_id) if deliver else None
 
     def fail(
@@ -257,7 +257,7 @@ class FalQueueServer(LoopbackServer):
             request = self._requests[request_id]
             request.state, request.succeeded = "COMPLETED", False
             request.error_body = {"detail": [detail]}
-            request.last_callback = _callback(
+            request.last_callback = callback_body(
                 request_id, "ERROR", payload={"detail": [detail]}, error=error
             )
         return self.deliver(request_id) if deliver else None
@@ -267,7 +267,7 @@ class FalQueueServer(LoopbackServer):
         `drawn` as complete() takes it."""
         self.complete(request_id, deliver=False, **drawn)
         with self._lock:
-            self._requests[request_id].last_callback = _callback(
+            self._requests[request_id].last_callback = callback_body(
                 request_id,
                 "OK",
                 payload=None,
@@ -293,7 +293,7 @@ class FalQueueServer(LoopbackServer):
         with self._lock:
             url = self._requests[request_id].webhook_url
         assert url is not None, "the request was submitted without fal_webhook"
-        body = _callback(request_id, status)
+        body = callback_body(request_id, status)
         return _post(url, body, self.signer.headers(body, request_id))
 
     def deliver_later(self, request_id: str, seconds: float) -> threading.Timer:
@@ -478,7 +478,7 @@ def _plain(answer: tuple[int, JsonDict]) -> tuple[int, JsonDict, dict[str, str]]
     return answer[0], answer[1], {}
 
 
-def _callback(request_id: str, status: str, **fields: Any) -> bytes:
+def callback_body(request_id: str, status: str, **fields: Any) -> bytes:
     body = {"request_id": request_id, "gateway_request_id": request_id, "status": status}
     body.update(fields)
     return json.dumps(body).encode()
