@@ -23,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from service.outbox import queue
 from service.outbox.dispatcher import run_elected
 from service.outbox.leadership import LEADER_LOCK_KEY
-from service.outbox.messages import Message, MessageType
+from service.outbox.messages import Message
 from service.outbox.sender import Sender
 from service.outbox.states import NotificationState
 from service.outbox.telegram import sender_for
@@ -311,33 +311,6 @@ def test_a_read_timeout_is_uncertain_and_never_resent(api: FakeBotApi, sqlite_ur
     run_one(api, sqlite_url, texts(range(1, 2)), body, telegram_read_timeout_seconds=0.5)
     assert len(api.calls_to("sendMessage")) == 2
     assert delivered_per_chat(api) == Counter([1, 2])
-
-
-def test_a_photo_or_album_is_undeliverable_without_calling_telegram_and_texts_go_on(
-    api: FakeBotApi, sqlite_url: str
-) -> None:
-    media = ({"url": "https://example.org/1.jpg"},)
-    messages = [
-        Message(chat_id=1, text="one", message_type=MessageType.PHOTO, media=media),
-        Message(chat_id=2, text="two", message_type=MessageType.ALBUM, media=media * 2),
-        Message(chat_id=3, text="three"),
-    ]
-
-    async def body(worker: Worker) -> None:
-        async def settled() -> bool:
-            return await states(worker) == [S.UNDELIVERABLE, S.UNDELIVERABLE, S.SENT]
-
-        await until(settled, 10, "the photo and album given up, the text sent")
-        errors = [row.last_error for row in await rows(worker)]
-        assert errors == [
-            "photo messages are not supported yet",
-            "album messages are not supported yet",
-            None,
-        ]
-
-    run_one(api, sqlite_url, messages, body)
-    assert [c.params["chat_id"] for c in api.calls_to("sendMessage")] == [3]
-    assert {c.method for c in api.calls} == {"getMe", "sendMessage"}
 
 
 def test_after_telegram_recovers_the_first_success_expedites_the_backlog(

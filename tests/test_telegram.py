@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from service.outbox.messages import Message, MessageType
+from service.outbox.messages import Message
 from service.outbox.sender import SendResult
 from service.outbox.states import SendOutcome
 from service.outbox.telegram import TelegramSender, bot_for, sender_for
@@ -151,15 +151,6 @@ def test_a_wrong_token_is_kept_for_a_retry_after_the_operator_fixes_it(api: Fake
     result = unstarted_send(api.url, "999:WRONG")
     assert result.outcome is SendOutcome.RETRY
     assert result.error is not None and "invalid token" in result.error
-
-
-@pytest.mark.parametrize("kind", [MessageType.PHOTO, MessageType.ALBUM])
-def test_photos_and_albums_are_not_sent_yet(api: FakeBotApi, kind: MessageType) -> None:
-    media = ({"url": "https://example.org/1.jpg"},)
-    result = send(api.url, Message(chat_id=1, text="caption", message_type=kind, media=media))
-    assert result.outcome is SendOutcome.UNDELIVERABLE
-    assert result.error == f"{kind.value} messages are not supported yet"
-    assert [c.method for c in api.calls] == ["getMe"]
 
 
 def test_the_settings_sender_starts_with_get_me_and_uses_the_configured_timeouts(

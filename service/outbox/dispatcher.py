@@ -15,7 +15,7 @@ import datetime as dt
 import os
 import socket
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
 import structlog
@@ -24,9 +24,10 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from service import metrics
 from service.outbox import queue
 from service.outbox.leadership import LEADER_LOCK_KEY, leadership
+from service.outbox.messages import telegram_messages
 from service.outbox.pacer import Pacer
 from service.outbox.sender import Sender, SendResult, not_supported
-from service.outbox.states import NotificationState, SendOutcome
+from service.outbox.states import SendOutcome
 from service.outbox.telegram import sender_for
 from service.settings import Settings
 from service.store.dialect import dialect_for
@@ -37,6 +38,7 @@ from service.store.models import utcnow
 __all__ = ["LEADER_LOCK_KEY", "Dispatcher", "poll_seconds", "run_elected"]
 
 log = structlog.get_logger("service.dispatcher")
+T = TypeVar("T")
 
 
 def poll_seconds(settings: Settings) -> float:
@@ -138,24 +140,31 @@ class Dispatcher:
         self.wakeup.clear()
 
     async def _send(self, item: queue.Claimed) -> SendResult:
-        """One paced send: waits for its slot and for any 429 pause, then asks the sender."""
-        await asyncio.sleep(self.pacer.reserve(item.chat_id))
+        """One paced send: waits for its slots and for any 429 pause, then asks the sender."""
+        slots = telegram_messages(item.message)
+        await asyncio.sleep(self.pacer.reserve(item.chat_id, slots))
         # A deadline, not an event: another 429 may extend the pause while this one sleeps.
         while (paused := self.pacer.paused_for()) > 0:  # noqa: ASYNC110
             await asyncio.sleep(paused)
-        result = await self.sender.send(item.message)
+
+        async def checkpoint(partial: SendResult) -> None:
+            await self._write(
+                item, lambda s: queue.checkpoint(s, self.worker, item, partial, self.lease)
+            )
+
+        result = await self.sender.send(item.message, checkpoint)
         if result.outcome is SendOutcome.RATE_LIMITED:
             self.pacer.pause(result.retry_after)
         metrics.TELEGRAM_SENDS.labels(result.outcome.value).inc()
         return result
 
-    async def _record(self, item: queue.Claimed, result: SendResult) -> NotificationState | None:
-        """The send happened; its record must not be lost to a short database hiccup."""
+    async def _write(
+        self, item: queue.Claimed, work: Callable[[AsyncSession], Awaitable[T]]
+    ) -> T | None:
+        """What a send did must not be lost to a short database hiccup; None if it was."""
         for attempt in range(30):
             try:
-                return await run_transaction(
-                    self.sessions, lambda s: queue.record(s, self.worker, item, result)
-                )
+                return await run_transaction(self.sessions, work)
             except DatabaseUnavailable as exc:
                 log.warning("outbox_record_retry", notification_id=item.id, error=str(exc))
                 await asyncio.sleep(min(5.0, 0.2 * 2**attempt))
@@ -169,7 +178,7 @@ class Dispatcher:
         else:
             # Nothing goes to Telegram, so neither a pacing slot nor a send is counted.
             result = not_supported(item.message)
-        state = await self._record(item, result)
+        state = await self._write(item, lambda s: queue.record(s, self.worker, item, result))
         if state is None:
             return
         if result.outcome is SendOutcome.SENT:

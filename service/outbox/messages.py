@@ -31,6 +31,22 @@ class Message:
     media: tuple[dict[str, Any], ...] = field(default_factory=tuple)
 
 
+def album_sent(message: Message) -> bool:
+    """Its album went out (each photo has its message_id): only the follow-up is left."""
+    return (
+        message.message_type is MessageType.ALBUM
+        and bool(message.media)
+        and all("message_id" in entry for entry in message.media)
+    )
+
+
+def telegram_messages(message: Message) -> int:
+    """How many Telegram messages sending it makes: what the pacer counts it as."""
+    if message.message_type is MessageType.ALBUM and not album_sent(message):
+        return len(message.media) + (1 if message.text else 0)
+    return 1
+
+
 def row_values(
     dedupe_key: str,
     kind: str,

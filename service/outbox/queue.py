@@ -142,8 +142,9 @@ async def record(
         "lease_until": None,
         "last_error": result.error,
     }
+    values.update(_sent_values(result))
     if state is NotificationState.SENT:
-        values.update(sent_at=now, telegram_message_id=result.message_id)
+        values.update(sent_at=now)
     elif state is NotificationState.PENDING:
         delay = (
             result.retry_after
@@ -153,16 +154,37 @@ async def record(
         values.update(next_attempt_at=now + dt.timedelta(seconds=delay))
         if result.migrate_to_chat_id is not None:
             values.update(chat_id=result.migrate_to_chat_id)
-    await session.execute(
-        update(Notification)
-        .where(
-            Notification.id == claimed.id,
-            Notification.claimed_by == worker,
-            Notification.state == NotificationState.SENDING,
-        )
-        .values(**values)
-    )
+    await session.execute(_claimed_row(worker, claimed).values(**values))
     return state
+
+
+async def checkpoint(
+    session: AsyncSession, worker: str, claimed: Claimed, result: SendResult, lease: dt.timedelta
+) -> None:
+    """Store what went out before the send is over (an album, before its follow-up); the row
+    stays claimed, its lease renewed for the rest. A later claim sends only what is left."""
+    now = utcnow()
+    values = {"updated_at": now, "lease_until": now + lease, **_sent_values(result)}
+    await session.execute(_claimed_row(worker, claimed).values(**values))
+
+
+def _sent_values(result: SendResult) -> dict[str, Any]:
+    """Telegram's ids from a send: the first message's id, the photos' file_ids in `media`."""
+    values: dict[str, Any] = {}
+    if result.message_id is not None:
+        values["telegram_message_id"] = result.message_id
+    if result.media is not None:
+        values["media"] = list(result.media)
+    return values
+
+
+def _claimed_row(worker: str, claimed: Claimed) -> Any:
+    # Only while this worker's claim holds: a lost lease makes the write a no-op.
+    return update(Notification).where(
+        Notification.id == claimed.id,
+        Notification.claimed_by == worker,
+        Notification.state == NotificationState.SENDING,
+    )
 
 
 async def expedite(session: AsyncSession) -> int:

@@ -1,35 +1,20 @@
-"""The Telegram seam: one sendMessage through python-telegram-bot, sorted into send outcomes."""
+"""The Telegram seam: texts, photos and albums through python-telegram-bot, sorted into outcomes."""
 
 from __future__ import annotations
 
-import os
-from datetime import timedelta
 from typing import Any
 
-import httpx
 from telegram import Bot, InlineKeyboardButton, InlineKeyboardMarkup
 from telegram.constants import ParseMode
-from telegram.error import (
-    BadRequest,
-    ChatMigrated,
-    Forbidden,
-    InvalidToken,
-    NetworkError,
-    RetryAfter,
-    TelegramError,
-    TimedOut,
-)
+from telegram.error import TelegramError
 from telegram.request import HTTPXRequest
 
+from service.outbox.answers import failed
 from service.outbox.messages import Message, MessageType
-from service.outbox.sender import SendResult, not_supported
+from service.outbox.photos import send_album, send_photo
+from service.outbox.sender import Checkpoint, SendResult, not_supported
 from service.outbox.states import SendOutcome
 from service.settings import Settings
-
-# python-telegram-bot 22 warns on every RetryAfter unless this opts in to its future behaviour
-# (retry_after as a timedelta), which send() already handles. The library reads it itself on
-# every call: it is a switch of the library, not a setting of ours.
-os.environ.setdefault("PTB_TIMEDELTA", "true")
 
 
 def bot_for(
@@ -82,10 +67,10 @@ def sender_for(settings: Settings) -> TelegramSender:
 
 
 class TelegramSender:
-    """Sends HTML texts; never raises for Telegram's answers, returns an outcome instead."""
+    """Sends HTML texts, photos and albums; never raises for Telegram's answers, returns an
+    outcome instead (photos.py has the fallbacks when Telegram will not fetch a photo)."""
 
-    # Photos and albums (sendPhoto, sendMediaGroup) come with the generations.
-    message_types = frozenset({MessageType.TEXT})
+    message_types = frozenset(MessageType)
 
     def __init__(self, bot: Bot) -> None:
         self.bot = bot
@@ -97,51 +82,22 @@ class TelegramSender:
     async def stop(self) -> None:
         await self.bot.shutdown()
 
-    async def send(self, message: Message) -> SendResult:
+    async def send(self, message: Message, checkpoint: Checkpoint | None = None) -> SendResult:
         if message.message_type not in self.message_types:
             return not_supported(message)
+        markup = keyboard(message.reply_markup)
         try:
+            if message.message_type is MessageType.PHOTO:
+                return await send_photo(self.bot, message, markup)
+            if message.message_type is MessageType.ALBUM:
+                return await send_album(self.bot, message, markup, checkpoint)
             sent = await self.bot.send_message(
                 chat_id=message.chat_id,
                 text=message.text,
                 parse_mode=ParseMode.HTML,
-                reply_markup=keyboard(message.reply_markup),
+                reply_markup=markup,
                 disable_notification=False,
             )
-        except RetryAfter as exc:
-            retry_after = exc.retry_after
-            seconds = (
-                retry_after.total_seconds()
-                if isinstance(retry_after, timedelta)
-                else float(retry_after)
-            )
-            return SendResult(SendOutcome.RATE_LIMITED, retry_after=seconds, error=str(exc))
-        except Forbidden as exc:
-            return SendResult(SendOutcome.UNDELIVERABLE, error=str(exc))
-        except ChatMigrated as exc:
-            return SendResult(
-                SendOutcome.RETRY, error=str(exc), migrate_to_chat_id=int(exc.new_chat_id)
-            )
-        except BadRequest as exc:
-            # Checked before NetworkError, its base class: a 400 is final.
-            return SendResult(SendOutcome.UNDELIVERABLE, error=str(exc))
-        except TimedOut as exc:
-            return SendResult(_timeout_outcome(exc), error=f"timed out: {exc}")
-        except InvalidToken as exc:
-            # Our configuration, not the message: keep it and try again after the operator acts.
-            return SendResult(SendOutcome.RETRY, error=f"invalid token: {exc}")
-        except NetworkError as exc:
-            return SendResult(SendOutcome.RETRY, error=str(exc))
         except TelegramError as exc:
-            return SendResult(SendOutcome.RETRY, error=str(exc))
+            return failed(exc)
         return SendResult(SendOutcome.SENT, message_id=sent.message_id)
-
-
-def _timeout_outcome(exc: TimedOut) -> SendOutcome:
-    """A timeout before the request left (connect, pool) cannot have delivered anything."""
-    cause = exc.__cause__
-    if isinstance(cause, httpx.ConnectTimeout | httpx.PoolTimeout):
-        return SendOutcome.RETRY
-    if "pool" in str(exc).lower():
-        return SendOutcome.RETRY
-    return SendOutcome.UNCERTAIN

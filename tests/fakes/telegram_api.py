@@ -407,16 +407,26 @@ def decode_params(content_type: str, body: bytes, query: str = "") -> JsonDict:
 
 
 def _decode_multipart(content_type: str, body: bytes) -> JsonDict:
-    head = f"Content-Type: {content_type}\r\n\r\n".encode()
-    parser = email.parser.BytesParser(policy=email.policy.HTTP)
-    message = parser.parsebytes(head + body)
+    # Only each part's headers go through the email parser: it copies a payload line by line,
+    # which took seconds for a 10 MB photo. The bodies are cut out of the bytes as they are.
+    head = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(
+        f"Content-Type: {content_type}\r\n\r\n".encode()
+    )
+    boundary = head.get_boundary()
+    if not boundary:
+        raise ApiError(400, "Bad Request: can't parse multipart request body")
     fields: JsonDict = {}
-    for part in message.iter_parts():
+    for chunk in body.split(b"--" + boundary.encode())[1:]:
+        if chunk.startswith(b"--"):
+            break  # the closing delimiter
+        headers, separator, data = chunk.removeprefix(b"\r\n").partition(b"\r\n\r\n")
+        if not separator:
+            continue
+        part = email.parser.BytesHeaderParser(policy=email.policy.HTTP).parsebytes(headers)
         name = part.get_param("name", header="content-disposition")
         if not isinstance(name, str):
             continue
-        payload = part.get_payload(decode=True)
-        data = payload if isinstance(payload, bytes) else b""
+        data = data.removesuffix(b"\r\n")
         if part.get_filename() is not None:
             fields[name] = data  # an uploaded file stays bytes
         else:
