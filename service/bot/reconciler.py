@@ -217,9 +217,7 @@ async def _revert_stale_claims(session: AsyncSession, policy: Policy, now: dt.da
     return int(result.rowcount)  # type: ignore[attr-defined]
 
 
-async def _fail_stale_submissions(
-    session: AsyncSession, policy: Policy, now: dt.datetime
-) -> int:
+async def _fail_stale_submissions(session: AsyncSession, policy: Policy, now: dt.datetime) -> int:
     """Generations the bot wrote and never heard FAL accept (it stopped in between): failed,
     so that they neither count nor hold one of the person's in-flight places."""
     result = await session.execute(
