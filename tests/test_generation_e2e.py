@@ -13,19 +13,26 @@ from tests.fakes.fal_queue import FalRequest
 from tests.fakes.telegram_api import FakeBotApi, Fault
 from tests.fakes.telegram_media import Delivery
 from tests.support.bot import BotStack, Person, running_bot, start_training
-from tests.support.bot_generations import completed_avatar, generations_of
+from tests.support.bot_generations import completed_avatar, event_outcomes, generations_of
 from tests.support.servers import holds, wait_until
 
 # A wrong second album would leave within the outbox's poll on SQLite (0.2 s) plus the per-chat
 # interval (1 s, twice for an album's follow-up); this is ample for it to show.
 SETTLE = 3.0
+# Generations without a callback this old are asked about at FAL; the reconciler looks twice
+# a second.
+EXPECTED_SECONDS = 3
 
 
 @pytest.fixture(scope="module")
 def stack(
     module_api: FakeBotApi, module_signer: FalSigner, module_jwks: JwksServer
 ) -> Iterator[BotStack]:
-    with running_bot(module_api, module_signer, module_jwks.jwks_url) as running:
+    settings = {
+        "RECONCILE_INTERVAL_SECONDS": "0.5",
+        "GENERATION_EXPECTED_SECONDS": str(EXPECTED_SECONDS),
+    }
+    with running_bot(module_api, module_signer, module_jwks.jwks_url, **settings) as running:
         yield running
 
 
@@ -94,8 +101,10 @@ def test_a_trained_avatar_makes_four_photos_and_exactly_one_album_arrives(
     assert again.file_ids() == album.file_ids()
 
 
-def wait_for_deliveries(stack: BotStack, person: Person, n: int) -> list[Delivery]:
-    wait_until(lambda: len(deliveries(stack, person)) >= n, 15, what=f"{n} media deliveries")
+def wait_for_deliveries(
+    stack: BotStack, person: Person, n: int, timeout: float = 15
+) -> list[Delivery]:
+    wait_until(lambda: len(deliveries(stack, person)) >= n, timeout, what=f"{n} deliveries")
     return deliveries(stack, person)
 
 
@@ -166,3 +175,30 @@ def test_the_webhook_service_stopped_before_the_send_sends_one_album_after_resta
     (album,) = wait_for_deliveries(stack, person, 1)
     assert album.method == "sendMediaGroup" and len(album.messages) == 2
     holds(lambda: len(deliveries(stack, person)) == 1, SETTLE, what="one album")
+
+
+@pytest.mark.parametrize("how", ["lost", "payload_error"])
+def test_a_callback_without_the_photos_is_made_good_by_the_reconciler(
+    stack: BotStack, how: str
+) -> None:
+    person = Person(stack.api, 9601 if how == "lost" else 9602)
+    avatar = ready_avatar(stack, person)
+    request = ask(stack, person, avatar.id, 2, style="business")
+    if how == "lost":
+        stack.fal.complete(request.request_id, deliver=False)
+    else:
+        # FAL finished but could not send the output: the bot fetches it at once.
+        assert stack.fal.payload_error(request.request_id) == 200
+    (album,) = wait_for_deliveries(stack, person, 1, timeout=EXPECTED_SECONDS + 15)
+    assert album.method == "sendMediaGroup" and album.caption == "Деловой стиль"
+    # FAL's callback after all, late: recorded, changes nothing, sends nothing.
+    if how == "lost":
+        stack.fal.complete(request.request_id)
+    holds(lambda: len(deliveries(stack, person)) == 1, SETTLE, what="one album")
+    (done,) = generations_of(stack.database_url, person.id)
+    assert done.status == "completed"
+    outcomes = event_outcomes(stack.database_url, request.request_id)
+    assert ("reconciler", "received") in outcomes
+    assert [o for o in outcomes if o[0] == "webhook"] == (
+        [("webhook", "ignored")] if how == "lost" else [("webhook", "received")]
+    )

@@ -165,6 +165,8 @@ def test_secrets_do_not_appear_in_the_repr() -> None:
         ("GENERATIONS_PER_DAY", "lots"),
         ("GENERATIONS_IN_FLIGHT", "0"),
         ("GENERATIONS_IN_FLIGHT", "1.5"),
+        ("GENERATION_EXPECTED_SECONDS", "-1"),
+        ("GENERATION_HARD_LIMIT_SECONDS", "0"),
     ],
 )
 def test_a_bad_value_is_refused_with_a_message_starting_with_its_name(
@@ -210,6 +212,8 @@ def test_a_bad_value_is_refused_with_a_message_starting_with_its_name(
         ("GENERATION_LORA_SCALE", "0.8", "generation_lora_scale", 0.8),
         ("GENERATIONS_PER_DAY", "50", "generations_per_day", 50),
         ("GENERATIONS_IN_FLIGHT", "1", "generations_in_flight", 1),
+        ("GENERATION_EXPECTED_SECONDS", "5", "generation_expected_seconds", 5.0),
+        ("GENERATION_HARD_LIMIT_SECONDS", "600", "generation_hard_limit_seconds", 600.0),
         (
             "ALLOWED_HOSTS",
             " AIBOTS.KZ , example.org ",

@@ -30,17 +30,17 @@ import asyncio
 import datetime as dt
 import random
 from dataclasses import dataclass
-from typing import Any
 
 import structlog
 from sqlalchemy import and_, exists, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from service.bot import reconcile_generations
+from service.bot.fal_answers import Training, give_up, resolve, training_of
 from service.bot.services import Services
-from service.fal.payload import Event, EventStatus, from_result
-from service.fal.queue import FalError, FalUnavailable, Outcome, QueueState
-from service.jobs.ingest import Delivery, Result, ingest
-from service.jobs.registry import JobKind, Source
+from service.fal.payload import EventStatus
+from service.fal.queue import FalError, QueueState
+from service.jobs.registry import JobKind
 from service.jobs.states import AvatarStatus, GenerationStatus
 from service.settings import Settings
 from service.store import training_data
@@ -62,6 +62,10 @@ class Policy:
     stale_claim: float
     # Expired zips are kept this much longer (a retry renews them), then deleted.
     data_retention: float
+    # Generations (service/bot/reconcile_generations.py): asked about after this, failed after
+    # that.
+    generation_expected: float = 300.0
+    generation_hard_limit: float = 3600.0
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Policy:
@@ -71,22 +75,9 @@ class Policy:
             hard_limit=settings.training_hard_limit_seconds,
             stale_claim=min(600.0, max(settings.training_expected_seconds, 60.0)),
             data_retention=7 * 86400.0,
+            generation_expected=settings.generation_expected_seconds,
+            generation_hard_limit=settings.generation_hard_limit_seconds,
         )
-
-
-@dataclass(frozen=True)
-class Training:
-    """A training as the reconciler (and the "refresh" button) sees it."""
-
-    avatar_id: str
-    name: str
-    training_type: str
-    request_id: str
-    status_url: str | None
-    response_url: str | None
-    cancel_url: str | None
-    started_at: dt.datetime
-    result_pending: bool = False
 
 
 @dataclass
@@ -98,86 +89,11 @@ class Report:
     purged: int = 0
 
 
-def training_of(avatar: Avatar, job: FalJob, result_pending: bool = False) -> Training:
-    return Training(
-        avatar.id,
-        avatar.name,
-        avatar.training_type,
-        job.request_id,
-        job.status_url,
-        job.response_url,
-        job.cancel_url,
-        avatar.training_started_at or avatar.created_at,
-        result_pending,
-    )
-
-
-async def apply(
-    svc: Services, training: Training, event: Event, evidence: dict[str, Any]
-) -> Result:
-    """Apply what the bot learnt from FAL to the training's job, in the webhook's transaction.
-
-    `evidence` (what FAL answered) is kept as the event's raw record, with its source.
-    """
-    delivery = Delivery.learnt(event, Source.RECONCILER, evidence)
-    result = await svc.transaction(lambda session: ingest(session, delivery))
-    log.info(
-        "reconciled",
-        avatar_id=training.avatar_id,
-        request_id=training.request_id,
-        event_status=event.status.value,
-        outcome=result.outcome.value,
-        transition=result.transition,
-    )
-    return result
-
-
-async def resolve(svc: Services, training: Training) -> QueueState:
-    """Ask FAL where the training is; if it is done, apply its result. Raises FalError."""
-    if training.status_url is None or training.response_url is None:
-        raise FalError("the training was not submitted by this bot: no status URL")
-    status = await svc.fal.status(training.status_url)
-    if status.state is QueueState.COMPLETED:
-        try:
-            outcome = await svc.fal.result(training.response_url)
-        except FalUnavailable:
-            if status.error is None:
-                raise
-            # The status already says the run failed and why; the result adds nothing to wait
-            # for.
-            detail = {"detail": status.error}
-            outcome = Outcome(False, detail, 0, error_type=status.error_type, error=status.error)
-        # The evidence reads as FAL's webhook for the same result would have.
-        evidence: dict[str, Any] = {"request_id": training.request_id}
-        if outcome.succeeded:
-            event = from_result(training.request_id, outcome.output)
-            evidence.update(status="OK", payload=outcome.output)
-        else:
-            error = _failure_words(outcome)
-            event = from_result(training.request_id, outcome.output, error)
-            evidence.update(status="ERROR", error=error, payload=outcome.output)
-        await apply(svc, training, event, evidence)
-    return status.state
-
-
-def _failure_words(outcome: Outcome) -> str:
-    """FAL's reason for a failed run, as a webhook's `error` would carry it."""
-    reason = outcome.error or f"Invalid status code: {outcome.http_status}"
-    return f"{outcome.error_type}: {reason}" if outcome.error_type else reason
-
-
 async def _give_up(svc: Services, training: Training, policy: Policy) -> None:
-    if training.cancel_url is not None:
-        try:
-            # Stop paying for a training nobody will wait for; it may still finish anyway.
-            await svc.fal.cancel(training.cancel_url)
-        except FalError as exc:
-            log.warning("reconciler_cancel_failed", avatar_id=training.avatar_id, error=str(exc))
     hours = policy.hard_limit / 3600
-    reason = f"The training did not finish within {hours:g} hours, so it was stopped."
-    event = Event(training.request_id, EventStatus.FAILED, error_message=reason)
-    evidence = {"request_id": training.request_id, "status": "ERROR", "error": reason}
-    await apply(svc, training, event, evidence)
+    await give_up(
+        svc, training, f"The training did not finish within {hours:g} hours, so it was stopped."
+    )
 
 
 async def _candidates(session: AsyncSession, policy: Policy, now: dt.datetime) -> list[Training]:
@@ -260,6 +176,12 @@ async def reconcile_once(svc: Services, policy: Policy) -> Report:
         elif (now - training.started_at).total_seconds() >= policy.hard_limit:
             await _give_up(svc, training, policy)
             report.timed_out += 1
+    checked, applied, timed_out = await reconcile_generations.reconcile(
+        svc, policy.generation_expected, policy.generation_hard_limit, now
+    )
+    report.checked += checked
+    report.applied += applied
+    report.timed_out += timed_out
     cutoff = now - dt.timedelta(seconds=policy.data_retention)
     report.purged = await svc.transaction(lambda s: training_data.purge_expired(s, cutoff))
     if report.checked or report.reverted or report.purged:

@@ -7,7 +7,7 @@ import datetime as dt
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from service.store.models import Avatar, FalJob, Generation, User, new_id, utcnow
+from service.store.models import Avatar, FalJob, Generation, User, WebhookEvent, new_id, utcnow
 from tests.support.db import run
 
 
@@ -86,5 +86,19 @@ def job_of(database_url: str, generation_id: str) -> FalJob | None:
     async def work(session: AsyncSession) -> FalJob | None:
         rows = await session.execute(select(FalJob).where(FalJob.generation_id == generation_id))
         return rows.scalar_one_or_none()
+
+    return run(database_url, work)
+
+
+def event_outcomes(database_url: str, request_id: str) -> list[tuple[str, str]]:
+    """(source, outcome) of every event recorded for the request, in arrival order."""
+
+    async def work(session: AsyncSession) -> list[tuple[str, str]]:
+        rows = await session.execute(
+            select(WebhookEvent.source, WebhookEvent.outcome)
+            .where(WebhookEvent.request_id == request_id)
+            .order_by(WebhookEvent.id)
+        )
+        return [(row[0], row[1]) for row in rows]
 
     return run(database_url, work)
