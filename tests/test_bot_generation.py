@@ -209,6 +209,13 @@ def test_fal_refusing_the_submission_fails_it_uncounted_and_try_again_works(
     )
     statuses = [g.status for g in generations_of(stack.database_url, person.id)]
     assert statuses == ["failed", "failed", "queued"]
+    person.press("gen:mine")
+    listing = person.expect("Ваши фото")["text"]
+    lines = listing.splitlines()
+    assert lines[1].startswith("1. ⏳ Кино — 2 фото, Пейзаж (горизонтально), в очереди")
+    assert "❌" in lines[2] and "ошибка" in lines[2] and "prompt is not allowed" in lines[3]
+    # Nothing finished yet: nothing to send again.
+    assert person.buttons(person.messages()[-1]) == []
 
 
 def test_nobody_uses_another_persons_avatar_or_photos(stack: BotStack) -> None:

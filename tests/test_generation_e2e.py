@@ -202,3 +202,32 @@ def test_a_callback_without_the_photos_is_made_good_by_the_reconciler(
     assert [o for o in outcomes if o[0] == "webhook"] == (
         [("webhook", "ignored")] if how == "lost" else [("webhook", "received")]
     )
+
+
+def test_a_prompt_of_ones_own_comes_back_as_the_caption_literally(stack: BotStack) -> None:
+    person = Person(stack.api, 9701, "en")
+    avatar = completed_avatar(stack.database_url, person.id, "Eve", "en")
+    assert avatar.lora_url and avatar.trigger_word
+    stack.fal.add_lora(avatar.lora_url, avatar.trigger_word)
+    before = len(stack.fal.requests())
+    person.send("/generate")
+    person.expect("Choose a style")
+    person.press("gen:own")
+    person.expect("Describe the photo")
+    prompt = "as <b>a knight</b> & dragon"
+    person.send(prompt)
+    person.expect("Which frame?")
+    person.press("gen:frame:landscape")
+    person.expect("How many photos?")
+    person.press("gen:count:2")
+    person.expect("On its way")
+    request = stack.fal.wait_submitted(before + 1)[-1]
+    assert request.arguments["prompt"] == f"photo of {avatar.trigger_word}, {prompt}"
+    assert stack.fal.complete(request.request_id) == 200
+    (album,) = wait_for_deliveries(stack, person, 1)
+    # Escaped when rendered, so the person reads exactly what they typed.
+    assert album.caption == prompt
+    person.expect("Done: 2 photos")
+    person.send("/photos")
+    listing = person.expect("Your photos")
+    assert prompt in listing["text"] and "2 photos" in listing["text"] and "done" in listing["text"]
