@@ -1,4 +1,4 @@
-"""`python -m service serve | bot | migrate | check | avatars | notifications | events | ...`."""
+"""`python -m service serve | bot | migrate | check | avatars | generations | events | ...`."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from service import logs
 from service.operator_events import add_commands as add_events_commands
+from service.operator_generations import add_commands as add_generations_commands
 from service.outbox.states import NotificationState
 from service.settings import Settings, SettingsError
 
@@ -63,6 +64,7 @@ def _parser() -> argparse.ArgumentParser:
     backup.add_argument("action", choices=("create", "restore"))
     backup.add_argument("file", type=Path, help="the backup file (written, or read)")
     add_events_commands(commands)
+    add_generations_commands(commands)
     commands.add_parser(
         "maintenance",
         help="prune events older than EVENTS_RETENTION_DAYS and delivered notifications older "
@@ -88,6 +90,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "notifications": _notifications,
         "backup": _backup,
         "events": _events,
+        "generations": _generations,
         "maintenance": _maintenance,
     }[args.command]
     return command(args, settings)
@@ -227,6 +230,18 @@ def _events(args: argparse.Namespace, settings: Settings) -> int:
             applied = sum(r.applied for r in replays)
             print(f"applied {applied} of {len(ids)} unmatched event(s)", file=sys.stderr)
         return 1 if any(r.failed for r in replays) else 0
+    return 0
+
+
+@_refusals
+def _generations(args: argparse.Namespace, settings: Settings) -> int:
+    from service import operator_generations as gens
+
+    if args.action == "list":
+        rows = _run_db(settings, lambda s: gens.list_generations(s, args.status, args.limit))
+        _print_rows(rows, gens.TABLE_COLUMNS, as_json=args.json)
+    else:
+        _print_json(_run_db(settings, lambda s: gens.show_generation(s, args.id)))
     return 0
 
 

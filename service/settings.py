@@ -80,8 +80,8 @@ class Settings:
     generation_lora_scale: float = 1.0
     generations_per_day: int = 20
     generations_in_flight: int = 2
-    generation_expected_seconds: float = 300.0
-    generation_hard_limit_seconds: float = 3600.0
+    generation_expected_seconds: float = 120.0
+    generation_hard_limit_seconds: float = 1800.0
     # `python -m service maintenance` (service/store/retention.py): raw events and delivered
     # notifications older than this many days are pruned.
     events_retention_days: int = 90
@@ -177,9 +177,9 @@ class Settings:
             generation_lora_scale=number("GENERATION_LORA_SCALE", "1.0", 0.0, 4.0),
             generations_per_day=count("GENERATIONS_PER_DAY", "20", 1, 1000),
             generations_in_flight=count("GENERATIONS_IN_FLIGHT", "2", 1, 100),
-            generation_expected_seconds=number("GENERATION_EXPECTED_SECONDS", "300", 0, 86400),
+            generation_expected_seconds=number("GENERATION_EXPECTED_SECONDS", "120", 0, 86400),
             generation_hard_limit_seconds=number(
-                "GENERATION_HARD_LIMIT_SECONDS", "3600", 1, 7 * 86400
+                "GENERATION_HARD_LIMIT_SECONDS", "1800", 1, 7 * 86400
             ),
             events_retention_days=count("EVENTS_RETENTION_DAYS", "90", 1, 36500),
             notifications_retention_days=count("NOTIFICATIONS_RETENTION_DAYS", "30", 1, 36500),

@@ -1,136 +1,50 @@
-"""The generation limits hold in the database: taps at the same moment cannot both pass."""
+"""The daily photo quota and the jobs in flight, counted in the database (SQLite, PostgreSQL)."""
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 
-import pytest
-from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from service.bot.generation import Choice, OverQuota, Reserved, TooManyRunning, reserve
-from service.bot.reconciler import Policy, reconcile_once
-from service.bot.services import Services
-from service.fal.flux_lora import Frame
-from service.settings import Settings
-from service.store import generations, migrate
-from service.store.models import Generation, utcnow
-from tests.support.bot_generations import completed_avatar, earlier_generation
+from service.jobs.states import GenerationStatus
+from service.store import generations
+from service.store.models import utcnow
 from tests.support.db import run
-
-TELEGRAM_ID = 4242
-
-
-@pytest.fixture
-def db(database_url: str) -> str:
-    migrate.upgrade(database_url)
-    return database_url
+from tests.support.generations import submitted
+from tests.test_ingest import migrated
 
 
-async def _taps(database_url: str, choices: list[Choice], **limits: int) -> list[object]:
-    """Each choice reserved at once, each through its own bot services (own connections)."""
-    settings = Settings(
-        database_url=database_url,
-        generations_per_day=limits.get("per_day", 20),
-        generations_in_flight=limits.get("in_flight", 2),
-    )
-    opened = [Services.open(settings) for _ in choices]
-    try:
-        return await asyncio.gather(
-            *(reserve(svc, TELEGRAM_ID, c, "ru") for svc, c in zip(opened, choices, strict=True)),
-            return_exceptions=True,
-        )
-    finally:
-        for svc in opened:
-            await svc.close()
+def counts(url: str, user_id: int, per_day: int = 20) -> tuple[int, int]:
+    async def work(session: AsyncSession) -> tuple[int, int]:
+        now = utcnow()
+        left = await generations.photos_left(session, user_id, per_day, now)
+        return left, await generations.in_flight(session, user_id)
+
+    return run(url, work)
 
 
-def test_two_taps_for_the_last_photos_of_the_day_cannot_both_pass(db: str) -> None:
-    avatar = completed_avatar(db, TELEGRAM_ID, "Anna")
-    earlier_generation(db, avatar, 4, "completed", hours_ago=3)
-    tap = Choice(avatar.id, Frame.SQUARE, 4, style="studio")
-    results = asyncio.run(_taps(db, [tap] * 4, per_day=8, in_flight=10))
-    passed = [r for r in results if not isinstance(r, BaseException)]
-    refused = [r for r in results if isinstance(r, OverQuota)]
-    assert len(passed) == 1 and len(refused) == 3, results
-    assert all(r.left == 0 for r in refused)
-
-    async def left(session: AsyncSession) -> int:
-        return await generations.photos_left(session, avatar.user_id, 8, utcnow())
-
-    assert run(db, left) == 0
-
-
-def test_two_taps_at_the_in_flight_limit_cannot_both_pass(db: str) -> None:
-    avatar = completed_avatar(db, TELEGRAM_ID, "Anna")
-    earlier_generation(db, avatar, 1, "queued", hours_ago=0.1)
-    tap = Choice(avatar.id, Frame.PORTRAIT, 1, own="in a park")
-    results = asyncio.run(_taps(db, [tap] * 3, per_day=100, in_flight=2))
-    assert sum(not isinstance(r, BaseException) for r in results) == 1, results
-    assert all(isinstance(r, TooManyRunning) for r in results if isinstance(r, BaseException))
-
-    async def statuses(session: AsyncSession) -> list[str]:
-        rows = await session.execute(select(Generation.status))
-        return sorted(rows.scalars())
-
-    assert run(db, statuses) == ["queued", "submitting"]
+def test_the_last_24_hours_count_and_failed_ones_do_not(database_url: str) -> None:
+    url = migrated(database_url)
+    now = utcnow()
+    first = submitted(url, 4, telegram_id=1, status=GenerationStatus.COMPLETED)
+    user = first.user_id
+    assert counts(url, user) == (16, 0)
+    submitted(url, 3, telegram_id=1, status=GenerationStatus.FAILED)
+    assert counts(url, user) == (16, 0)
+    # Yesterday's photos, a second past the window, no longer count.
+    submitted(url, 4, telegram_id=1, created_at=now - dt.timedelta(hours=24, seconds=1),
+              status=GenerationStatus.COMPLETED)  # fmt: skip
+    submitted(url, 2, telegram_id=1, created_at=now - dt.timedelta(hours=23))
+    assert counts(url, user) == (14, 1)
+    submitted(url, 1, telegram_id=1, registered=False)  # still being submitted
+    assert counts(url, user) == (13, 2)
+    # Another person's photos are theirs; the quota never goes below nothing.
+    other = submitted(url, 4, telegram_id=2)
+    assert counts(url, other.user_id, per_day=3) == (0, 1)
+    assert counts(url, user) == (13, 2)
 
 
-def test_failed_and_day_old_generations_do_not_count_and_finished_ones_leave_the_flight(
-    db: str,
-) -> None:
-    avatar = completed_avatar(db, TELEGRAM_ID, "Anna")
-    earlier_generation(db, avatar, 4, "failed", hours_ago=1)
-    earlier_generation(db, avatar, 4, "completed", hours_ago=24.1)
-    running = earlier_generation(db, avatar, 2, "running", hours_ago=0.5)
-    tap = Choice(avatar.id, Frame.LANDSCAPE, 4, style="city")
-    (first,) = asyncio.run(_taps(db, [tap], per_day=6, in_flight=1))
-    assert isinstance(first, TooManyRunning)
-
-    async def finish(session: AsyncSession) -> None:
-        await session.execute(
-            update(Generation).where(Generation.id == running).values(status="completed")
-        )
-
-    run(db, finish)
-    (second,) = asyncio.run(_taps(db, [tap], per_day=6, in_flight=1))
-    assert isinstance(second, Reserved), second
-    assert second.left == 0
-    (third,) = asyncio.run(_taps(db, [tap], per_day=100, in_flight=5))
-    assert not isinstance(third, BaseException)
-    # The window is rolling: what made 6 photos half an hour ago frees them in 23.5 hours.
-    two = Choice(avatar.id, Frame.LANDSCAPE, 2, style="city")
-    (fourth,) = asyncio.run(_taps(db, [two], per_day=6, in_flight=5))
-    assert isinstance(fourth, OverQuota) and fourth.free_at is not None
-    expected = utcnow() + dt.timedelta(hours=23.5)
-    assert abs((fourth.free_at - expected).total_seconds()) < 60
-
-
-def test_a_submission_the_bot_never_finished_is_failed_and_frees_its_place(db: str) -> None:
-    avatar = completed_avatar(db, TELEGRAM_ID, "Anna")
-    policy = Policy(interval=1, expected=60, hard_limit=3600, stale_claim=120, data_retention=1)
-    stale = earlier_generation(db, avatar, 2, "submitting", hours_ago=0.5)
-    fresh = earlier_generation(db, avatar, 2, "submitting", hours_ago=0.01)
-
-    async def once() -> int:
-        svc = Services.open(Settings(database_url=db))
-        try:
-            return (await reconcile_once(svc, policy)).reverted
-        finally:
-            await svc.close()
-
-    assert asyncio.run(once()) == 1
-
-    async def rows(session: AsyncSession) -> dict[str, tuple[str, str | None]]:
-        found = await session.execute(
-            select(Generation.id, Generation.status, Generation.error_message)
-        )
-        return {row[0]: (row[1], row[2]) for row in found}
-
-    after = run(db, rows)
-    assert after[stale][0] == "failed" and "interrupted" in (after[stale][1] or "")
-    assert after[fresh] == ("submitting", None)
-    tap = Choice(avatar.id, Frame.SQUARE, 1, style="art")
-    (passed,) = asyncio.run(_taps(db, [tap], per_day=3, in_flight=2))
-    assert isinstance(passed, Reserved) and passed.left == 0
+def test_the_stores_words_are_the_statuses() -> None:
+    assert GenerationStatus.FAILED.value == generations.FAILED
+    unfinished = {s.value for s in GenerationStatus if not s.is_terminal}
+    assert set(generations.IN_FLIGHT) == unfinished

@@ -10,7 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from telegram import InlineKeyboardButton, Update
 from telegram.ext import ContextTypes
 
-from service.bot import fal_answers, keyboards, training
+from service.bot import keyboards, reconciler, training
 from service.bot.services import Services, lang, services
 from service.bot.texts import Lang, age, kind_name, status_name, t
 from service.fal.payload import Event, EventStatus
@@ -134,16 +134,16 @@ async def avatar_action(update: Update, context: ContextTypes.DEFAULT_TYPE) -> N
     if job is None or job.status_url is None:
         await chat.send_message(t(language, "not_submitted", name=avatar.name))
         return
-    current = fal_answers.training_of(avatar, job)
+    current = reconciler.training_of(avatar, job)
     if action == "refresh":
         await chat.send_message(await _refresh(svc, language, current))
     elif action == "cancel":
         await chat.send_message(await _stop(svc, language, current))
 
 
-async def _refresh(svc: Services, language: Lang, current: fal_answers.Training) -> str:
+async def _refresh(svc: Services, language: Lang, current: reconciler.Training) -> str:
     try:
-        state = await fal_answers.resolve(svc, current)
+        state = await reconciler.resolve(svc, current)
     except FalError as exc:
         log.warning("refresh_failed", avatar_id=current.avatar_id, error=str(exc))
         return t(language, "refresh_failed", reason=_reason(language, exc))
@@ -155,7 +155,7 @@ async def _refresh(svc: Services, language: Lang, current: fal_answers.Training)
     return t(language, key, name=current.name)
 
 
-async def _stop(svc: Services, language: Lang, current: fal_answers.Training) -> str:
+async def _stop(svc: Services, language: Lang, current: reconciler.Training) -> str:
     """Ask FAL to cancel, and act on its answer (fal.ai docs, "Cancel a request")."""
     if current.cancel_url is None:
         return t(language, "not_submitted", name=current.name)
@@ -181,7 +181,7 @@ async def _stop(svc: Services, language: Lang, current: fal_answers.Training) ->
         return t(language, "cancel_too_late", name=current.name)
     # NOT_FOUND: FAL's status URL says what became of it.
     try:
-        state = await fal_answers.resolve(svc, current)
+        state = await reconciler.resolve(svc, current)
     except FalNotFound:
         # FAL knows nothing of it at all: nothing will ever finish it.
         await _apply(svc, current, EventStatus.CANCELLED, "cancelled")
@@ -195,16 +195,16 @@ async def _stop(svc: Services, language: Lang, current: fal_answers.Training) ->
 
 
 async def _apply(
-    svc: Services, current: fal_answers.Training, status: EventStatus, said: str
+    svc: Services, current: reconciler.Training, status: EventStatus, said: str
 ) -> None:
     """Record what the cancel learnt through the webhook's domain path."""
     event = Event(current.request_id, status)
-    await fal_answers.apply(svc, current, event, {"request_id": current.request_id, "status": said})
+    await reconciler.apply(svc, current, event, {"request_id": current.request_id, "status": said})
 
 
-async def _resolve_quietly(svc: Services, current: fal_answers.Training) -> None:
+async def _resolve_quietly(svc: Services, current: reconciler.Training) -> None:
     try:
-        await fal_answers.resolve(svc, current)
+        await reconciler.resolve(svc, current)
     except FalError as exc:
         # The reconciler asks again later; the person is told the result will come.
         log.warning("cancel_resolve_failed", avatar_id=current.avatar_id, error=str(exc))

@@ -1,83 +1,122 @@
-"""Generations whose callback never came: asked about at FAL, as the reconciler asks trainings.
+"""Generations whose callback never came: ask FAL, apply its answer, fail the ones that stall.
 
-Each pass (service.bot.reconciler.reconcile_once) looks at the generations in `queued` or
-`running` that were submitted more than GENERATION_EXPECTED_SECONDS ago, or whose callback was
-a `payload_error`: FAL's status URL is asked and a finished result applied through
-service.jobs.ingest.ingest, so the photos (or the failure) are delivered once by the outbox.
-One still not done after GENERATION_HARD_LIMIT_SECONDS is cancelled at FAL (best effort) and
-failed: its photos then do not count.
+A pass of the reconciler (service/bot/reconciler.py) also looks at the generations, by rules
+of their own because a generation takes FAL seconds where a training takes minutes:
+- queued or running, registered more than `expected` (2 minutes) ago, or with a stored
+  `payload_error` callback: ask the status URL; on COMPLETED fetch the result and apply it
+  through service.jobs.ingest (source `reconciler`): the photos, or FAL's failure;
+- older than `hard_limit` (30 minutes) and still not done: cancel at FAL (best effort) and
+  apply a failure saying so; a failed generation's photos do not count against the quota;
+- in `submitting` with no job for `stale_submission` (5 minutes; the bot stopped between
+  writing the generation and hearing FAL accept it): failed with its message, so that the
+  person hears of it and the quota is given back.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+from dataclasses import dataclass
+from functools import partial
+from typing import TYPE_CHECKING
 
 import structlog
-from sqlalchemy import exists, select
+from sqlalchemy import and_, exists, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from service.bot.fal_answers import Training, give_up, resolve
+from service.bot.asking import ask, fail, result_pending
 from service.bot.services import Services
-from service.fal.payload import EventStatus
 from service.fal.queue import FalError, QueueState
+from service.jobs import generation
+from service.jobs.registry import JobKind
 from service.jobs.states import GenerationStatus
-from service.store.models import FalJob, Generation, WebhookEvent
+from service.store.models import FalJob, Generation
+
+if TYPE_CHECKING:
+    from service.bot.reconciler import Report
 
 log = structlog.get_logger("service.bot.reconciler")
 
-UNFINISHED = (GenerationStatus.QUEUED.value, GenerationStatus.RUNNING.value)
+AT_FAL = (GenerationStatus.QUEUED.value, GenerationStatus.RUNNING.value)
+_URLS = (FalJob.request_id, FalJob.status_url, FalJob.response_url, FalJob.cancel_url)
 
 
-async def _candidates(session: AsyncSession, expected: float, now: dt.datetime) -> list[Training]:
-    pending = exists().where(
-        WebhookEvent.request_id == FalJob.request_id,
-        WebhookEvent.status == EventStatus.RESULT_PENDING.value,
-    )
-    due = now - dt.timedelta(seconds=expected)
+@dataclass(frozen=True)
+class GenerationPolicy:
+    """When a generation is asked about, given up on, or taken for an abandoned submission."""
+
+    expected: float = 120.0
+    hard_limit: float = 1800.0
+    stale_submission: float = 300.0
+
+
+@dataclass(frozen=True)
+class Pending:
+    """A generation at FAL whose callback is late (service.bot.asking.Asked)."""
+
+    generation_id: str
+    request_id: str
+    status_url: str | None
+    response_url: str | None
+    cancel_url: str | None
+    submitted_at: dt.datetime
+
+    @property
+    def subject(self) -> dict[str, str]:
+        return {"generation_id": self.generation_id}
+
+
+async def _late(session: AsyncSession, policy: GenerationPolicy, now: dt.datetime) -> list[Pending]:
+    pending = result_pending()
+    due = now - dt.timedelta(seconds=policy.expected)
     rows = await session.execute(
-        select(Generation, FalJob, pending)
-        .join(FalJob, FalJob.generation_id == Generation.id)
-        .where(
-            Generation.status.in_(UNFINISHED),
-            FalJob.status_url.is_not(None),
-            (FalJob.submitted_at <= due) | pending,
+        select(Generation.id, *_URLS, FalJob.submitted_at)
+        .join(
+            FalJob,
+            and_(FalJob.generation_id == Generation.id, FalJob.kind == JobKind.GENERATION.value),
         )
+        .where(Generation.status.in_(AT_FAL), (FalJob.submitted_at <= due) | pending)
         .order_by(FalJob.submitted_at)
     )
-    # The reconciler's view of a job; for a generation, its avatar and what it was asked.
-    return [
-        Training(
-            generation.avatar_id,
-            generation.label,
-            "generation",
-            job.request_id,
-            job.status_url,
-            job.response_url,
-            job.cancel_url,
-            job.submitted_at,
-            bool(flag),
+    return [Pending(*row) for row in rows]
+
+
+async def _abandoned(
+    session: AsyncSession, policy: GenerationPolicy, now: dt.datetime
+) -> list[str]:
+    rows = await session.execute(
+        select(Generation.id).where(
+            Generation.status == GenerationStatus.SUBMITTING.value,
+            ~exists().where(FalJob.generation_id == Generation.id),
+            Generation.updated_at <= now - dt.timedelta(seconds=policy.stale_submission),
         )
-        for generation, job, flag in rows
-    ]
+    )
+    return list(rows.scalars())
 
 
-async def reconcile(
-    svc: Services, expected: float, hard_limit: float, now: dt.datetime
-) -> tuple[int, int, int]:
-    """One pass; (checked, applied, timed out)."""
-    checked = applied = timed_out = 0
-    for job in await svc.transaction(lambda s: _candidates(s, expected, now)):
-        checked += 1
-        state: QueueState | None = None
+async def _give_up(svc: Services, job: Pending, policy: GenerationPolicy) -> None:
+    if job.cancel_url is not None:
         try:
-            state = await resolve(svc, job)
+            await svc.fal.cancel(job.cancel_url)
         except FalError as exc:
-            log.warning("reconciler_status_failed", request_id=job.request_id, error=str(exc))
+            log.warning("reconciler_cancel_failed", **job.subject, error=str(exc))
+    minutes = policy.hard_limit / 60
+    reason = f"The photos did not finish within {minutes:g} minutes, so they were stopped."
+    await fail(svc, job, reason)
+
+
+async def reconcile_once(
+    svc: Services, policy: GenerationPolicy, report: Report, now: dt.datetime
+) -> None:
+    """One pass over the generations that need it, counted into `report`; FAL is asked
+    outside any transaction."""
+    for generation_id in await svc.transaction(lambda s: _abandoned(s, policy, now)):
+        interrupt = partial(generation.fail_interrupted, generation_id=generation_id, now=now)
+        report.generations_interrupted += int(await svc.transaction(interrupt))
+    for job in await svc.transaction(lambda s: _late(s, policy, now)):
+        report.generations_checked += 1
+        state = await ask(svc, job)
         if state is QueueState.COMPLETED:
-            applied += 1
-        elif (now - job.started_at).total_seconds() >= hard_limit:
-            minutes = hard_limit / 60
-            reason = f"The generation did not finish within {minutes:g} minutes, so it was stopped."
-            await give_up(svc, job, reason)
-            timed_out += 1
-    return checked, applied, timed_out
+            report.generations_applied += 1
+        elif (now - job.submitted_at).total_seconds() >= policy.hard_limit:
+            await _give_up(svc, job, policy)
+            report.generations_timed_out += 1

@@ -19,9 +19,9 @@ Every RECONCILE_INTERVAL_SECONDS (with +-20 % jitter) it looks at the bot's avat
 - older than TRAINING_HARD_LIMIT_SECONDS and still not done: cancel at FAL (best effort) and
   apply a failure saying so, which fails the avatar with a clear message;
 - claimed but never submitted (the bot stopped between creating the avatar and hearing from
-  FAL) for a while: back to `draft`, from which the person can retry; a generation left in
-  `submitting` so is failed (it then neither counts nor holds an in-flight place).
-It also deletes training zips that expired long ago (drafts nobody retried).
+  FAL) for a while: back to `draft`, from which the person can retry.
+It also deletes training zips that expired long ago (drafts nobody retried), and passes over
+the generations (service/bot/reconcile_generations.py) by the same rules and times of their own.
 """
 
 from __future__ import annotations
@@ -29,22 +29,25 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import structlog
 from sqlalchemy import and_, exists, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.bot import reconcile_generations
-from service.bot.fal_answers import Training, give_up, resolve, training_of
+from service.bot.asking import Asked as Asked
+from service.bot.asking import apply as apply
+from service.bot.asking import ask, fail, result_pending
+from service.bot.asking import resolve as resolve
+from service.bot.reconcile_generations import GenerationPolicy
 from service.bot.services import Services
-from service.fal.payload import EventStatus
 from service.fal.queue import FalError, QueueState
 from service.jobs.registry import JobKind
-from service.jobs.states import AvatarStatus, GenerationStatus
+from service.jobs.states import AvatarStatus
 from service.settings import Settings
 from service.store import training_data
-from service.store.models import Avatar, FalJob, Generation, WebhookEvent, utcnow
+from service.store.models import Avatar, FalJob, utcnow
 
 log = structlog.get_logger("service.bot.reconciler")
 
@@ -62,10 +65,7 @@ class Policy:
     stale_claim: float
     # Expired zips are kept this much longer (a retry renews them), then deleted.
     data_retention: float
-    # Generations (service/bot/reconcile_generations.py): asked about after this, failed after
-    # that.
-    generation_expected: float = 300.0
-    generation_hard_limit: float = 3600.0
+    generations: GenerationPolicy = field(default_factory=GenerationPolicy)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Policy:
@@ -75,9 +75,30 @@ class Policy:
             hard_limit=settings.training_hard_limit_seconds,
             stale_claim=min(600.0, max(settings.training_expected_seconds, 60.0)),
             data_retention=7 * 86400.0,
-            generation_expected=settings.generation_expected_seconds,
-            generation_hard_limit=settings.generation_hard_limit_seconds,
+            generations=GenerationPolicy(
+                expected=settings.generation_expected_seconds,
+                hard_limit=settings.generation_hard_limit_seconds,
+            ),
         )
+
+
+@dataclass(frozen=True)
+class Training:
+    """A training as the reconciler (and the "refresh" button) sees it."""
+
+    avatar_id: str
+    name: str
+    training_type: str
+    request_id: str
+    status_url: str | None
+    response_url: str | None
+    cancel_url: str | None
+    started_at: dt.datetime
+    result_pending: bool = False
+
+    @property
+    def subject(self) -> dict[str, str]:
+        return {"avatar_id": self.avatar_id}
 
 
 @dataclass
@@ -87,20 +108,41 @@ class Report:
     timed_out: int = 0
     reverted: int = 0
     purged: int = 0
+    # Generations: asked about, applied, failed after the hard limit or mid-submission.
+    generations_checked: int = 0
+    generations_applied: int = 0
+    generations_timed_out: int = 0
+    generations_interrupted: int = 0
+
+
+def training_of(avatar: Avatar, job: FalJob, result_pending: bool = False) -> Training:
+    return Training(
+        avatar.id,
+        avatar.name,
+        avatar.training_type,
+        job.request_id,
+        job.status_url,
+        job.response_url,
+        job.cancel_url,
+        avatar.training_started_at or avatar.created_at,
+        result_pending,
+    )
 
 
 async def _give_up(svc: Services, training: Training, policy: Policy) -> None:
+    if training.cancel_url is not None:
+        try:
+            # Stop paying for a training nobody will wait for; it may still finish anyway.
+            await svc.fal.cancel(training.cancel_url)
+        except FalError as exc:
+            log.warning("reconciler_cancel_failed", avatar_id=training.avatar_id, error=str(exc))
     hours = policy.hard_limit / 3600
-    await give_up(
-        svc, training, f"The training did not finish within {hours:g} hours, so it was stopped."
-    )
+    reason = f"The training did not finish within {hours:g} hours, so it was stopped."
+    await fail(svc, training, reason)
 
 
 async def _candidates(session: AsyncSession, policy: Policy, now: dt.datetime) -> list[Training]:
-    pending = exists().where(
-        WebhookEvent.request_id == FalJob.request_id,
-        WebhookEvent.status == EventStatus.RESULT_PENDING.value,
-    )
+    pending = result_pending()
     due = now - dt.timedelta(seconds=policy.expected)
     rows = await session.execute(
         select(Avatar, FalJob, pending)
@@ -133,58 +175,23 @@ async def _revert_stale_claims(session: AsyncSession, policy: Policy, now: dt.da
     return int(result.rowcount)  # type: ignore[attr-defined]
 
 
-async def _fail_stale_submissions(session: AsyncSession, policy: Policy, now: dt.datetime) -> int:
-    """Generations the bot wrote and never heard FAL accept (it stopped in between): failed,
-    so that they neither count nor hold one of the person's in-flight places."""
-    result = await session.execute(
-        update(Generation)
-        .where(
-            Generation.status == GenerationStatus.SUBMITTING.value,
-            ~exists().where(FalJob.generation_id == Generation.id),
-            Generation.updated_at <= now - dt.timedelta(seconds=policy.stale_claim),
-        )
-        .values(
-            status=GenerationStatus.FAILED.value,
-            error_message="the generation was interrupted before FAL accepted it",
-            updated_at=now,
-            finished_at=now,
-        )
-    )
-    return int(result.rowcount)  # type: ignore[attr-defined]
-
-
 async def reconcile_once(svc: Services, policy: Policy) -> Report:
     """One pass over the trainings that need it; FAL is asked outside any transaction."""
     now = utcnow()
     report = Report()
     report.reverted = await svc.transaction(lambda s: _revert_stale_claims(s, policy, now))
-    report.reverted += await svc.transaction(lambda s: _fail_stale_submissions(s, policy, now))
     for training in await svc.transaction(lambda s: _candidates(s, policy, now)):
         report.checked += 1
-        state: QueueState | None = None
-        try:
-            state = await resolve(svc, training)
-        except FalError as exc:
-            log.warning(
-                "reconciler_status_failed",
-                avatar_id=training.avatar_id,
-                request_id=training.request_id,
-                error=str(exc),
-            )
+        state = await ask(svc, training)
         if state is QueueState.COMPLETED:
             report.applied += 1
         elif (now - training.started_at).total_seconds() >= policy.hard_limit:
             await _give_up(svc, training, policy)
             report.timed_out += 1
-    checked, applied, timed_out = await reconcile_generations.reconcile(
-        svc, policy.generation_expected, policy.generation_hard_limit, now
-    )
-    report.checked += checked
-    report.applied += applied
-    report.timed_out += timed_out
     cutoff = now - dt.timedelta(seconds=policy.data_retention)
     report.purged = await svc.transaction(lambda s: training_data.purge_expired(s, cutoff))
-    if report.checked or report.reverted or report.purged:
+    await reconcile_generations.reconcile_once(svc, policy.generations, report, now)
+    if any(vars(report).values()):
         log.info("reconciler_pass", **vars(report))
     return report
 

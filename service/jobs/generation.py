@@ -11,11 +11,11 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.fal.payload import Event, EventStatus
 from service.jobs import generation_texts
-from service.jobs.kinds import ENQUEUE, lookups, read, registering, unclaimed, unmoved
+from service.jobs.kinds import ENQUEUE, REGISTER, lookups, read, registering, unclaimed, unmoved
 from service.jobs.registry import JobKind, Plan
 from service.jobs.states import GenerationStatus, generation_transition
 from service.outbox.messages import Message, row_values
-from service.store.dialect import Step, StepContext
+from service.store.dialect import Step, StepContext, dialect_of
 from service.store.direct import DirectConnection
 from service.store.generations import WINDOW, photos_used_since
 from service.store.models import FalJob, Generation, User, UTCDateTime, utcnow
@@ -191,3 +191,20 @@ def _message(target: Target, after: GenerationStatus, event: Event, per_day: int
         max(0, per_day - target.photos_used),
         target.language_code,
     )
+
+
+INTERRUPTED = "the submission to FAL was interrupted before FAL accepted it"
+
+
+async def fail_interrupted(session: AsyncSession, generation_id: str, now: dt.datetime) -> bool:
+    """Fail a generation left in `submitting` with no job (the bot stopped mid-submission),
+    with its one outbox row, as a failure from FAL would; False if it has moved on since."""
+    target = await _find(session, _READS.by_subject, generation_id)
+    if target is None or target.status is not GenerationStatus.SUBMITTING or target.request_id:
+        return False
+    event = Event(request_id="", status=EventStatus.FAILED, error_message=INTERRUPTED)
+    plan = _plan(target, event, now, HANDLER.per_day)
+    # No job to register: the chain starts at the generation's change.
+    chain = tuple(step for step in plan.steps if step is not REGISTER)
+    written = await dialect_of(session).write_chain(session, chain, plan.params)
+    return written[CHANGE.name] > 0

@@ -16,6 +16,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.fal.flux_lora import Frame, arguments
+from service.fal.queue import Submission
 from service.jobs.ingest import register
 from service.jobs.registry import JobKind
 from service.jobs.states import AvatarStatus, GenerationStatus
@@ -55,9 +56,11 @@ def submitted(
     registered: bool = True,
     created_at: dt.datetime | None = None,
     status: GenerationStatus | None = None,
+    accepted: Submission | None = None,
 ) -> Submitted:
-    """A completed avatar's generation; with `registered` also accepted by FAL (`queued`)."""
-    request_id = str(uuid.uuid4())
+    """A completed avatar's generation; with `registered` also accepted by FAL (`queued`),
+    under the request id and URLs of `accepted` (what FAL answered), if given."""
+    request_id = accepted.request_id if accepted else str(uuid.uuid4())
 
     async def work(session: AsyncSession) -> Submitted:
         user = await ensure_user(session, telegram_id, language_code=language)
@@ -91,7 +94,8 @@ def submitted(
         await session.flush()
         if registered:
             generation.status = GenerationStatus.QUEUED.value
-            await register(session, job_of(request_id, user.id, avatar.id, generation.id))
+            job = job_of(request_id, user.id, avatar.id, generation.id, accepted)
+            await register(session, job)
         if status is not None:
             generation.status = status.value
         return Submitted(generation.id, request_id, avatar.id, user.id, num_images)
@@ -99,8 +103,16 @@ def submitted(
     return run(database_url, work)
 
 
-def job_of(request_id: str, user_id: int, avatar_id: str, generation_id: str) -> FalJob:
+def job_of(
+    request_id: str,
+    user_id: int,
+    avatar_id: str,
+    generation_id: str,
+    accepted: Submission | None = None,
+) -> FalJob:
+    """The registry row the bot writes on FAL's acceptance (`accepted`: FAL's answer)."""
     base = f"http://fal.invalid/{FLUX_LORA}/requests/{request_id}"
+    urls = accepted or Submission(request_id, f"{base}/status", base, f"{base}/cancel")
     return FalJob(
         request_id=request_id,
         kind=JobKind.GENERATION.value,
@@ -108,9 +120,9 @@ def job_of(request_id: str, user_id: int, avatar_id: str, generation_id: str) ->
         avatar_id=avatar_id,
         generation_id=generation_id,
         app=FLUX_LORA,
-        status_url=f"{base}/status",
-        response_url=base,
-        cancel_url=f"{base}/cancel",
+        status_url=urls.status_url,
+        response_url=urls.response_url,
+        cancel_url=urls.cancel_url,
         submitted_at=utcnow(),
     )
 

@@ -1,61 +1,42 @@
-"""What FAL says about one job, asked by the bot and applied as the job's callback would be.
+"""Asking FAL where a job is, and applying its answer as the job's callback would have been.
 
-The reconciler, and the refresh and cancel buttons of My avatars, ask FAL's status URL and, for
-a finished request, its result; what they learn goes through service.jobs.ingest.ingest with
-the source `reconciler`, the webhook's own transaction.
+The reconciler, the "refresh" and "stop" buttons all learn this way: an event from the source
+`reconciler`, through service.jobs.ingest.ingest, the webhook's own transaction.
 """
 
 from __future__ import annotations
 
-import datetime as dt
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
+from sqlalchemy import Exists, exists
 
 from service.bot.services import Services
 from service.fal.payload import Event, EventStatus, from_result
 from service.fal.queue import FalError, FalUnavailable, Outcome, QueueState
 from service.jobs.ingest import Delivery, Result, ingest
 from service.jobs.registry import Source
-from service.store.models import Avatar, FalJob
+from service.store.models import FalJob, WebhookEvent
 
 log = structlog.get_logger("service.bot.reconciler")
 
 
-@dataclass(frozen=True)
-class Training:
-    """A training as the reconciler (and the "refresh" button) sees it."""
+class Asked(Protocol):
+    """A job the bot asks FAL about (a training, a generation)."""
 
-    avatar_id: str
-    name: str
-    training_type: str
-    request_id: str
-    status_url: str | None
-    response_url: str | None
-    cancel_url: str | None
-    started_at: dt.datetime
-    result_pending: bool = False
-
-
-def training_of(avatar: Avatar, job: FalJob, result_pending: bool = False) -> Training:
-    return Training(
-        avatar.id,
-        avatar.name,
-        avatar.training_type,
-        job.request_id,
-        job.status_url,
-        job.response_url,
-        job.cancel_url,
-        avatar.training_started_at or avatar.created_at,
-        result_pending,
-    )
+    @property
+    def request_id(self) -> str: ...
+    @property
+    def status_url(self) -> str | None: ...
+    @property
+    def response_url(self) -> str | None: ...
+    @property
+    def subject(self) -> dict[str, str]:
+        """Its subject's id, for the log."""
 
 
-async def apply(
-    svc: Services, training: Training, event: Event, evidence: dict[str, Any]
-) -> Result:
-    """Apply what the bot learnt from FAL to the training's job, in the webhook's transaction.
+async def apply(svc: Services, job: Asked, event: Event, evidence: dict[str, Any]) -> Result:
+    """Apply what the bot learnt from FAL to the job, in the webhook's transaction.
 
     `evidence` (what FAL answered) is kept as the event's raw record, with its source.
     """
@@ -63,8 +44,8 @@ async def apply(
     result = await svc.transaction(lambda session: ingest(session, delivery))
     log.info(
         "reconciled",
-        avatar_id=training.avatar_id,
-        request_id=training.request_id,
+        **job.subject,
+        request_id=job.request_id,
         event_status=event.status.value,
         outcome=result.outcome.value,
         transition=result.transition,
@@ -72,10 +53,10 @@ async def apply(
     return result
 
 
-async def resolve(svc: Services, training: Training) -> QueueState:
-    """Ask FAL where the training is; if it is done, apply its result. Raises FalError."""
+async def resolve(svc: Services, training: Asked) -> QueueState:
+    """Ask FAL where the job is; if it is done, apply its result. Raises FalError."""
     if training.status_url is None or training.response_url is None:
-        raise FalError("the training was not submitted by this bot: no status URL")
+        raise FalError("the job was not submitted by this bot: no status URL")
     status = await svc.fal.status(training.status_url)
     if status.state is QueueState.COMPLETED:
         try:
@@ -106,13 +87,28 @@ def _failure_words(outcome: Outcome) -> str:
     return f"{outcome.error_type}: {reason}" if outcome.error_type else reason
 
 
-async def give_up(svc: Services, job: Training, reason: str) -> None:
-    """Cancel at FAL (best effort) a job nobody will wait for any more, and fail it."""
-    if job.cancel_url is not None:
-        try:
-            # Stop paying for it; it may still finish anyway (then its callback is ignored).
-            await svc.fal.cancel(job.cancel_url)
-        except FalError as exc:
-            log.warning("reconciler_cancel_failed", request_id=job.request_id, error=str(exc))
+async def fail(svc: Services, job: Asked, reason: str) -> Result:
+    """Fail the job for a reason of our own (it stalled), as FAL's ERROR callback would."""
     event = Event(job.request_id, EventStatus.FAILED, error_message=reason)
-    await apply(svc, job, event, {"request_id": job.request_id, "status": "ERROR", "error": reason})
+    return await apply(
+        svc, job, event, {"request_id": job.request_id, "status": "ERROR", "error": reason}
+    )
+
+
+def result_pending() -> Exists:
+    """A job (in a query of FalJob) whose callback said FAL could not send its output."""
+    return exists().where(
+        WebhookEvent.request_id == FalJob.request_id,
+        WebhookEvent.status == EventStatus.RESULT_PENDING.value,
+    )
+
+
+async def ask(svc: Services, job: Asked) -> QueueState | None:
+    """`resolve`, with FAL's trouble logged rather than raised: None when FAL could not say."""
+    try:
+        return await resolve(svc, job)
+    except FalError as exc:
+        log.warning(
+            "reconciler_status_failed", **job.subject, request_id=job.request_id, error=str(exc)
+        )
+        return None
