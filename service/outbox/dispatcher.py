@@ -148,8 +148,10 @@ class Dispatcher:
             await asyncio.sleep(paused)
 
         async def checkpoint(partial: SendResult) -> None:
+            # Briefly: the person waits for the follow-up meanwhile, and the final record
+            # stores the same ids again.
             await self._write(
-                item, lambda s: queue.checkpoint(s, self.worker, item, partial, self.lease)
+                item, lambda s: queue.checkpoint(s, self.worker, item, partial, self.lease), 5
             )
 
         result = await self.sender.send(item.message, checkpoint)
@@ -159,10 +161,10 @@ class Dispatcher:
         return result
 
     async def _write(
-        self, item: queue.Claimed, work: Callable[[AsyncSession], Awaitable[T]]
+        self, item: queue.Claimed, work: Callable[[AsyncSession], Awaitable[T]], tries: int = 30
     ) -> T | None:
         """What a send did must not be lost to a short database hiccup; None if it was."""
-        for attempt in range(30):
+        for attempt in range(tries):
             try:
                 return await run_transaction(self.sessions, work)
             except DatabaseUnavailable as exc:

@@ -27,7 +27,9 @@ class Message:
     text: str
     reply_markup: dict[str, Any] | None = None
     message_type: MessageType = MessageType.TEXT
-    # Photos and albums: {"url": ..., "file_id": ..., "caption": ...} per photo.
+    # Photos and albums: {"url": ..., "file_id": ..., "caption": ...} per photo. After the send
+    # also Telegram's "file_id" ("document_file_id" if sent as a file), and in an album the
+    # photo's "message_id": the mark that the album went out (album_sent).
     media: tuple[dict[str, Any], ...] = field(default_factory=tuple)
 
 
