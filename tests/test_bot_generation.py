@@ -232,3 +232,33 @@ def test_nobody_uses_another_persons_avatar_or_photos(stack: BotStack) -> None:
     stranger.expect("фото не найдены")
     assert len(generations_of(stack.database_url, owner.id)) == 1
     assert generations_of(stack.database_url, stranger.id) == []
+
+
+def test_one_conversation_at_a_time(stack: BotStack) -> None:
+    person = Person(stack.api, 8801)
+    avatar = avatar_for(stack, person)
+    # Creating an avatar drops a half-chosen generation...
+    person.press(f"avatar:generate:{avatar.id}")
+    person.expect("Выберите стиль")
+    person.press("gen:own")
+    person.expect("Опишите фото")
+    person.send("/create")
+    person.expect("Как назовём")
+    person.send("Второй")  # a name, not a prompt
+    person.expect("Какой тип")
+    person.press("gen:style:studio")
+    person.expect("Этот выбор устарел")
+    # ...and a generation begun while creating one drops that draft, saying so.
+    person.press(f"gen:new:{avatar.id}")
+    person.expect("Создание аватара отменено")
+    person.expect("Выберите стиль")
+    person.press("gen:own")
+    person.expect("Опишите фото")
+    person.send("в шляпе")
+    person.expect("Какой кадр?")
+    # /start goes back to the menu and forgets what was chosen.
+    person.send("/start")
+    person.expect("Здравствуйте")
+    person.press("gen:frame:square")
+    person.expect("Этот выбор устарел")
+    assert generations_of(stack.database_url, person.id) == []
