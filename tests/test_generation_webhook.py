@@ -3,6 +3,7 @@ registered job's callback takes the direct hot path): its transitions and its ON
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 
 import pytest
@@ -10,6 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.jobs.generation_texts import CALLBACK_AGAIN, CALLBACK_MINE, CALLBACK_NEW
 from service.jobs.ingest import Result, register
+from service.jobs.states import GenerationStatus
 from service.outbox.messages import MessageType
 from service.store.models import User
 from tests.fakes.fal_keys import FalSigner, JwksServer
@@ -259,3 +261,26 @@ def test_a_registered_generation_takes_the_direct_path(postgres_url: str) -> Non
     assert delivery(body).event.generated is not None
     assert generation_row(url, gen.generation_id).status == "completed"
     assert len(outbox_of(url, gen.generation_id)) == 1
+
+
+def test_status_and_metrics_count_generations_by_status(
+    web: InProcessApp, signer: FalSigner
+) -> None:
+    def counted() -> tuple[dict[str, int], dict[str, float]]:
+        status = web.call("GET", "/api/v1/webhook/status").json()
+        text = web.call("GET", "/metrics").body.decode()
+        gauges = re.findall(r'^generations\{status="(\w+)"\} (\S+)$', text, re.M)
+        return status["generations"], {name: float(value) for name, value in gauges}
+
+    before, gauges_before = counted()
+    assert set(before) == {s.value for s in GenerationStatus} == set(gauges_before)
+    done, failing = new(web, 1), new(web, 2)
+    new(web, 1, registered=False)
+    assert post(web, signer, generated(done.request_id, 1)) == "received"
+    assert post(web, signer, generation_error(failing.request_id)) == "received"
+    after, gauges_after = counted()
+    moved = {k: after[k] - before[k] for k in after}
+    assert moved == {"submitting": 1, "queued": 0, "running": 0, "completed": 1, "failed": 1}
+    assert {k: gauges_after[k] - gauges_before[k] for k in after} == moved
+    status = web.call("GET", "/api/v1/webhook/status").json()
+    assert status["oldest_generation_age_seconds"] is not None

@@ -13,11 +13,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from service import metrics
-from service.jobs.states import AvatarStatus
+from service.jobs.states import AvatarStatus, GenerationStatus
 from service.outbox.states import UNSENT, NotificationState
 from service.store import tallies
 from service.store.engine import run_transaction
-from service.store.models import Avatar, Notification, WebhookEvent, utcnow
+from service.store.models import Avatar, Generation, Notification, WebhookEvent, utcnow
 from service.web.runtime import Runtime
 
 log = structlog.get_logger("service.monitoring")
@@ -32,6 +32,7 @@ _NOT_SENT = tuple(s.value for s in NotificationState if s is not NotificationSta
 TLS_METRICS_FILE = Path("tls-certificate.prom")
 # Still running at FAL: the age of the oldest of these is the "stuck training" signal.
 RUNNING = (AvatarStatus.TRAINING.value, AvatarStatus.CANCELLING.value)
+GENERATING = tuple(s.value for s in GenerationStatus if not s.is_terminal)
 
 
 async def health(request: Request) -> Response:
@@ -52,9 +53,15 @@ async def health(request: Request) -> Response:
     return JSONResponse(body, status_code=200 if database == "ok" else 503)
 
 
-async def _count_by(session: AsyncSession, column: Any) -> dict[str, int]:
+async def _count_by(session: AsyncSession, column: Any, every: Any) -> dict[str, int]:
+    """Rows by `column`, every value of the enum `every` present (0 when none has it)."""
     rows = await session.execute(select(column, func.count()).group_by(column))
-    return {str(key): int(count) for key, count in rows}
+    return {**{s.value: 0 for s in every}, **{str(key): int(count) for key, count in rows}}
+
+
+async def _oldest_age(session: AsyncSession, started: Any, where: Any) -> float | None:
+    oldest = (await session.execute(select(func.min(started)).where(where))).scalar()
+    return round((utcnow() - oldest).total_seconds(), 3) if oldest else None
 
 
 async def _counts(session: AsyncSession) -> dict[str, Any]:
@@ -70,19 +77,18 @@ async def _counts(session: AsyncSession) -> dict[str, Any]:
             select(func.min(Notification.created_at)).where(Notification.state.in_(UNSENT))
         )
     ).scalar()
-    avatars = await _count_by(session, Avatar.status)
-    oldest_training = (
-        await session.execute(
-            select(func.min(func.coalesce(Avatar.training_started_at, Avatar.created_at))).where(
-                Avatar.status.in_(RUNNING)
-            )
-        )
-    ).scalar()
+    # Avatars and generations (one row per training or per request, not per callback) are
+    # counted through their status index.
+    started = func.coalesce(Avatar.training_started_at, Avatar.created_at)
     return {
         "events": events,
-        "avatars": avatars,
-        "oldest_training_age_seconds": (
-            round((utcnow() - oldest_training).total_seconds(), 3) if oldest_training else None
+        "avatars": await _count_by(session, Avatar.status, AvatarStatus),
+        "oldest_training_age_seconds": await _oldest_age(
+            session, started, Avatar.status.in_(RUNNING)
+        ),
+        "generations": await _count_by(session, Generation.status, GenerationStatus),
+        "oldest_generation_age_seconds": await _oldest_age(
+            session, Generation.created_at, Generation.status.in_(GENERATING)
         ),
         "last_event_at": last_event.isoformat() if last_event else None,
         "notifications": notifications,
@@ -132,6 +138,8 @@ async def webhook_status(request: Request) -> Response:
             last_event_at=counts["last_event_at"],
             notifications=counts["notifications"],
             oldest_pending_notification_age_seconds=counts["oldest_pending_age_seconds"],
+            generations=counts["generations"],
+            oldest_generation_age_seconds=counts["oldest_generation_age_seconds"],
         )
     return JSONResponse(body, status_code=200 if counts is not None else 503)
 
@@ -161,11 +169,12 @@ def _database_gauges(counts: dict[str, Any]) -> list[tuple[str, str, dict[str, f
     # Every state, so a gauge falls back to 0 instead of vanishing when its last row moves.
     states = {s.value: 0.0 for s in NotificationState}
     states.update({k: float(v) for k, v in counts["notifications"].items()})
-    avatars = {s.value: 0.0 for s in AvatarStatus}
-    avatars.update({k: float(v) for k, v in counts["avatars"].items()})
+    avatars = {k: float(v) for k, v in counts["avatars"].items()}
+    generations = {k: float(v) for k, v in counts["generations"].items()}
     events = {k: float(v) for k, v in counts["events"].items()}
     oldest_pending = {"": float(counts["oldest_pending_age_seconds"] or 0.0)}
     oldest_training = {"": float(counts["oldest_training_age_seconds"] or 0.0)}
+    oldest_generation = {"": float(counts["oldest_generation_age_seconds"] or 0.0)}
     return [
         ("notifications", "Notifications in the outbox by state", states, "state"),
         (
@@ -180,6 +189,13 @@ def _database_gauges(counts: dict[str, Any]) -> list[tuple[str, str, dict[str, f
             "training_oldest_running_age_seconds",
             "Age of the oldest training still running (training or cancelling), 0 if none",
             oldest_training,
+            "",
+        ),
+        ("generations", "Generations by status", generations, "status"),
+        (
+            "generation_oldest_unfinished_age_seconds",
+            "Age of the oldest generation not finished (submitting, queued, running), 0 if none",
+            oldest_generation,
             "",
         ),
     ]

@@ -118,7 +118,8 @@ DOCUMENT: dict[str, Any] = {
             "outcome and notifications by state come from tallies kept up to a mark plus "
             "the rows of the last minutes, so a read costs the same on any table size. "
             "last_event_at is the newest received_at; the oldest pending age is read "
-            "from the unsent notifications only.",
+            "from the unsent notifications only. generations: by status (every status), "
+            "with the age of the oldest unfinished one.",
         ),
         "/metrics": {
             "get": {
