@@ -10,7 +10,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import structlog
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 from telegram import Update
@@ -26,8 +25,6 @@ from service.fal.flux_lora import Frame
 from service.jobs.states import AvatarStatus
 from service.store import generations
 from service.store.models import Avatar, User, utcnow
-
-log = structlog.get_logger("service.bot.generate")
 
 # Steps.
 STYLE, PROMPT, FRAME, COUNT = "style", "prompt", "frame", "count"
@@ -187,11 +184,6 @@ async def text(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         return
     chosen.style, chosen.step = None, FRAME
     await _ask_frame(update, chosen)
-
-
-def awaiting_prompt(context: ContextTypes.DEFAULT_TYPE) -> bool:
-    chosen = chosen_of(context)
-    return chosen is not None and chosen.step == PROMPT
 
 
 async def _ask_frame(update: Update, chosen: Chosen) -> None:

@@ -113,8 +113,8 @@ EN: dict[str, str] = {
     "gen_ask_count": "<b>{label}</b>, {frame}.\n\nHow many photos? Left today: {left}.",
     "gen_queued": "🎨 On its way: {photos} with <b>{name}</b> — {label}. It usually takes "
     "a minute; they will arrive here.\n\nLeft today: {left} of {per_day} photos.",
-    "gen_too_many_running": "{running} of your generations are still being made; at most "
-    "{limit} at a time. Please wait until one of them arrives.",
+    "gen_too_many_running": "Generations of yours still being made: {running}, and at most "
+    "{limit} can run at a time. Please wait until one of them arrives.",
     "gen_over_quota": "Not enough photos left today: you asked for {photos}, {left} of "
     "{per_day} are left.",
     "gen_free_in": "Enough will be free again in {wait}.",
