@@ -212,14 +212,22 @@ async def replay(session: AsyncSession, event_id: int) -> Replayed:
         await session.execute(
             update(WebhookEvent)
             .where(WebhookEvent.id == row.id)
-            .values(avatar_id=result.avatar_id, outcome=Outcome.IGNORED.value, applied_at=utcnow())
+            .values(
+                avatar_id=result.avatar_id,
+                generation_id=result.generation_id,
+                outcome=Outcome.IGNORED.value,
+                applied_at=utcnow(),
+            )
         )
     replay_id = await _id_of(session, delivery.dedupe_key)
     note = ", notification enqueued" if result.notification_enqueued else ""
+    subject = (
+        f"generation {result.generation_id}"
+        if result.generation_id
+        else f"avatar {result.avatar_id}"
+    )
     return Replayed(
-        True,
-        f"event {event_id}: applied as event {replay_id}: avatar {result.avatar_id} "
-        f"{result.transition}{note}",
+        True, f"event {event_id}: applied as event {replay_id}: {subject} {result.transition}{note}"
     )
 
 

@@ -280,7 +280,7 @@ def test_downgrade_to_0003_puts_every_request_id_back(engine: sa.Engine, databas
     fill(engine)
     before = snapshot(engine)
     config = migrate.alembic_config(database_url)
-    # Up to the newest schema: today's ingest writes the columns of every migration since.
+    # To the newest schema, which the code of today writes, and from there all the way down.
     command.upgrade(config, "head")
     # An event the reconciler learnt after the upgrade: its source is a column, not a header.
     learnt = Event("rid-2", EventStatus.IN_PROGRESS, progress=50)
@@ -288,7 +288,7 @@ def test_downgrade_to_0003_puts_every_request_id_back(engine: sa.Engine, databas
     assert run(database_url, lambda s: ingest(s, delivery)).outcome is Outcome.RECEIVED
     started = time.perf_counter()
     command.downgrade(config, "0003")
-    print(f"\ndowngrade to 0003 on {engine.dialect.name}: {time.perf_counter() - started:.2f} s")
+    print(f"\n0004 downgrade on {engine.dialect.name}: {time.perf_counter() - started:.2f} s")
     after = snapshot(engine)
     (added,) = [e for k, e in after["webhook_events"].items() if k not in before["webhook_events"]]
     assert added["headers"] == {"x-aibots-source": "reconciler"}

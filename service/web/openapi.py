@@ -52,6 +52,12 @@ def _webhook_operation(summary: str) -> dict[str, Any]:
         "parameters": [
             {"name": "avatar_id", "in": "query", "required": False, "schema": {"type": "string"}},
             {
+                "name": "generation_id",
+                "in": "query",
+                "required": False,
+                "schema": {"type": "string"},
+            },
+            {
                 "name": "training_type",
                 "in": "query",
                 "required": False,
@@ -106,9 +112,13 @@ DOCUMENT: dict[str, Any] = {
     "openapi": "3.1.0",
     "info": {"title": "aibots.kz webhook service", "version": "0.1.0"},
     "paths": {
-        "/api/v1/avatar/status_update": {"post": _webhook_operation("FAL training callback")},
+        "/api/v1/avatar/status_update": {
+            "post": _webhook_operation("FAL training or generation callback")
+        },
         "/api/avatar/status_update": {
-            "post": _webhook_operation("FAL training callback (old path, same handler)")
+            "post": _webhook_operation(
+                "FAL training or generation callback (old path, same handler)"
+            )
         },
         "/health": _database_read("Liveness and database check", "Healthy"),
         "/api/v1/webhook/status": _database_read(
