@@ -177,7 +177,10 @@ def run(settings: Settings) -> int:
         print(f"cannot start the bot: {problem}", file=sys.stderr)
         return 3
     if not settings.fal_key:
-        log.warning("fal_key_missing", detail="FAL_KEY is empty: trainings cannot be submitted")
+        log.warning(
+            "fal_key_missing",
+            detail="FAL_KEY is empty: trainings and generations cannot be submitted",
+        )
     application = build_application(settings)
     try:
         application.run_polling(allowed_updates=Update.ALL_TYPES)
