@@ -146,6 +146,12 @@ def test_generate_asks_which_avatar_when_there_are_several(stack: BotStack) -> N
     )
     person.press(f"avatar:generate:{second.id}")
     assert "Second" in person.expect("Выберите стиль")["text"]
+    # My avatars has the same way in, one button per ready avatar.
+    person.send("/avatars")
+    listing = person.expect("Ваши аватары")
+    assert {f"avatar:generate:{first.id}", f"avatar:generate:{second.id}"} <= set(
+        person.buttons(listing)
+    )
     person.send("/cancel")
     person.expect("Генерация отменена")
     person.press("gen:style:studio")

@@ -139,6 +139,14 @@ def test_photos_flagged_by_the_safety_checker_are_held_back(stack: BotStack) -> 
     assert photo.caption is not None and "На природе" in photo.caption
     assert "Скрыто фильтром безопасности: 2" in photo.caption
     holds(lambda: len(deliveries(stack, person)) == 1, SETTLE, what="one photo")
+    # Sent again from My photos: the one photo, by its file id, with its caption.
+    (generation,) = generations_of(stack.database_url, person.id)
+    person.send("/photos")
+    person.expect("Ваши фото")
+    person.press(f"gen:send:{generation.id}")
+    _, again = wait_for_deliveries(stack, person, 2)
+    assert again.method == "sendPhoto" and again.sources == ["file_id"]
+    assert again.file_ids() == photo.file_ids() and again.caption == photo.caption
 
 
 def test_telegram_refusing_a_big_photo_by_url_gets_it_uploaded(stack: BotStack) -> None:
