@@ -98,7 +98,7 @@ def test_a_trained_avatar_makes_four_photos_and_exactly_one_album_arrives(
     person.press(f"gen:send:{generation.id}")
     _, again = wait_for_deliveries(stack, person, 2)
     assert again.method == "sendMediaGroup" and again.sources == ["file_id"] * 4
-    assert again.file_ids() == album.file_ids()
+    assert again.file_ids() == album.file_ids() and again.caption == album.caption
 
 
 def wait_for_deliveries(
@@ -239,3 +239,7 @@ def test_a_prompt_of_ones_own_comes_back_as_the_caption_literally(stack: BotStac
     person.send("/photos")
     listing = person.expect("Your photos")
     assert prompt in listing["text"] and "2 photos" in listing["text"] and "done" in listing["text"]
+    (generation,) = generations_of(stack.database_url, person.id)
+    person.press(f"gen:send:{generation.id}")
+    _, again = wait_for_deliveries(stack, person, 2)
+    assert again.sources == ["file_id"] * 2 and again.caption == prompt
