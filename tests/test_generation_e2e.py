@@ -22,6 +22,8 @@ SETTLE = 3.0
 # Generations without a callback this old are asked about at FAL; the reconciler looks twice
 # a second.
 EXPECTED_SECONDS = 3
+# Not the default: the webhook service's outcomes must tell what is left by the same number.
+PER_DAY = 12
 
 
 @pytest.fixture(scope="module")
@@ -31,6 +33,7 @@ def stack(
     settings = {
         "RECONCILE_INTERVAL_SECONDS": "0.5",
         "GENERATION_EXPECTED_SECONDS": str(EXPECTED_SECONDS),
+        "GENERATIONS_PER_DAY": str(PER_DAY),
     }
     with running_bot(module_api, module_signer, module_jwks.jwks_url, **settings) as running:
         yield running
@@ -78,6 +81,7 @@ def test_a_trained_avatar_makes_four_photos_and_exactly_one_album_arrives(
     assert album.caption == "Студийный портрет"
     assert all(d.startswith(b"\xff\xd8") for d in album.data)
     follow_up = person.expect("Готово: 4 фото")
+    assert f"Осталось фото на сегодня: {PER_DAY - 4}." in follow_up["text"]
     (generation,) = generations_of(stack.database_url, person.id)
     assert person.buttons(follow_up) == [
         f"gen:again:{generation.id}",
@@ -126,7 +130,7 @@ def test_a_fal_error_gives_one_failure_message_and_nothing_counted(stack: BotSta
     assert generations_of(stack.database_url, person.id)[0].status == "failed"
     # It did not count: the day's 20 are all there for the next one.
     person.press(f"gen:again:{generation.id}")
-    assert "Осталось на сегодня: 18 из 20" in person.expect("Уже делаю")["text"]
+    assert f"Осталось на сегодня: {PER_DAY - 2} из {PER_DAY}" in person.expect("Уже делаю")["text"]
 
 
 def test_photos_flagged_by_the_safety_checker_are_held_back(stack: BotStack) -> None:

@@ -40,7 +40,9 @@ class BotStack:
         self.api = api
         self.fal = fal
         shared = {"TELEGRAM_TOKEN": TOKEN, "TELEGRAM_API_URL": api.url}
-        self.server = GunicornServer({**shared, "FAL_JWKS_URL": jwks_url})
+        # The quota is both processes': the bot checks it, the outcomes tell what is left.
+        quota = {k: v for k, v in settings.items() if k.startswith("GENERATIONS_")}
+        self.server = GunicornServer({**shared, **quota, "FAL_JWKS_URL": jwks_url})
         self.database_url = self.server.database_url
         self.bot = ServiceProcess(
             "bot",
