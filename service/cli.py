@@ -82,8 +82,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
     logs.configure(settings.log_level, settings.log_format)
-    # Every command that applies events (serve, bot, events replay) tells "photos left" by it.
-    generation.set_quota(settings.generations_per_day)
+    generation.set_quota(settings.generations_per_day)  # "photos left" in what events write
     command: Callable[[argparse.Namespace, Settings], int] = {
         "serve": _serve,
         "bot": _bot,

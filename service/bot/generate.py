@@ -7,7 +7,7 @@ one typed step (the prompt) is read by a handler that passes any other text on t
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from sqlalchemy import select
@@ -44,10 +44,30 @@ class Chosen:
         chosen = style(self.style) if self.style else None
         return chosen.label(language) if chosen else (self.own or "")
 
+    def as_json(self) -> dict[str, str | None]:
+        return {**asdict(self), "frame": self.frame.value if self.frame else None}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Chosen:
+        frame = data.get("frame")
+        return cls(**{**data, "frame": Frame(frame) if frame else None})
+
 
 def chosen_of(context: ContextTypes.DEFAULT_TYPE) -> Chosen | None:
+    """What the person has chosen so far; kept as plain JSON in `user_data`, so that a
+    persistence can store it as it is."""
     found: Any = context.user_data.get(GENERATION_KEY) if context.user_data is not None else None
-    return found if isinstance(found, Chosen) else None
+    if not isinstance(found, dict):
+        return None
+    try:
+        return Chosen.from_json(found)
+    except (TypeError, ValueError):
+        return None
+
+
+def keep(context: ContextTypes.DEFAULT_TYPE, chosen: Chosen) -> None:
+    assert context.user_data is not None
+    context.user_data[GENERATION_KEY] = chosen.as_json()
 
 
 async def _left(svc: Services, telegram_id: int) -> int:
@@ -99,8 +119,7 @@ async def start(update: Update, context: ContextTypes.DEFAULT_TYPE, avatar_id: s
         status = status_name(language, avatar.status)
         await say(update, t(language, "gen_avatar_not_ready", name=avatar.name, status=status))
         return
-    assert context.user_data is not None
-    context.user_data[GENERATION_KEY] = Chosen(avatar.id, avatar.name)
+    keep(context, Chosen(avatar.id, avatar.name))
     left = await _left(svc, person.id)
     per_day = svc.settings.generations_per_day
     await say(
@@ -151,6 +170,7 @@ async def choose_style(update: Update, context: ContextTypes.DEFAULT_TYPE) -> No
         await _outdated(update)
         return
     chosen.style, chosen.own, chosen.step = key, None, FRAME
+    keep(context, chosen)
     await _ask_frame(update, chosen)
 
 
@@ -162,6 +182,7 @@ async def choose_own(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None
         await _outdated(update)
         return
     chosen.step = PROMPT
+    keep(context, chosen)
     await say(update, t(lang(update), "gen_ask_prompt", max=MAX_PROMPT_CHARS))
 
 
@@ -183,6 +204,7 @@ async def text(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         await say(update, t(language, str(problem), length=length, max=MAX_PROMPT_CHARS))
         return
     chosen.style, chosen.step = None, FRAME
+    keep(context, chosen)
     await _ask_frame(update, chosen)
 
 
@@ -206,6 +228,7 @@ async def choose_frame(update: Update, context: ContextTypes.DEFAULT_TYPE) -> No
         return
     chosen.frame = Frame[query.data.rsplit(":", 1)[1].upper()]
     chosen.step = COUNT
+    keep(context, chosen)
     language = lang(update)
     person = update.effective_user
     assert person is not None
