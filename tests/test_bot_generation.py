@@ -138,6 +138,10 @@ def test_an_own_prompt_in_english_with_bad_prompts_refused_first(stack: BotStack
 
 def test_generate_asks_which_avatar_when_there_are_several(stack: BotStack) -> None:
     person = Person(stack.api, 8301)
+    person.send("/help")
+    assert f"от 1 до 4 фото ({PER_DAY} в день)" in person.expect("Как это работает")["text"]
+    person.send("/generate")
+    person.expect("нет готового аватара")
     first, second = avatar_for(stack, person, "First"), avatar_for(stack, person, "Second")
     person.send("/generate")
     asked = person.expect("Каким аватаром")

@@ -44,7 +44,14 @@ async def show_help(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     assert chat is not None
     language = lang(update)
     await chat.send_message(
-        t(language, "help", min=MIN_PHOTOS, max=MAX_PHOTOS, px=MIN_SIDE),
+        t(
+            language,
+            "help",
+            min=MIN_PHOTOS,
+            max=MAX_PHOTOS,
+            px=MIN_SIDE,
+            per_day=services(context).settings.generations_per_day,
+        ),
         reply_markup=keyboards.main_menu(language),
     )
 

@@ -14,8 +14,9 @@ EN: dict[str, str] = {
     "{px} pixels on the short side.\n"
     "4. Press “Start training”. It usually takes 15–30 minutes; I will write when your "
     "avatar is ready.\n\n"
-    "One avatar trains at a time.\n"
-    "/avatars lists your avatars, /cancel stops creating one.",
+    "One avatar trains at a time. Once it is ready, /generate makes photos with it: a "
+    "style or your own prompt, a frame, 1 to 4 photos ({per_day} a day).\n"
+    "/avatars lists your avatars, /photos your photos, /cancel stops what you are making.",
     "menu_hint": "Choose an action from the menu: /start",
     "ask_name": "What shall we call the avatar? Send a name of up to {max} characters.",
     "name_empty": "The name cannot be empty. Send the avatar's name.",
