@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from service import logs
+from service.jobs import generation
 from service.operator_events import add_commands as add_events_commands
 from service.operator_generations import add_commands as add_generations_commands
 from service.outbox.states import NotificationState
@@ -81,6 +82,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
     logs.configure(settings.log_level, settings.log_format)
+    generation.set_quota(settings.generations_per_day)  # "photos left" in what events write
     command: Callable[[argparse.Namespace, Settings], int] = {
         "serve": _serve,
         "bot": _bot,

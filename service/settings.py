@@ -4,27 +4,22 @@ from __future__ import annotations
 
 import ipaddress
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, TypeVar
-from urllib.parse import urlsplit
+from typing import Literal
 
 from dotenv import dotenv_values
 
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+from service import setting_values as check
+from service.setting_values import IPNetwork, SettingsError
+
 VerifyMode = Literal["required", "off"]
 BotUpdates = Literal["polling", "webhook"]
 LogFormat = Literal["json", "console"]
 
 DEFAULT_DATABASE_URL = "sqlite:///var/aisha.db"
 MAX_BODY_BYTES = 10 * 1024 * 1024
-_T = TypeVar("_T", bound=str)
-N = TypeVar("N", int, float)
-
-
-class SettingsError(ValueError):
-    """A setting has a value the service cannot run with; the message names the variable."""
 
 
 @dataclass(frozen=True)
@@ -74,8 +69,17 @@ class Settings:
     training_expected_seconds: float = 1800.0
     training_hard_limit_seconds: float = 6 * 3600.0
     training_data_ttl_seconds: float = 48 * 3600.0
-    # A conversation (creating an avatar) left this long ends, and its half-made draft with it.
+    # A conversation (creating an avatar, making photos) left this long ends, and what it
+    # had half made with it.
     conversation_timeout_seconds: float = 3600.0
+    # Generations (service/bot/generation.py): FAL's app, the LoRA's weight, and the limits per
+    # person, enforced in the database: photos in the last 24 hours, jobs at once.
+    fal_generation_app: str = "fal-ai/flux-lora"
+    generation_lora_scale: float = 1.0
+    generations_per_day: int = 20
+    generations_in_flight: int = 2
+    generation_expected_seconds: float = 120.0
+    generation_hard_limit_seconds: float = 1800.0
     # `python -m service maintenance` (service/store/retention.py): raw events and delivered
     # notifications older than this many days are pruned.
     events_retention_days: int = 90
@@ -114,47 +118,49 @@ class Settings:
             return default if value is None else value.strip()
 
         def number(name: str, default: str, low: float, high: float) -> float:
-            return _float(name, get(name, default), low, high)
+            return check.decimal(name, get(name, default), low, high)
 
         def maybe_number(name: str, default: str, low: float, high: float) -> float | None:
-            return _optional_float(name, get(name, default), low, high)
+            return check.optional_decimal(name, get(name, default), low, high)
 
         def count(name: str, default: str, low: int, high: int) -> int:
-            return _int(name, get(name, default), low, high)
+            return check.integer(name, get(name, default), low, high)
 
         defaults = cls()
         return cls(
-            database_url=_database_url(get("DATABASE_URL", DEFAULT_DATABASE_URL)),
+            database_url=check.database_url(get("DATABASE_URL", DEFAULT_DATABASE_URL)),
             telegram_token=get("TELEGRAM_TOKEN", ""),
-            telegram_api_url=_http_url(
+            telegram_api_url=check.http_url(
                 "TELEGRAM_API_URL", get("TELEGRAM_API_URL", defaults.telegram_api_url)
             ),
             fal_key=get("FAL_KEY", ""),
-            fal_queue_url=_http_url("FAL_QUEUE_URL", get("FAL_QUEUE_URL", defaults.fal_queue_url)),
-            fal_webhook_url=_http_url(
+            fal_queue_url=check.http_url(
+                "FAL_QUEUE_URL", get("FAL_QUEUE_URL", defaults.fal_queue_url)
+            ),
+            fal_webhook_url=check.http_url(
                 "FAL_WEBHOOK_URL", get("FAL_WEBHOOK_URL", defaults.fal_webhook_url)
             ),
-            fal_jwks_url=_http_url("FAL_JWKS_URL", get("FAL_JWKS_URL", defaults.fal_jwks_url)),
-            fal_webhook_verify=_choice(
+            fal_jwks_url=check.http_url("FAL_JWKS_URL", get("FAL_JWKS_URL", defaults.fal_jwks_url)),
+            fal_webhook_verify=check.choice(
                 "FAL_WEBHOOK_VERIFY", get("FAL_WEBHOOK_VERIFY", "required"), ("required", "off")
             ),
-            webhook_unsigned_from=_networks(
+            webhook_unsigned_from=check.networks(
                 "WEBHOOK_UNSIGNED_FROM", get("WEBHOOK_UNSIGNED_FROM", "127.0.0.1/32,::1/128")
             ),
-            allowed_hosts=_words(get("ALLOWED_HOSTS", "aibots.kz,localhost,127.0.0.1")),
-            allowed_ips=_networks("ALLOWED_IPS", get("ALLOWED_IPS", "")),
-            forwarded_allow_ips=_networks(
+            allowed_hosts=check.words(get("ALLOWED_HOSTS", "aibots.kz,localhost,127.0.0.1")),
+            allowed_ips=check.networks("ALLOWED_IPS", get("ALLOWED_IPS", "")),
+            forwarded_allow_ips=check.networks(
                 "FORWARDED_ALLOW_IPS", get("FORWARDED_ALLOW_IPS", "127.0.0.1,::1")
             ),
-            cors_origins=_origins(get("CORS_ORIGINS", "https://aibots.kz")),
-            bind=_bind("BIND", get("BIND", defaults.bind)),
+            cors_origins=check.origins(get("CORS_ORIGINS", "https://aibots.kz")),
+            bind=check.bind("BIND", get("BIND", defaults.bind)),
             web_concurrency=count("WEB_CONCURRENCY", "2", 1, 64),
-            log_level=_choice(
+            log_level=check.choice(
                 "LOG_LEVEL",
                 get("LOG_LEVEL", "INFO").upper(),
                 ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"),
             ),
-            log_format=_choice(
+            log_format=check.choice(
                 "LOG_FORMAT", get("LOG_FORMAT", "json").lower(), ("json", "console")
             ),
             telegram_rate_per_second=number("TELEGRAM_RATE_PER_SECOND", "30", 0.1, 1000),
@@ -167,7 +173,7 @@ class Settings:
             outbox_poll_seconds=maybe_number("OUTBOX_POLL_SECONDS", "", 0.01, 60),
             outbox_election_retry_seconds=number("OUTBOX_ELECTION_RETRY_SECONDS", "2", 0.1, 600),
             outbox_max_in_flight=count("OUTBOX_MAX_IN_FLIGHT", "16", 1, 1000),
-            public_base_url=_http_url(
+            public_base_url=check.http_url(
                 "PUBLIC_BASE_URL", get("PUBLIC_BASE_URL", defaults.public_base_url)
             ).rstrip("/"),
             reconcile_interval_seconds=number("RECONCILE_INTERVAL_SECONDS", "300", 0.1, 86400),
@@ -179,16 +185,26 @@ class Settings:
             conversation_timeout_seconds=number(
                 "CONVERSATION_TIMEOUT_SECONDS", "3600", 1, 7 * 86400
             ),
+            fal_generation_app=check.app_id(
+                "FAL_GENERATION_APP", get("FAL_GENERATION_APP", defaults.fal_generation_app)
+            ),
+            generation_lora_scale=number("GENERATION_LORA_SCALE", "1.0", 0.0, 4.0),
+            generations_per_day=count("GENERATIONS_PER_DAY", "20", 1, 1000),
+            generations_in_flight=count("GENERATIONS_IN_FLIGHT", "2", 1, 100),
+            generation_expected_seconds=number("GENERATION_EXPECTED_SECONDS", "120", 0, 86400),
+            generation_hard_limit_seconds=number(
+                "GENERATION_HARD_LIMIT_SECONDS", "1800", 1, 7 * 86400
+            ),
             events_retention_days=count("EVENTS_RETENTION_DAYS", "90", 1, 36500),
             notifications_retention_days=count("NOTIFICATIONS_RETENTION_DAYS", "30", 1, 36500),
-            bot_updates=_choice(
+            bot_updates=check.choice(
                 "BOT_UPDATES", get("BOT_UPDATES", "polling").lower(), ("polling", "webhook")
             ),
-            bot_bind=_bind("BOT_BIND", get("BOT_BIND", defaults.bot_bind)),
-            bot_webhook_url=_https_url(
+            bot_bind=check.bind("BOT_BIND", get("BOT_BIND", defaults.bot_bind)),
+            bot_webhook_url=check.https_url(
                 "BOT_WEBHOOK_URL", get("BOT_WEBHOOK_URL", defaults.bot_webhook_url)
             ),
-            telegram_webhook_secret=_webhook_secret(get("TELEGRAM_WEBHOOK_SECRET", "")),
+            telegram_webhook_secret=check.webhook_secret(get("TELEGRAM_WEBHOOK_SECRET", "")),
             bot_webhook_max_connections=count("BOT_WEBHOOK_MAX_CONNECTIONS", "40", 1, 100),
             submission_unconfirmed_seconds=number(
                 "SUBMISSION_UNCONFIRMED_SECONDS", "3600", 0, 7 * 86400
@@ -196,102 +212,4 @@ class Settings:
         )
 
 
-def _database_url(value: str) -> str:
-    scheme = value.split(":", 1)[0].split("+", 1)[0]
-    if scheme not in ("sqlite", "postgresql", "postgres") or "://" not in value:
-        raise SettingsError(
-            f"DATABASE_URL: expected sqlite:///path or postgresql://user@host/db, got {scheme!r}"
-        )
-    if scheme != "sqlite" and not urlsplit(value).hostname and "host=" not in value:
-        raise SettingsError("DATABASE_URL: a PostgreSQL URL needs a host")
-    return value
-
-
-def _http_url(name: str, value: str) -> str:
-    parts = urlsplit(value)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise SettingsError(f"{name}: expected an http:// or https:// URL, got {value!r}")
-    return value
-
-
-def _choice(name: str, value: str, allowed: tuple[_T, ...]) -> _T:
-    for option in allowed:
-        if value == option:
-            return option
-    raise SettingsError(f"{name}: expected one of {', '.join(allowed)}, got {value!r}")
-
-
-def _words(value: str) -> tuple[str, ...]:
-    return tuple(word.strip().lower() for word in value.split(",") if word.strip())
-
-
-def _networks(name: str, value: str) -> tuple[IPNetwork, ...]:
-    networks = []
-    for word in _words(value):
-        if word == "*":
-            networks += [ipaddress.ip_network("0.0.0.0/0"), ipaddress.ip_network("::/0")]
-            continue
-        try:
-            networks.append(ipaddress.ip_network(word, strict=False))
-        except ValueError:
-            raise SettingsError(f"{name}: {word!r} is not an IP address or CIDR network") from None
-    return tuple(networks)
-
-
-def _origins(value: str) -> tuple[str, ...]:
-    origins = tuple(word.strip() for word in value.split(",") if word.strip())
-    for origin in origins:
-        _http_url("CORS_ORIGINS", origin)
-    return origins
-
-
-def _bind(name: str, value: str) -> str:
-    host, sep, port = value.rpartition(":")
-    bare_ipv6 = ":" in host and not (host.startswith("[") and host.endswith("]"))
-    if not sep or not host or bare_ipv6 or not port.isdigit() or not 0 < int(port) < 65536:
-        raise SettingsError(f"{name}: expected HOST:PORT, got {value!r}")
-    return value
-
-
-def _https_url(name: str, value: str) -> str:
-    # Telegram delivers webhooks over HTTPS only (to ports 443, 80, 88 or 8443).
-    if urlsplit(_http_url(name, value)).scheme != "https":
-        raise SettingsError(f"{name}: Telegram calls webhooks over https:// only, got {value!r}")
-    if urlsplit(value).query or urlsplit(value).fragment:
-        raise SettingsError(f"{name}: expected a base URL without query or fragment")
-    return value.rstrip("/")
-
-
-_SECRET_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-")
-
-
-def _webhook_secret(value: str) -> str:
-    # Telegram's rule for secret_token: 1-256 characters, A-Z a-z 0-9 _ and -.
-    if len(value) > 256 or not set(value) <= _SECRET_CHARS:
-        raise SettingsError(
-            "TELEGRAM_WEBHOOK_SECRET: expected at most 256 of A-Z a-z 0-9 _ -, or empty"
-        )
-    return value
-
-
-def _int(name: str, value: str, low: int, high: int) -> int:
-    return _bounded(name, value, low, high, int, "a whole number")
-
-
-def _float(name: str, value: str, low: float, high: float) -> float:
-    return _bounded(name, value, low, high, float, "a number")
-
-
-def _bounded(name: str, value: str, low: N, high: N, parse: Callable[[str], N], expected: str) -> N:
-    try:
-        number = parse(value)
-    except ValueError:
-        raise SettingsError(f"{name}: expected {expected}, got {value!r}") from None
-    if not low <= number <= high:
-        raise SettingsError(f"{name}: expected {low}..{high}, got {number}")
-    return number
-
-
-def _optional_float(name: str, value: str, low: float, high: float) -> float | None:
-    """Empty means "not set": the default then comes from elsewhere (see its field)."""
-    return _float(name, value, low, high) if value else None
+__all__ = ["IPNetwork", "Settings", "SettingsError"]

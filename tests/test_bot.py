@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
@@ -16,7 +15,7 @@ from service.store.models import Avatar, FalJob, TrainingData, User, WebhookEven
 from tests.fakes.fal_keys import FalSigner, JwksServer
 from tests.fakes.fal_queue import PORTRAIT, STYLE, FalQueueServer
 from tests.fakes.telegram_api import FakeBotApi, Fault
-from tests.support.bot import FAL_KEY, BotStack, Person, avatars_of, begin_avatar
+from tests.support.bot import FAL_KEY, BotStack, Person, avatars_of, begin_avatar, start_training
 from tests.support.db import run
 from tests.support.http import call
 from tests.support.images import jpeg_header, png
@@ -64,18 +63,6 @@ def events_of(database_url: str, request_id: str) -> list[WebhookEvent]:
         return list(rows.scalars())
 
     return run(database_url, work)
-
-
-def start_training(stack: BotStack, person: Person, name: str, photos: int = 10) -> Any:
-    """Create an avatar with `photos` photos and press Start; returns FAL's request."""
-    already = len(stack.fal.requests())
-    begin_avatar(person, name)
-    person.send_photos(photos)
-    person.press("photos:done")
-    person.expect("Проверим")
-    person.press("train:start")
-    person.expect("началось")
-    return stack.fal.wait_submitted(already + 1)[-1]
 
 
 def test_start_greets_records_the_user_and_shows_the_menu(stack: BotStack) -> None:

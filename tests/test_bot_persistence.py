@@ -17,9 +17,10 @@ from tests.fakes.fal_keys import FalSigner, JwksServer
 from tests.fakes.fal_queue import FalQueueServer
 from tests.fakes.telegram_api import FakeBotApi
 from tests.support.bot import FAL_KEY, BotStack, Person, avatars_of, begin_avatar
+from tests.support.bot_generations import completed_avatar
 from tests.support.db import run
 from tests.support.images import png
-from tests.support.servers import wait_until
+from tests.support.servers import holds, wait_until
 
 
 @pytest.fixture(scope="module")
@@ -75,6 +76,25 @@ def test_a_person_who_sent_seven_photos_continues_at_the_eighth_after_the_bot_is
         assert "Survivor" in summary["text"]
 
 
+def test_photos_being_chosen_survive_a_killed_bot(
+    module_api: FakeBotApi, fal: FalQueueServer, module_jwks: JwksServer
+) -> None:
+    with BotStack(module_api, fal, module_jwks.jwks_url) as stack:
+        person = Person(stack.api, 7903)
+        avatar = completed_avatar(stack.database_url, person.id, "Ready")
+        person.press(f"gen:new:{avatar.id}")
+        person.expect("Выберите стиль")
+        person.press("gen:style:studio")
+        person.expect("Какой кадр")
+
+        restart(stack)
+
+        # The style chosen before the restart is still there: the next step goes on from it.
+        person.press("gen:frame:square")
+        asked = person.expect("Сколько фото")
+        assert "Студийный портрет" in asked["text"]
+
+
 def test_an_abandoned_conversation_ends_with_a_message_even_across_a_restart(
     module_api: FakeBotApi, fal: FalQueueServer, module_jwks: JwksServer
 ) -> None:
@@ -105,3 +125,22 @@ def test_an_abandoned_conversation_ends_with_a_message_even_across_a_restart(
         # A new conversation starts cleanly and keeps its photos.
         begin_avatar(person, "Second try")
         person.send_photos(1)
+
+
+def test_photos_left_being_chosen_are_set_aside_with_a_message(
+    module_api: FakeBotApi, fal: FalQueueServer, module_jwks: JwksServer
+) -> None:
+    with BotStack(module_api, fal, module_jwks.jwks_url, CONVERSATION_TIMEOUT_SECONDS="3") as stack:
+        person = Person(stack.api, 7904)
+        avatar = completed_avatar(stack.database_url, person.id, "Ready")
+        person.press(f"gen:new:{avatar.id}")
+        person.expect("Выберите стиль")
+        person.press("gen:style:studio")
+        person.expect("Какой кадр")
+        person.expect("отложил выбор фото", timeout=20)
+        kept = state_rows(stack.database_url).get(("user", str(person.id)), {})
+        assert "generation" not in kept
+        # The frame button of before no longer leads anywhere.
+        person.press("gen:frame:square")
+        holds(lambda: not any("Сколько фото" in m["text"] for m in person.messages()), 2.0,
+              what="no count asked after the choices were set aside")  # fmt: skip

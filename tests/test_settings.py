@@ -59,6 +59,10 @@ def test_defaults_match_the_architecture_table() -> None:
     assert settings.log_level == "INFO"
     assert settings.log_format == "json"
     assert not settings.telegram_configured
+    assert settings.fal_generation_app == "fal-ai/flux-lora"
+    assert settings.generation_lora_scale == 1.0
+    assert settings.generations_per_day == 20
+    assert settings.generations_in_flight == 2
 
 
 def test_outbox_and_telegram_timing_defaults_are_the_values_the_code_had() -> None:
@@ -166,6 +170,19 @@ def test_secrets_do_not_appear_in_the_repr() -> None:
         ("TELEGRAM_READ_TIMEOUT_SECONDS", "0"),
         ("TELEGRAM_CONNECT_TIMEOUT_SECONDS", "-5"),
         ("TELEGRAM_CONNECT_TIMEOUT_SECONDS", "nan"),
+        ("FAL_GENERATION_APP", ""),
+        ("FAL_GENERATION_APP", "flux-lora"),
+        ("FAL_GENERATION_APP", "https://evil.example/flux"),
+        ("FAL_GENERATION_APP", "fal-ai/../other"),
+        ("FAL_GENERATION_APP", "fal-ai/flux-lora?x=1"),
+        ("GENERATION_LORA_SCALE", "strong"),
+        ("GENERATION_LORA_SCALE", "-0.5"),
+        ("GENERATIONS_PER_DAY", "0"),
+        ("GENERATIONS_PER_DAY", "lots"),
+        ("GENERATIONS_IN_FLIGHT", "0"),
+        ("GENERATIONS_IN_FLIGHT", "1.5"),
+        ("GENERATION_EXPECTED_SECONDS", "-1"),
+        ("GENERATION_HARD_LIMIT_SECONDS", "0"),
     ],
 )
 def test_a_bad_value_is_refused_with_a_message_starting_with_its_name(
@@ -211,6 +228,13 @@ def test_a_bad_value_is_refused_with_a_message_starting_with_its_name(
         ("OUTBOX_MAX_IN_FLIGHT", "64", "outbox_max_in_flight", 64),
         ("TELEGRAM_READ_TIMEOUT_SECONDS", "30", "telegram_read_timeout_seconds", 30.0),
         ("TELEGRAM_CONNECT_TIMEOUT_SECONDS", "2.5", "telegram_connect_timeout_seconds", 2.5),
+        ("FAL_GENERATION_APP", "fal-ai/flux-lora", "fal_generation_app", "fal-ai/flux-lora"),
+        ("FAL_GENERATION_APP", "fal-ai/flux/dev", "fal_generation_app", "fal-ai/flux/dev"),
+        ("GENERATION_LORA_SCALE", "0.8", "generation_lora_scale", 0.8),
+        ("GENERATIONS_PER_DAY", "50", "generations_per_day", 50),
+        ("GENERATIONS_IN_FLIGHT", "1", "generations_in_flight", 1),
+        ("GENERATION_EXPECTED_SECONDS", "5", "generation_expected_seconds", 5.0),
+        ("GENERATION_HARD_LIMIT_SECONDS", "600", "generation_hard_limit_seconds", 600.0),
         (
             "ALLOWED_HOSTS",
             " AIBOTS.KZ , example.org ",

@@ -24,7 +24,17 @@ from telegram.ext import (
     filters,
 )
 
-from service.bot import avatars, create, keyboards, menu, reconciler, timeouts, webhook
+from service.bot import (
+    avatars,
+    create,
+    gallery,
+    generate,
+    keyboards,
+    menu,
+    reconciler,
+    timeouts,
+    webhook,
+)
 from service.bot.persistence import StorePersistence
 from service.bot.services import SERVICES_KEY, Services, lang
 from service.bot.texts import t
@@ -45,15 +55,19 @@ COMMANDS = {
         ("start", "Главное меню"),
         ("create", "Создать аватар"),
         ("avatars", "Мои аватары"),
+        ("generate", "Сделать фото с аватаром"),
+        ("photos", "Мои фото"),
         ("help", "Как это работает"),
-        ("cancel", "Отменить создание аватара"),
+        ("cancel", "Отменить создание аватара или фото"),
     ],
     "en": [
         ("start", "Main menu"),
         ("create", "Create an avatar"),
         ("avatars", "My avatars"),
+        ("generate", "Make photos with an avatar"),
+        ("photos", "My photos"),
         ("help", "How it works"),
-        ("cancel", "Cancel creating an avatar"),
+        ("cancel", "Cancel creating an avatar or photos"),
     ],
 }
 
@@ -154,9 +168,20 @@ def build_application(settings: Settings) -> BotApplication:
             CommandHandler("avatars", avatars.list_avatars),
             CallbackQueryHandler(avatars.list_avatars, pattern=f"^{keyboards.AVATARS}$"),
             CallbackQueryHandler(avatars.avatar_action, pattern=keyboards.AVATAR_ACTION_PATTERN),
-            CommandHandler("cancel", menu.nothing_to_cancel),
+            CommandHandler("generate", generate.generate_command),
+            CallbackQueryHandler(generate.begin, pattern=keyboards.GEN_ENTRY_PATTERN),
+            CallbackQueryHandler(generate.choose_style, pattern=keyboards.GEN_STYLE_PATTERN),
+            CallbackQueryHandler(generate.choose_own, pattern=keyboards.GEN_OWN_PATTERN),
+            CallbackQueryHandler(generate.choose_frame, pattern=keyboards.GEN_FRAME_PATTERN),
+            CallbackQueryHandler(generate.choose_count, pattern=keyboards.GEN_COUNT_PATTERN),
+            CallbackQueryHandler(gallery.again, pattern=keyboards.GEN_AGAIN_PATTERN),
+            CommandHandler("photos", gallery.my_photos),
+            CallbackQueryHandler(gallery.my_photos, pattern=keyboards.GEN_MINE_PATTERN),
+            CallbackQueryHandler(gallery.send_again, pattern=keyboards.GEN_SEND_PATTERN),
+            CommandHandler("cancel", generate.cancel),
             MessageHandler(filters.PHOTO | filters.Document.ALL, menu.photo_outside),
-            MessageHandler(filters.ChatType.PRIVATE & ~filters.COMMAND, menu.text_outside),
+            # The typed prompt, when one is awaited; otherwise a pointer to the menu.
+            MessageHandler(filters.ChatType.PRIVATE & ~filters.COMMAND, generate.text),
             CallbackQueryHandler(menu.outdated_button),
         ]
     )
@@ -177,7 +202,10 @@ def run(settings: Settings) -> int:
         print(f"cannot start the bot: {problem}", file=sys.stderr)
         return 3
     if not settings.fal_key:
-        log.warning("fal_key_missing", detail="FAL_KEY is empty: trainings cannot be submitted")
+        log.warning(
+            "fal_key_missing",
+            detail="FAL_KEY is empty: trainings and generations cannot be submitted",
+        )
     application = build_application(settings)
     try:
         if settings.bot_updates == "webhook":

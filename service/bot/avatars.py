@@ -1,4 +1,4 @@
-"""My avatars: the list, and its buttons (refresh, cancel, retry, delete, generate)."""
+"""My avatars: the list, and its buttons (refresh, cancel, retry, delete; generate leads on)."""
 
 from __future__ import annotations
 
@@ -88,6 +88,8 @@ async def list_avatars(update: Update, context: ContextTypes.DEFAULT_TYPE) -> No
             buttons.append(keyboards.training_actions(language, avatar.id, avatar.name))
         elif avatar.status == AvatarStatus.DRAFT.value:
             buttons.append(keyboards.draft_actions(language, avatar.id, avatar.name))
+        elif avatar.status == AvatarStatus.COMPLETED.value and avatar.lora_url:
+            buttons.append(keyboards.generate_action(language, avatar.id, avatar.name))
     await chat.send_message("\n\n".join(lines), reply_markup=keyboards.rows(buttons))
 
 
@@ -124,10 +126,6 @@ async def avatar_action(update: Update, context: ContextTypes.DEFAULT_TYPE) -> N
         avatar, job = await svc.transaction(own)
     except training.NotFound:
         await chat.send_message(t(language, "not_found"))
-        return
-    if action == "generate":
-        trigger = avatar.trigger_word or "—"
-        await chat.send_message(t(language, "generate_soon", name=avatar.name, trigger=trigger))
         return
     if avatar.status != AvatarStatus.TRAINING.value:
         status = status_name(language, avatar.status)

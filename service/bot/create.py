@@ -21,7 +21,7 @@ from telegram.ext import (
 )
 from telegram.warnings import PTBUserWarning
 
-from service.bot import keyboards, training
+from service.bot import generate, keyboards, training
 from service.bot.collect import photos_done, photos_hint, receive_document, receive_photo
 from service.bot.drafts import (
     CONFIRM,
@@ -139,6 +139,17 @@ async def restart(update: Update, context: ContextTypes.DEFAULT_TYPE) -> int:
     return END
 
 
+async def leave_for_generation(update: Update, context: ContextTypes.DEFAULT_TYPE) -> int:
+    """A generation begun mid-way: one conversation at a time, so the draft is dropped."""
+    forget(context)
+    await say(update, t(lang(update), "create_left"))
+    if update.callback_query is not None:
+        await generate.begin(update, context)
+    else:
+        await generate.generate_command(update, context)
+    return END
+
+
 def conversation() -> ConversationHandler[ContextTypes.DEFAULT_TYPE]:
     photo_handlers: list[BaseHandler[Update, ContextTypes.DEFAULT_TYPE, object]] = [
         MessageHandler(filters.PHOTO, receive_photo),
@@ -184,6 +195,8 @@ def conversation() -> ConversationHandler[ContextTypes.DEFAULT_TYPE]:
             fallbacks=[
                 CommandHandler("cancel", cancel),
                 CommandHandler("start", restart),
+                CommandHandler("generate", leave_for_generation),
+                CallbackQueryHandler(leave_for_generation, pattern=keyboards.GEN_ENTRY_PATTERN),
             ],
             allow_reentry=True,
             name="create_avatar",

@@ -17,6 +17,9 @@ NAME, TRAINING_TYPE, PHOTOS, CONFIRM = range(4)
 END = ConversationHandler.END
 
 DRAFT_KEY = "draft"
+# The generation being chosen (service/bot/generate.py). A person is in one conversation at a
+# time: starting an avatar drops a half-chosen generation, and the other way round.
+GENERATION_KEY = "generation"
 
 
 def draft_of(context: ContextTypes.DEFAULT_TYPE) -> Draft | None:
@@ -55,5 +58,7 @@ async def ask_name(update: Update, context: ContextTypes.DEFAULT_TYPE) -> int:
     if update.callback_query:
         await update.callback_query.answer()
     forget(context)
+    if context.user_data is not None:
+        context.user_data.pop(GENERATION_KEY, None)
     await say(update, t(lang(update), "ask_name", max=MAX_NAME_CHARS))
     return NAME

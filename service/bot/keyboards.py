@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from telegram import InlineKeyboardButton, InlineKeyboardMarkup
 
+from service.bot.styles import FRAMES, STYLES, frame_label
 from service.bot.texts import Lang, label
+from service.fal.flux_lora import MAX_IMAGES, MIN_IMAGES
 from service.jobs.outcomes import CALLBACK_CREATE, CALLBACK_GENERATE, CALLBACK_MY_AVATARS
 
 CREATE = CALLBACK_CREATE
@@ -19,10 +21,28 @@ REFRESH = "avatar:refresh:{avatar_id}"
 STOP = "avatar:cancel:{avatar_id}"
 RETRY = "avatar:retry:{avatar_id}"
 DISCARD = "avatar:discard:{avatar_id}"
+# Generation: the conversation's steps, and the buttons under its results (the outbox renders
+# those too, so their data is fixed by the contract between the two processes).
+GEN_STYLE = "gen:style:{key}"
+GEN_OWN = "gen:own"
+GEN_FRAME = "gen:frame:{frame}"
+GEN_COUNT = "gen:count:{count}"
+GEN_AGAIN = "gen:again:{generation_id}"
+GEN_NEW = "gen:new:{avatar_id}"
+GEN_MINE = "gen:mine"
+GEN_SEND = "gen:send:{generation_id}"
 
 # Patterns for the handlers; the avatar id is the last part.
 TYPE_PATTERN = r"^type:(portrait|style)$"
-AVATAR_ACTION_PATTERN = r"^avatar:(refresh|cancel|retry|discard|generate):([0-9a-f]{1,32})$"
+AVATAR_ACTION_PATTERN = r"^avatar:(refresh|cancel|retry|discard):([0-9a-f]{1,32})$"
+GEN_ENTRY_PATTERN = r"^(avatar:generate|gen:new):([0-9a-f]{1,32})$"
+GEN_STYLE_PATTERN = r"^gen:style:([a-z]{1,16})$"
+GEN_OWN_PATTERN = r"^gen:own$"
+GEN_FRAME_PATTERN = r"^gen:frame:(portrait|square|landscape)$"
+GEN_COUNT_PATTERN = r"^gen:count:([1-4])$"
+GEN_AGAIN_PATTERN = r"^gen:again:([0-9a-f]{1,32})$"
+GEN_MINE_PATTERN = r"^gen:mine$"
+GEN_SEND_PATTERN = r"^gen:send:([0-9a-f]{1,32})$"
 
 
 def _button(text: str, data: str) -> InlineKeyboardButton:
@@ -75,6 +95,45 @@ def training_actions(lang: Lang, avatar_id: str, name: str) -> list[InlineKeyboa
         _button(label(lang, "btn_refresh", name), REFRESH.format(avatar_id=avatar_id)),
         _button(label(lang, "btn_stop", name), STOP.format(avatar_id=avatar_id)),
     ]
+
+
+def generate_action(lang: Lang, avatar_id: str, name: str) -> list[InlineKeyboardButton]:
+    return [_button(label(lang, "btn_generate", name), GENERATE.format(avatar_id=avatar_id))]
+
+
+def styles(lang: Lang) -> InlineKeyboardMarkup:
+    chosen = [_button(s.label(lang), GEN_STYLE.format(key=s.key)) for s in STYLES]
+    pairs = [chosen[i : i + 2] for i in range(0, len(chosen), 2)]
+    return InlineKeyboardMarkup([*pairs, [_button(label(lang, "btn_gen_own"), GEN_OWN)]])
+
+
+def frames(lang: Lang) -> InlineKeyboardMarkup:
+    return InlineKeyboardMarkup(
+        [[_button(frame_label(f, lang), GEN_FRAME.format(frame=f.name.lower()))] for f in FRAMES]
+    )
+
+
+def counts(lang: Lang) -> InlineKeyboardMarkup:
+    numbers = range(MIN_IMAGES, MAX_IMAGES + 1)
+    return InlineKeyboardMarkup([[_button(str(n), GEN_COUNT.format(count=n)) for n in numbers]])
+
+
+def generation_failed(lang: Lang, generation_id: str) -> InlineKeyboardMarkup:
+    return InlineKeyboardMarkup(
+        [
+            [_button(label(lang, "btn_gen_again"), GEN_AGAIN.format(generation_id=generation_id))],
+            [_button(label(lang, "btn_gen_mine"), GEN_MINE)],
+        ]
+    )
+
+
+def resend(lang: Lang, numbered: list[tuple[int, str]]) -> list[list[InlineKeyboardButton]]:
+    """One "Send again #n" button per finished generation, two to a row."""
+    buttons = [
+        _button(label(lang, "btn_gen_send", str(n)), GEN_SEND.format(generation_id=gid))
+        for n, gid in numbered
+    ]
+    return [buttons[i : i + 2] for i in range(0, len(buttons), 2)]
 
 
 def rows(buttons: list[list[InlineKeyboardButton]]) -> InlineKeyboardMarkup | None:

@@ -6,6 +6,7 @@ from telegram import Update
 from telegram.ext import ContextTypes
 
 from service.bot import keyboards
+from service.bot.drafts import GENERATION_KEY
 from service.bot.photos import MAX_PHOTOS, MIN_PHOTOS, MIN_SIDE
 from service.bot.services import lang, say, services
 from service.bot.texts import t
@@ -16,6 +17,9 @@ async def show_menu(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     """Greet the person, record them as a user, and show the main menu."""
     person, chat = update.effective_user, update.effective_chat
     assert person is not None and chat is not None
+    if context.user_data is not None:
+        # Back at the start: a half-chosen generation is dropped, as /start drops a draft.
+        context.user_data.pop(GENERATION_KEY, None)
     await services(context).transaction(
         lambda session: ensure_user(
             session,
@@ -40,7 +44,14 @@ async def show_help(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     assert chat is not None
     language = lang(update)
     await chat.send_message(
-        t(language, "help", min=MIN_PHOTOS, max=MAX_PHOTOS, px=MIN_SIDE),
+        t(
+            language,
+            "help",
+            min=MIN_PHOTOS,
+            max=MAX_PHOTOS,
+            px=MIN_SIDE,
+            per_day=services(context).settings.generations_per_day,
+        ),
         reply_markup=keyboards.main_menu(language),
     )
 

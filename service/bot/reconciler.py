@@ -80,6 +80,10 @@ class Policy:
             stale_claim=min(600.0, max(settings.training_expected_seconds, 60.0)),
             data_retention=7 * 86400.0,
             unconfirmed=settings.submission_unconfirmed_seconds,
+            generations=GenerationPolicy(
+                expected=settings.generation_expected_seconds,
+                hard_limit=settings.generation_hard_limit_seconds,
+            ),
         )
 
 

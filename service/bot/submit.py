@@ -98,6 +98,15 @@ async def back_to_draft(session: AsyncSession, avatar_id: str, error: str) -> No
     )
 
 
+def keep_answer(job: FalJob, submission: Submission, app: str) -> None:
+    """FAL's URLs for the job; a callback that raced the submission may have registered the
+    job from its hint without them."""
+    job.app = app
+    job.status_url = submission.status_url
+    job.response_url = submission.response_url
+    job.cancel_url = submission.cancel_url
+
+
 async def record(session: AsyncSession, avatar_id: str, submission: Submission, app: str) -> str:
     """Register FAL's answer as the avatar's training job; the avatar's status afterwards."""
     avatar = (
@@ -123,11 +132,7 @@ async def record(session: AsyncSession, avatar_id: str, submission: Submission, 
             submitted=submission.request_id,
         )
         return avatar.status
-    # A callback that raced this may have registered the job from its hint, without the URLs.
-    job.app = app
-    job.status_url = submission.status_url
-    job.response_url = submission.response_url
-    job.cancel_url = submission.cancel_url
+    keep_answer(job, submission, app)
     if not known:
         # A callback that arrived before this commit and found no avatar is applied now.
         await register(session, job)

@@ -14,8 +14,9 @@ EN: dict[str, str] = {
     "{px} pixels on the short side.\n"
     "4. Press “Start training”. It usually takes 15–30 minutes; I will write when your "
     "avatar is ready.\n\n"
-    "One avatar trains at a time.\n"
-    "/avatars lists your avatars, /cancel stops creating one.",
+    "One avatar trains at a time. Once it is ready, /generate makes photos with it: a "
+    "style or your own prompt, a frame, 1 to 4 photos ({per_day} a day).\n"
+    "/avatars lists your avatars, /photos your photos, /cancel stops what you are making.",
     "menu_hint": "Choose an action from the menu: /start",
     "ask_name": "What shall we call the avatar? Send a name of up to {max} characters.",
     "name_empty": "The name cannot be empty. Send the avatar's name.",
@@ -50,6 +51,8 @@ EN: dict[str, str] = {
     "summary": "<b>Let's check</b>\n\nName: <b>{name}</b>\nType: {kind}\nPhotos: {count}\n\n"
     "Start training? It takes about {minutes} minutes.",
     "cancelled": "Avatar creation cancelled; nothing was kept.",
+    "generation_timed_out": "⏳ No reply for {minutes} min, so I set aside the photos you were "
+    "choosing. Start again with /generate whenever you like.",
     "conversation_timed_out": "⏳ No reply for {minutes} min, so I stopped creating the avatar "
     "(the photos sent so far are not kept). Start again with /create whenever you like.",
     "nothing_to_cancel": "There is nothing to cancel.",
@@ -99,12 +102,60 @@ EN: dict[str, str] = {
     "I mark it cancelled.",
     "cancel_unknown_running": "FAL found nothing to cancel, but the training of <b>{name}</b> "
     "is still running. I will tell you when it ends.",
-    "generate_soon": "Image generation is coming to the bot soon. The trigger word of "
-    "<b>{name}</b> is <code>{trigger}</code>.",
     "not_found": "This avatar was not found.",
     "outdated": "This button is outdated.",
     "photo_outside": "To create an avatar, press “Create avatar” or send /create.",
     "apology": "😔 Sorry, something went wrong. Please try again a little later.",
+    # Generation (service/bot/generate.py, gallery.py).
+    "gen_no_avatars": "You have no ready avatar yet. Create one: /create",
+    "gen_choose_avatar": "Which avatar shall make the photos?",
+    "gen_ask_style": "Photos with <b>{name}</b>. Choose a style, or write a prompt of your "
+    "own.\n\nLeft today: {left} of {per_day} photos.",
+    "gen_ask_prompt": "Describe the photo in a few words, up to {max} characters — for "
+    "example: <i>in a leather jacket on a rainy street at night</i>. I add the avatar to it "
+    "myself. To cancel, send /cancel.",
+    "prompt_empty": "The prompt cannot be empty. Describe the photo in a few words.",
+    "prompt_too_long": "That prompt is {length} characters long; at most {max} are allowed. "
+    "Send a shorter one.",
+    "prompt_control": "The prompt contains invisible or control characters. Send it as plain text.",
+    "gen_prompt_not_text": "Send the prompt as text, or /cancel.",
+    "gen_ask_frame": "<b>{label}</b>\n\nWhich frame?",
+    "gen_ask_count": "<b>{label}</b>, {frame}.\n\nHow many photos? Left today: {left}.",
+    "gen_queued": "🎨 On its way: {photos} with <b>{name}</b> — {label}. It usually takes "
+    "a minute; they will arrive here.\n\nLeft today: {left} of {per_day} photos.",
+    "gen_too_many_running": "Generations of yours still being made: {running}, and at most "
+    "{limit} can run at a time. Please wait until one of them arrives.",
+    "gen_over_quota": "Not enough photos left today: you asked for {photos}, {left} of "
+    "{per_day} are left.",
+    "gen_free_in": "Enough will be free again in {wait}.",
+    "gen_avatar_not_ready": "Avatar <b>{name}</b> is not ready ({status}): photos can only "
+    "be made with a trained avatar.",
+    "gen_fal_auth": "The image service is not accepting our requests — a configuration "
+    "problem on our side, and we are on it.",
+    "gen_fal_rejected": "The image service refused the request: {detail}",
+    "gen_fal_unavailable": "The image service is unavailable right now.",
+    "gen_not_counted": "Nothing was counted against today's photos. Please try again in a "
+    "few minutes.",
+    "gen_outdated": "This choice is outdated. Start again: /generate",
+    "gen_not_found": "These photos were not found.",
+    "gen_cancelled": "Generation cancelled.",
+    "create_left": "Avatar creation cancelled; nothing was kept.",
+    "gen_mine_empty": "You have not made any photos yet: /generate",
+    "gen_mine_title": "<b>Your photos</b>",
+    "gen_line": "{number}. {icon} {label} — {photos}, {frame}, {status}, {age}",
+    "gen_line_error": "\n      reason: {error}",
+    "gen_send_gone": "These photos can no longer be sent again: Telegram has no copy of "
+    "them on record.",
+    "gen_status_submitting": "starting",
+    "gen_status_queued": "queued",
+    "gen_status_running": "in progress",
+    "gen_status_completed": "done",
+    "gen_status_failed": "failed",
+    "btn_gen_own": "✍️ My own prompt",
+    "btn_gen_again": "🔁 Try again",
+    "btn_gen_mine": "🖼 My photos",
+    "btn_gen_send": "📤 Send again #{name}",
+    "btn_generate": "🎨 Photos with “{name}”",
     "btn_create": "✨ Create avatar",
     "btn_avatars": "🗂 My avatars",
     "btn_help": "❓ Help",

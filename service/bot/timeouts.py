@@ -13,6 +13,7 @@ import asyncio
 import datetime as dt
 import functools
 from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
 from typing import Any
 
 import structlog
@@ -22,7 +23,7 @@ from telegram import Update
 from telegram.error import TelegramError
 from telegram.ext import Application, BaseHandler, ContextTypes, ConversationHandler
 
-from service.bot.drafts import DRAFT_KEY
+from service.bot.drafts import DRAFT_KEY, GENERATION_KEY
 from service.bot.persistence import conversation_of
 from service.bot.services import Services
 from service.bot.texts import lang_of, t
@@ -89,42 +90,64 @@ def _ending_if_expired(step: Callback, on_expired: Callback) -> Callback:
     return checked
 
 
+@dataclass(frozen=True)
+class Ended:
+    chat_id: int
+    user_id: int
+    language: str | None
+    # The text that tells the person; a conversation's step is also expired in memory.
+    text: str
+    conversation: bool
+
+
 async def sweep(application: BotApplication, svc: Services, idle_seconds: float) -> int:
-    """End the conversations left for `idle_seconds`; tell each person. Returns how many."""
+    """End what was left for `idle_seconds` (a conversation's step, a generation's choices);
+    tell each person. Returns how many ended."""
     before = utcnow() - dt.timedelta(seconds=idle_seconds)
 
-    async def take(session: AsyncSession) -> list[tuple[int, int, str | None]]:
-        stale = await bot_state.idle(session, Scope.CONVERSATION, before)
+    async def take(session: AsyncSession) -> list[Ended]:
         ended = []
-        for stored_key in stale:
+        for stored_key in await bot_state.idle(session, Scope.CONVERSATION, before):
             _, key = conversation_of(stored_key)
             chat_id, user_id = int(key[0]), int(key[-1])
             await bot_state.save(session, Scope.CONVERSATION, stored_key, None, utcnow())
-            language = await session.scalar(
-                select(User.language_code).where(User.telegram_id == user_id)
-            )
-            ended.append((chat_id, user_id, language))
+            language = await _language(session, user_id)
+            ended.append(Ended(chat_id, user_id, language, "conversation_timed_out", True))
+        # The photos being chosen live in the person's data alone (no conversation step):
+        # their row, rewritten after each of the person's updates, tells how long ago.
+        for stored_key, data in (await bot_state.idle(session, Scope.USER, before)).items():
+            if isinstance(data, dict) and GENERATION_KEY in data:
+                user_id = int(stored_key)
+                language = await _language(session, user_id)
+                ended.append(Ended(user_id, user_id, language, "generation_timed_out", False))
         return ended
 
     ended = await svc.transaction(take)
-    for chat_id, user_id, language in ended:
-        data = application.user_data.get(user_id)
+    minutes = max(1, round(idle_seconds / 60))
+    for end in ended:
+        data = application.user_data.get(end.user_id)
         if data is not None:
-            for key in HALF_MADE_KEYS:
+            for key in HALF_MADE_KEYS if end.conversation else [GENERATION_KEY]:
                 data.pop(key, None)
-            data[EXPIRED_KEY] = True
-            application.mark_data_for_update_persistence(user_ids=user_id)
-        minutes = max(1, round(idle_seconds / 60))
+            if end.conversation:
+                data[EXPIRED_KEY] = True
+        # Written even when memory held nothing (a row an earlier process left).
+        application.mark_data_for_update_persistence(user_ids=end.user_id)
         try:
             await application.bot.send_message(
-                chat_id, t(lang_of(language), "conversation_timed_out", minutes=minutes)
+                end.chat_id, t(lang_of(end.language), end.text, minutes=minutes)
             )
         except TelegramError as exc:
-            log.warning("conversation_timeout_message_failed", chat_id=chat_id, error=str(exc))
-        log.info("conversation_timed_out", chat_id=chat_id, idle_seconds=idle_seconds)
+            log.warning("timeout_message_failed", chat_id=end.chat_id, error=str(exc))
+        log.info(end.text, chat_id=end.chat_id, idle_seconds=idle_seconds)
     if ended:
         await application.update_persistence()
     return len(ended)
+
+
+async def _language(session: AsyncSession, telegram_id: int) -> str | None:
+    found = await session.scalar(select(User.language_code).where(User.telegram_id == telegram_id))
+    return found if isinstance(found, str) else None
 
 
 async def run_forever(application: BotApplication, svc: Services, idle_seconds: float) -> None:

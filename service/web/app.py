@@ -15,6 +15,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from service.jobs import generation
 from service.settings import Settings
 from service.store import migrate, training_data
 from service.web import downloads, monitoring, openapi, webhooks
@@ -25,6 +26,9 @@ log = structlog.get_logger(__name__)
 
 
 def create_app(settings: Settings, *, start_dispatcher: bool = True) -> Starlette:
+    # The outcomes this worker writes tell the person's photos left by this process's quota.
+    generation.set_quota(settings.generations_per_day)
+
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         # Each gunicorn worker runs this after the fork: connections are never shared.

@@ -8,13 +8,16 @@ API server's getUpdates and reads what the bot (and the outbox) sent to them.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
+from collections.abc import Iterator
 from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.store.models import Avatar, User
+from tests.fakes.fal_keys import FalSigner
 from tests.fakes.fal_queue import TEST_KEY, FalQueueServer
 from tests.fakes.telegram_api import (
     TEST_TOKEN,
@@ -44,7 +47,9 @@ class BotStack:
         # The bot is up once it asks for updates, or once it has set its webhook.
         self.ready_call = "setWebhook" if settings.get("BOT_UPDATES") == "webhook" else "getUpdates"
         shared = {"TELEGRAM_TOKEN": TOKEN, "TELEGRAM_API_URL": api.url}
-        self.server = GunicornServer({**shared, "FAL_JWKS_URL": jwks_url})
+        # The quota is both processes': the bot checks it, the outcomes tell what is left.
+        quota = {k: v for k, v in settings.items() if k.startswith("GENERATIONS_")}
+        self.server = GunicornServer({**shared, **quota, "FAL_JWKS_URL": jwks_url})
         self.database_url = self.server.database_url
         self.bot = ServiceProcess(
             "bot",
@@ -82,6 +87,15 @@ class BotStack:
     def close(self) -> None:
         self.bot.close()
         self.server.close()
+
+
+@contextlib.contextmanager
+def running_bot(
+    api: FakeBotApi, signer: FalSigner, jwks_url: str, **settings: str
+) -> Iterator[BotStack]:
+    """A BotStack with a local FAL queue of its own, signing with `signer`."""
+    with FalQueueServer(FAL_KEY, signer) as fal, BotStack(api, fal, jwks_url, **settings) as stack:
+        yield stack
 
 
 class Person:
@@ -201,3 +215,15 @@ def avatars_of(database_url: str, telegram_id: int) -> list[Avatar]:
         return list(rows.scalars())
 
     return run(database_url, work)
+
+
+def start_training(stack: BotStack, person: Person, name: str, photos: int = 10) -> Any:
+    """Create an avatar with `photos` photos and press Start; returns FAL's request."""
+    already = len(stack.fal.requests())
+    begin_avatar(person, name)
+    person.send_photos(photos)
+    person.press("photos:done")
+    person.expect("Проверим")
+    person.press("train:start")
+    person.expect("началось")
+    return stack.fal.wait_submitted(already + 1)[-1]
