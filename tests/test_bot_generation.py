@@ -173,6 +173,7 @@ def test_the_days_photos_are_counted_in_the_database_failed_ones_not(stack: BotS
     choose(person, avatar, "business", "landscape", 3)
     refused = person.expect("осталось мало фото")["text"]
     assert "вы просите 3 фото, осталось 2 из 10" in refused
+    assert "Выберите 2 или меньше" in refused
     # The one from 20 hours ago frees its 4 photos in 4 hours.
     assert re.search(r"Хватит снова через (4 ч\.|3 ч 59 мин)", refused), refused
     person.press("gen:count:2")

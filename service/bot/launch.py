@@ -63,6 +63,8 @@ def refusal(svc: Services, language: Lang, refused: generation.Refused, count: i
             left=refused.left,
             per_day=settings.generations_per_day,
         )
+        if refused.left > 0:
+            text += " " + t(language, "gen_fewer", left=refused.left)
         if refused.free_at is not None:
             seconds = (refused.free_at - utcnow()).total_seconds()
             text += " " + t(language, "gen_free_in", wait=wait(language, seconds))

@@ -16,7 +16,9 @@ EN: dict[str, str] = {
     "avatar is ready.\n\n"
     "One avatar trains at a time. Once it is ready, /generate makes photos with it: a "
     "style or your own prompt, a frame, 1 to 4 photos ({per_day} a day).\n"
-    "/avatars lists your avatars, /photos your photos, /cancel stops what you are making.",
+    "/avatars lists your avatars, /photos your photos, /cancel stops what you are making.\n\n"
+    "Commands: /start the menu, /create a new avatar, /done the photos are sent, "
+    "/generate make photos, /avatars, /photos, /cancel, /help this help.",
     "menu_hint": "Choose an action from the menu: /start",
     "ask_name": "What shall we call the avatar? Send a name of up to {max} characters.",
     "name_empty": "The name cannot be empty. Send the avatar's name.",
@@ -36,11 +38,12 @@ EN: dict[str, str] = {
     "photo_accepted": "✅ Photo {count} accepted. {count} of {max} so far, at least {min} needed.",
     "photo_accepted_enough": "✅ Photo {count} accepted. {count} of {max} so far: send "
     "more or press “Done”.",
-    "photo_duplicate": "You already sent this photo — skipping it.",
+    "photo_duplicate": "You already sent this photo — skipping it. Send a different one.",
     "photo_too_small": "This photo is too small: {width}×{height}. At least {px} pixels "
-    "on the short side are needed.",
+    "on the short side are needed — send a larger one, or the original as a file.",
     "not_image": "This is not an image. Send a photo, or a JPEG, PNG or WebP file.",
-    "file_too_big": "This file is too big: {size} MB; at most {limit} MB are allowed.",
+    "file_too_big": "This file is too big: {size} MB; at most {limit} MB are allowed. "
+    "Send it as an ordinary photo (Telegram makes it smaller) or a smaller file.",
     "too_many": "That makes {max} photos, the maximum. Press “Start training” or send /cancel.",
     "total_too_big": "All files together exceed {limit} MB. Send the rest as ordinary "
     "photos rather than files.",
@@ -55,14 +58,14 @@ EN: dict[str, str] = {
     "choosing. Start again with /generate whenever you like.",
     "conversation_timed_out": "⏳ No reply for {minutes} min, so I stopped creating the avatar "
     "(the photos sent so far are not kept). Start again with /create whenever you like.",
-    "nothing_to_cancel": "There is nothing to cancel.",
+    "nothing_to_cancel": "There is nothing to cancel. The menu: /start",
     "preparing": "⏳ Fetching the photos and starting the training of <b>{name}</b>…",
     "started": "🚀 Training of <b>{name}</b> has started. It usually takes about {minutes} "
     "minutes — I will write as soon as it is ready.",
     "already_training": "Your avatar <b>{name}</b> is training right now. Only one avatar "
-    "trains at a time — please wait until it is ready.",
+    "trains at a time — please wait until it is ready (/avatars shows how it is going).",
     "already_training_unnamed": "One of your avatars is training right now. Only one "
-    "avatar trains at a time — please wait until it is ready.",
+    "avatar trains at a time — please wait until it is ready (/avatars shows how it is going).",
     "fal_auth": "The training service is not accepting our requests — a configuration "
     "problem on our side, and we are on it.",
     "fal_rejected": "The training service refused the request: {detail}",
@@ -102,8 +105,8 @@ EN: dict[str, str] = {
     "I mark it cancelled.",
     "cancel_unknown_running": "FAL found nothing to cancel, but the training of <b>{name}</b> "
     "is still running. I will tell you when it ends.",
-    "not_found": "This avatar was not found.",
-    "outdated": "This button is outdated.",
+    "not_found": "This avatar was not found. Your avatars: /avatars",
+    "outdated": "This button is outdated. The menu: /start",
     "photo_outside": "To create an avatar, press “Create avatar” or send /create.",
     "apology": "😔 Sorry, something went wrong. Please try again a little later.",
     # Generation (service/bot/generate.py, gallery.py).
@@ -127,6 +130,7 @@ EN: dict[str, str] = {
     "{limit} can run at a time. Please wait until one of them arrives.",
     "gen_over_quota": "Not enough photos left today: you asked for {photos}, {left} of "
     "{per_day} are left.",
+    "gen_fewer": "Choose {left} or fewer with the buttons above.",
     "gen_free_in": "Enough will be free again in {wait}.",
     "gen_avatar_not_ready": "Avatar <b>{name}</b> is not ready ({status}): photos can only "
     "be made with a trained avatar.",
