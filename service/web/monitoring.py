@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +15,7 @@ from service import metrics
 from service.jobs.states import AvatarStatus
 from service.outbox.states import UNSENT, NotificationState
 from service.store import tallies
-from service.store.engine import run_transaction
+from service.store.engine import run_transaction, within
 from service.store.models import Avatar, Notification, WebhookEvent, utcnow
 from service.web.runtime import Runtime
 
@@ -37,9 +36,14 @@ RUNNING = (AvatarStatus.TRAINING.value, AvatarStatus.CANCELLING.value)
 async def health(request: Request) -> Response:
     """200 when the database answers, 503 (so a balancer stops sending) when it does not."""
     runtime: Runtime = request.app.state.runtime
-    try:
+
+    async def ping() -> None:
         async with runtime.sessions() as session:
-            await asyncio.wait_for(session.execute(text("SELECT 1")), HEALTH_TIMEOUT_SECONDS)
+            await session.execute(text("SELECT 1"))
+
+    try:
+        # Not wait_for: cancelling a statement on a stalled server waits on it (store/engine.py).
+        await within(HEALTH_TIMEOUT_SECONDS, ping())
         database = "ok"
     except Exception:
         database = "error"
@@ -101,13 +105,17 @@ async def _advance(session: AsyncSession) -> None:
 async def _read_counts(runtime: Runtime) -> dict[str, Any] | None:
     try:
         # Its own short transaction, so the counts' read takes no lock.
-        await asyncio.wait_for(run_transaction(runtime.sessions, _advance), HEALTH_TIMEOUT_SECONDS)
+        await within(HEALTH_TIMEOUT_SECONDS, run_transaction(runtime.sessions, _advance))
     except Exception:
         # The counts stay exact with an old mark, only the read gets a little longer.
         log.warning("tally_advance_failed", exc_info=True)
-    try:
+
+    async def read() -> dict[str, Any]:
         async with runtime.sessions() as session:
-            return await asyncio.wait_for(_counts(session), HEALTH_TIMEOUT_SECONDS)
+            return await _counts(session)
+
+    try:
+        return await within(HEALTH_TIMEOUT_SECONDS, read())
     except Exception:
         return None
 

@@ -21,7 +21,7 @@ from service.fal.signature import (
 )
 from service.jobs.ingest import Delivery, Result, ingest, ingest_matched
 from service.settings import MAX_BODY_BYTES
-from service.store.engine import DatabaseUnavailable, run_transaction
+from service.store.engine import DatabaseUnavailable, run_transaction, within
 from service.web.edges import RequestRefused, client_address, error_response, in_networks, read_body
 from service.web.runtime import Runtime
 
@@ -107,7 +107,7 @@ async def _handle(
         signed=signed_request_id is not None,
     )
     try:
-        result = await _ingest(runtime, delivery)
+        result = await within(settings.webhook_database_timeout_seconds, _ingest(runtime, delivery))
     except DatabaseUnavailable as exc:
         fields["db_error"] = str(exc)
         raise RequestRefused(503, "database_unavailable", "the database is unavailable") from exc

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import uuid
@@ -14,6 +15,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from tests.support import procs
 from tests.support.servers import free_port, wait_until
 
 ADMIN_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -123,6 +125,43 @@ class PrivateCluster:
                 return False
 
         wait_until(up, 30, what="private PostgreSQL cluster")
+
+    def postmaster(self) -> int | None:
+        """The running postmaster's pid (the first line of postmaster.pid), if any."""
+        try:
+            pid = int((self.data / "postmaster.pid").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return None
+        return pid if procs.alive(pid) else None
+
+    def processes(self) -> list[int]:
+        """The postmaster and its children (backends, checkpointer, walwriter, ...)."""
+        pid = self.postmaster()
+        return [pid, *procs.children(pid)] if pid else []
+
+    def freeze(self) -> None:
+        """SIGSTOP every process of the cluster: connections stay open and nothing answers
+        (a stalled host); the kernel still completes new TCP handshakes into the backlog."""
+        for pid in self.processes():
+            os.kill(pid, signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        # The children first, so that the postmaster finds them running when it wakes.
+        for pid in reversed(self.processes()):
+            os.kill(pid, signal.SIGCONT)
+
+    def crash(self, timeout: float = 30) -> None:
+        """SIGKILL the postmaster (no shutdown, no checkpoint), then wait until its children
+        have noticed and exited, as they do; start() then runs crash recovery."""
+        pid = self.postmaster()
+        assert pid is not None, "the cluster is not running"
+        children = procs.children(pid)
+        os.kill(pid, signal.SIGKILL)
+        wait_until(
+            lambda: not any(procs.alive(c) for c in [pid, *children]),
+            timeout,
+            what="the killed postmaster's children to exit",
+        )
 
     def stop(self) -> None:
         subprocess.run(

@@ -10,7 +10,10 @@ from contextlib import AbstractContextManager
 import psycopg
 
 from tests.fakes.telegram_api import FakeBotApi
+from tests.support.sender import Background, Sender, Webhook, sources
 from tests.support.stack import Deployment, Stack
+from tests.support.trainings import Training, seed_trainings
+from tests.support.webhooks import fal_ok
 from tests.torture.ledger import Ledger
 
 FULL = os.environ.get("TORTURE") == "full"
@@ -42,6 +45,42 @@ def start(
         **extra,
     }
     return deployment.start(database_url, instances=instances, **settings)
+
+
+def completions(
+    database_url: str, count: int, *, first_chat: int, name: str, per_source: int
+) -> tuple[list[Training], list[Webhook]]:
+    """`count` registered trainings and FAL's completion of each, `per_source` of them from
+    each source address (so that retries stay under nginx's per-client limit)."""
+    trainings = seed_trainings(database_url, count, first_chat=first_chat, name=name)
+    addresses = sources(count // per_source + 1)
+    webhooks = [
+        Webhook(t.request_id, fal_ok(t.request_id), addresses[i // per_source])
+        for i, t in enumerate(trainings)
+    ]
+    return trainings, webhooks
+
+
+def steady(
+    deployment: Deployment,
+    stack: Stack,
+    count: int,
+    rate: float,
+    *,
+    first_chat: int,
+    name: str,
+    per_source: int,
+    attempts: int = 60,
+) -> tuple[list[Training], Background]:
+    """`count` completions sent at `rate` per second from a thread, retried as FAL retries a
+    503 (`attempts` times, about a second apart after the first few)."""
+    trainings, webhooks = completions(
+        stack.database_url, count, first_chat=first_chat, name=name, per_source=per_source
+    )
+    sender = Sender(
+        stack.port, deployment.context, deployment.signer, attempts=attempts, retry_delay=0.25
+    )
+    return trainings, Background(sender, webhooks, concurrency=16, rate=rate)
 
 
 def delivered(api: FakeBotApi) -> list[tuple[int, float]]:

@@ -10,12 +10,10 @@ import pytest
 
 from tests.support import postgres
 from tests.support.nginx import Reply
-from tests.support.sender import Background, Sender, Webhook, sources
 from tests.support.stack import Deployment, Stack
-from tests.support.trainings import seed_trainings
 from tests.support.webhooks import fal_ok, new_request_id, signed
 from tests.torture.ledger import tally
-from tests.torture.runs import delivered, drain, record, size, start
+from tests.torture.runs import delivered, drain, record, size, start, steady
 
 pytestmark = [pytest.mark.torture, pytest.mark.postgres, pytest.mark.nginx]
 
@@ -46,19 +44,20 @@ def test_a_stopped_database_gives_503_then_recovers_and_loses_nothing(
 ) -> None:
     seconds, outage = size(quick=16, full=30), 10.0
     count = seconds * RATE
-    api, signer, client_context = deployment.api, deployment.signer, deployment.context
+    api, signer = deployment.api, deployment.signer
     # A send Telegram accepted while the database was down is recorded when it returns; its
     # lease must outlast the outage, or the row is handed out again (production keeps 120 s).
     with start(deployment, cluster.url, OUTBOX_LEASE_SECONDS="30") as stack:
-        trainings = seed_trainings(cluster.url, count, first_chat=3_000_000, name="Outage")
-        addresses = sources(count // PER_SOURCE + 1)
-        webhooks = [
-            Webhook(t.request_id, fal_ok(t.request_id), addresses[i // PER_SOURCE])
-            for i, t in enumerate(trainings)
-        ]
         # FAL keeps retrying a 503; this sender does for about a minute.
-        sender = Sender(stack.port, client_context, signer, attempts=60, retry_delay=0.25)
-        run = Background(sender, webhooks, concurrency=16, rate=RATE)
+        trainings, run = steady(
+            deployment,
+            stack,
+            count,
+            RATE,
+            first_chat=3_000_000,
+            name="Outage",
+            per_source=PER_SOURCE,
+        )
         time.sleep(3)
 
         cluster.stop()
