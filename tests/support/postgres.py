@@ -179,6 +179,10 @@ class PrivateCluster:
             capture_output=True,
         )
 
+    def log(self) -> str:
+        """The server's log (pg_ctl -l), crash recovery's messages included."""
+        return (self.dir / "log").read_text(errors="replace")
+
     def destroy(self) -> None:
         self.stop()
         shutil.rmtree(self.dir, ignore_errors=True)

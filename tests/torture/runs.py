@@ -65,15 +65,15 @@ def steady(
     deployment: Deployment,
     stack: Stack,
     count: int,
-    rate: float,
+    rate: float | None,
     *,
     first_chat: int,
     name: str,
     per_source: int,
     attempts: int = 60,
 ) -> tuple[list[Training], Background]:
-    """`count` completions sent at `rate` per second from a thread, retried as FAL retries a
-    503 (`attempts` times, about a second apart after the first few)."""
+    """`count` completions sent at `rate` per second (None: at full speed) from a thread,
+    retried as FAL retries a 503 (`attempts` times, about a second apart after the first few)."""
     trainings, webhooks = completions(
         stack.database_url, count, first_chat=first_chat, name=name, per_source=per_source
     )
