@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ from service import metrics
 from service.jobs.states import AvatarStatus
 from service.outbox.states import UNSENT, NotificationState
 from service.store import tallies
-from service.store.engine import run_transaction, within
+from service.store.engine import run_transaction, sqlite_path, within
 from service.store.models import Avatar, Notification, WebhookEvent, utcnow
 from service.web.runtime import Runtime
 
@@ -31,10 +32,14 @@ _NOT_SENT = tuple(s.value for s in NotificationState if s is not NotificationSta
 TLS_METRICS_FILE = Path("tls-certificate.prom")
 # Still running at FAL: the age of the oldest of these is the "stuck training" signal.
 RUNNING = (AvatarStatus.TRAINING.value, AvatarStatus.CANCELLING.value)
+# Less room than this beside an embedded database: its next writes (a WAL frame, a page) fail
+# with "database or disk is full", and webhooks are answered 503.
+DISK_FULL_BYTES = 1024 * 1024
 
 
 async def health(request: Request) -> Response:
-    """200 when the database answers, 503 (so a balancer stops sending) when it does not."""
+    """200 when the database answers (and an embedded one has room to write), 503 (so a
+    balancer stops sending) when it does not."""
     runtime: Runtime = request.app.state.runtime
 
     async def ping() -> None:
@@ -47,13 +52,32 @@ async def health(request: Request) -> Response:
         database = "ok"
     except Exception:
         database = "error"
+    body: dict[str, Any] = {"database": database}
+    free = _disk_free(runtime.settings.database_url)
+    if free is not None:
+        # SELECT 1 still answers on a full disk; only writes fail.
+        body.update(disk="full" if free < DISK_FULL_BYTES else "ok", disk_free_bytes=free)
+    healthy = database == "ok" and body.get("disk") != "full"
     body = {
-        "status": "ok" if database == "ok" else "degraded",
-        "database": database,
+        "status": "ok" if healthy else "degraded",
+        **body,
         "telegram": "configured" if runtime.settings.telegram_configured else "not_configured",
         "version": VERSION,
     }
-    return JSONResponse(body, status_code=200 if database == "ok" else 503)
+    return JSONResponse(body, status_code=200 if healthy else 503)
+
+
+def _disk_free(database_url: str) -> int | None:
+    """Bytes an unprivileged writer may still use beside an embedded database's file; None
+    for a database server (its disk is not ours to see) or when the folder cannot be read."""
+    path = sqlite_path(database_url)
+    if path is None:
+        return None
+    try:
+        stat = os.statvfs(path.parent)
+    except OSError:
+        return None
+    return stat.f_bavail * stat.f_frsize
 
 
 async def _count_by(session: AsyncSession, column: Any) -> dict[str, int]:

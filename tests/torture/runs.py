@@ -14,7 +14,7 @@ from tests.support.sender import Background, Sender, Webhook, sources
 from tests.support.stack import Deployment, Stack
 from tests.support.trainings import Training, seed_trainings
 from tests.support.webhooks import fal_ok
-from tests.torture.ledger import Ledger
+from tests.torture.ledger import Ledger, rows
 
 FULL = os.environ.get("TORTURE") == "full"
 
@@ -90,11 +90,8 @@ def delivered(api: FakeBotApi) -> list[tuple[int, float]]:
 
 def outbox_open(database_url: str) -> int:
     """Notifications not yet in a final state."""
-    with psycopg.connect(database_url, autocommit=True) as conn:
-        row = conn.execute(
-            "SELECT count(*) FROM notifications WHERE state IN ('pending', 'sending')"
-        ).fetchone()
-    return int(row[0]) if row else 0
+    query = "SELECT count(*) FROM notifications WHERE state IN ('pending', 'sending')"
+    return int(rows(database_url, query)[0][0])
 
 
 def drain(database_url: str, timeout: float, quiet: float = 1.0) -> None:
