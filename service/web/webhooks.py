@@ -90,6 +90,8 @@ async def _handle(
         except KeySetUnavailable as exc:
             raise RequestRefused(503, "keys_unavailable", str(exc)) from None
         signed_request_id = signed.request_id
+        # Only verified signatures: a stranger's timestamps must not move it.
+        metrics.FAL_CLOCK_SKEW.set(runtime.clock() - signed.timestamp)
     try:
         event = parse_event(parse_body(raw), request.query_params, signed_request_id)
     except RequestIdMismatch as exc:
