@@ -75,8 +75,9 @@ def _pg_bin(name: str) -> str:
 class PrivateCluster:
     """A throw-away PostgreSQL cluster on a free port, which tests may stop and start."""
 
-    def __init__(self) -> None:
-        self.dir = Path(tempfile.mkdtemp(prefix="pgcluster-"))
+    def __init__(self, under: Path | None = None) -> None:
+        # `under`: a filesystem of the test's own (the disk-full scenario's small tmpfs).
+        self.dir = Path(tempfile.mkdtemp(prefix="pgcluster-", dir=under))
         self.data = self.dir / "data"
         self.port = free_port()
         self.url = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
