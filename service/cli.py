@@ -54,12 +54,15 @@ def _parser() -> argparse.ArgumentParser:
     note_list = note_actions.add_parser("list", help="notifications, optionally by state")
     note_list.add_argument("--state", choices=[s.value for s in NotificationState])
     note_list.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    retry = note_actions.add_parser("retry", help="re-queue one notification or all failed")
+    retry = note_actions.add_parser(
+        "retry", help="re-queue one notification, all failed or all uncertain ones"
+    )
     target = retry.add_mutually_exclusive_group(required=True)
     target.add_argument("id", nargs="?", type=int)
-    target.add_argument(
-        "--failed", action="store_true", help=f"every notification in '{NotificationState.FAILED}'"
-    )
+    for every in (NotificationState.FAILED, NotificationState.UNCERTAIN):
+        target.add_argument(
+            f"--{every.value}", action="store_true", help=f"every notification in '{every}'"
+        )
 
     backup = commands.add_parser("backup", help="back up the database, or restore a backup")
     backup.add_argument("action", choices=("create", "restore"))
@@ -205,7 +208,10 @@ def _notifications(args: argparse.Namespace, settings: Settings) -> int:
         columns = ("id", "chat_id", "kind", "state", "attempts", "last_error")
         _print_rows(rows, columns, as_json=args.json)
     else:
-        count = _run_db(settings, lambda s: operator.retry_notifications(s, args.id, args.failed))
+        count = _run_db(
+            settings,
+            lambda s: operator.retry_notifications(s, args.id, args.failed, args.uncertain),
+        )
         print(f"re-queued {count} notification(s)", file=sys.stderr)
     return 0
 

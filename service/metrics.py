@@ -9,6 +9,7 @@ from prometheus_client import (
     REGISTRY,
     CollectorRegistry,
     Counter,
+    Gauge,
     Histogram,
     generate_latest,
 )
@@ -27,6 +28,15 @@ WEBHOOK_SECONDS = Histogram(
 REQUEST_ID_MISMATCHES = Counter(
     "webhook_request_id_mismatches_total",
     "Signed webhooks refused because the signed id is neither of the body's ids",
+)
+# Signed: positive when our clock is ahead of FAL's (a delivery's own travel time adds a little),
+# negative when behind. A gauge of the latest, not a histogram: a histogram's _sum falls with
+# negative observations, which rate() reads as counter resets. Past TOLERANCE_SECONDS (300)
+# every signature fails with 401; the alert (deploy/prometheus) fires at 60.
+FAL_CLOCK_SKEW = Gauge(
+    "fal_webhook_clock_skew_seconds",
+    "Our clock minus X-Fal-Webhook-Timestamp of the latest signature that verified",
+    multiprocess_mode="mostrecent",
 )
 TELEGRAM_SENDS = Counter("telegram_sends_total", "sendMessage attempts by result", ["result"])
 # Counted by the gunicorn master (through mark_process_dead, which its child_exit hook calls

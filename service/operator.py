@@ -124,9 +124,13 @@ async def list_notifications(session: AsyncSession, state: str | None) -> list[d
 
 
 async def retry_notifications(
-    session: AsyncSession, notification_id: int | None, all_failed: bool
+    session: AsyncSession,
+    notification_id: int | None,
+    all_failed: bool,
+    all_uncertain: bool = False,
 ) -> int:
-    """Put notifications back in the queue; returns how many were re-queued."""
+    """Put notifications back in the queue (one, every failed or every uncertain one); returns
+    how many were re-queued."""
     query = update(Notification).values(
         state=NotificationState.PENDING.value,
         attempts=0,
@@ -134,8 +138,9 @@ async def retry_notifications(
         lease_until=None,
         claimed_by=None,
     )
-    if all_failed:
-        query = query.where(Notification.state == NotificationState.FAILED)
+    if all_failed or all_uncertain:
+        every = NotificationState.FAILED if all_failed else NotificationState.UNCERTAIN
+        query = query.where(Notification.state == every)
     else:
         found = await session.get(Notification, notification_id)
         if found is None:

@@ -63,6 +63,9 @@ class Settings:
     # How soon a worker that is not the dispatcher (or lost its lock) tries to lead again.
     outbox_election_retry_seconds: float = 2.0
     outbox_max_in_flight: int = 16
+    # The longest a webhook waits for the database before answering 503 (FAL retries; its own
+    # timeout is 15 s, nginx's 30 s): what bounds the answer when the database stalls.
+    webhook_database_timeout_seconds: float = 5.0
     public_base_url: str = "https://aibots.kz:8443"
     # The bot's reconciler (service/bot/reconciler.py) and its training data (seconds).
     reconcile_interval_seconds: float = 300.0
@@ -173,6 +176,9 @@ class Settings:
             outbox_poll_seconds=maybe_number("OUTBOX_POLL_SECONDS", "", 0.01, 60),
             outbox_election_retry_seconds=number("OUTBOX_ELECTION_RETRY_SECONDS", "2", 0.1, 600),
             outbox_max_in_flight=count("OUTBOX_MAX_IN_FLIGHT", "16", 1, 1000),
+            webhook_database_timeout_seconds=number(
+                "WEBHOOK_DATABASE_TIMEOUT_SECONDS", "5", 0.5, 60
+            ),
             public_base_url=check.http_url(
                 "PUBLIC_BASE_URL", get("PUBLIC_BASE_URL", defaults.public_base_url)
             ).rstrip("/"),

@@ -87,7 +87,7 @@ def test_list_filters_by_status(tmp_path: Path) -> None:
     assert len(table) == 3
 
 
-def test_notifications_retry_requeues_one_or_all_failed(tmp_path: Path) -> None:
+def test_notifications_retry_requeues_one_all_failed_or_all_uncertain(tmp_path: Path) -> None:
 
     env = env_for(tmp_path)
     url = env["DATABASE_URL"]
@@ -107,18 +107,24 @@ def test_notifications_retry_requeues_one_or_all_failed(tmp_path: Path) -> None:
             update(Notification).where(Notification.id == ids[0]).values(state="undeliverable")
         )
         await session.execute(
-            update(Notification).where(Notification.id.in_(ids[1:])).values(state="failed")
+            update(Notification).where(Notification.id == ids[1]).values(state="failed")
+        )
+        await session.execute(
+            update(Notification).where(Notification.id == ids[2]).values(state="uncertain")
         )
 
     run(url, mark)
     listed = json.loads(
-        run_cli("notifications", "list", "--state", "failed", "--json", env=env).stdout
+        run_cli("notifications", "list", "--state", "uncertain", "--json", env=env).stdout
     )
-    assert [n["id"] for n in listed] == ids[1:]
+    assert [n["id"] for n in listed] == ids[2:]
     run_cli("notifications", "retry", str(ids[0]), env=env)
-    assert [n["state"] for n in notifications(url)] == ["pending", "failed", "failed"]
+    assert [n["state"] for n in notifications(url)] == ["pending", "failed", "uncertain"]
     result = run_cli("notifications", "retry", "--failed", env=env)
-    assert "re-queued 2" in result.stderr
+    assert "re-queued 1" in result.stderr
+    assert [n["state"] for n in notifications(url)] == ["pending", "pending", "uncertain"]
+    result = run_cli("notifications", "retry", "--uncertain", env=env)
+    assert "re-queued 1" in result.stderr
     assert [n["state"] for n in notifications(url)] == ["pending"] * 3
     # A pending (or sent) notification is not re-queued: that would be a deliberate duplicate.
     refused = run_cli("notifications", "retry", str(ids[0]), env=env, check=False)

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
+
+import pytest
+
 from service import operator
+from service.store.engine import DatabaseUnavailable, within
 from tests.fakes.fal_keys import FalSigner, JwksServer
 from tests.support import postgres
 from tests.support.app import WEBHOOK, running_app
@@ -65,3 +71,29 @@ def test_key_set_answering_500_gives_503_until_it_is_back(
             return app.post(WEBHOOK, body, signed(signer, body)).status == 200
 
         wait_until(accepted, timeout=5, interval=0.3, what="the key set to be fetched again")
+
+
+def test_within_answers_at_the_deadline_and_leaves_a_slow_cleanup_behind() -> None:
+    # The shape of a stalled database: the work hangs, and so does its cancellation.
+    cleaned: list[float] = []
+
+    async def stuck() -> None:
+        try:
+            await asyncio.sleep(3600)
+        finally:
+            await asyncio.shield(asyncio.sleep(0.5))
+            cleaned.append(time.monotonic())
+
+    async def scenario() -> tuple[float, int]:
+        started = time.monotonic()
+        with pytest.raises(DatabaseUnavailable, match=r"within 0\.2 s"):
+            await within(0.2, stuck())
+        answered = time.monotonic() - started
+        assert await within(1.0, asyncio.sleep(0, result=7)) == 7
+        await asyncio.sleep(1.0)
+        return answered, len(cleaned)
+
+    answered, cleanups = asyncio.run(scenario())
+    # Answered at the deadline, not after the cleanup's half second; the cleanup still ran.
+    assert 0.2 <= answered < 0.45, answered
+    assert cleanups == 1

@@ -52,7 +52,7 @@ async def idle(session: AsyncSession, scope: Scope, before: dt.datetime) -> dict
             state.c.scope == scope.value, state.c.updated_at < before
         )
     )
-    return dict(rows.tuples().all())
+    return {key: data for key, data in rows}
 
 
 async def kept(session: AsyncSession, key: str, make: Callable[[], Any], now: dt.datetime) -> Any:

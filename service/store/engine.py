@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError, OperationalError
@@ -15,6 +15,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from service.store.dialect import dialect_for, is_retryable
 
 T = TypeVar("T")
+
+# Work given up by `within`, kept referenced until its own cleanup ends (asyncio keeps only
+# weak references to tasks).
+_ABANDONED: set[asyncio.Task[Any]] = set()
 
 
 class DatabaseUnavailable(Exception):
@@ -68,3 +72,33 @@ async def run_transaction(
                 raise DatabaseUnavailable(str(exc).splitlines()[0]) from exc
             raise
     raise AssertionError("unreachable")
+
+
+async def within(seconds: float, work: Coroutine[Any, Any, T]) -> T:
+    """`work`'s result, or DatabaseUnavailable after `seconds` without one.
+
+    For a database that stops answering without closing its connections (a stalled host, a
+    frozen process): the server's statement_timeout cannot fire then, and cancelling a
+    statement waits on the same silent socket (psycopg tries a cancel request, then gives the
+    connection up, about 10 s). So the caller gets its answer at the deadline and the work is
+    cancelled and left to finish its cleanup in the background.
+    """
+    task = asyncio.ensure_future(work)
+    try:
+        done, _ = await asyncio.wait({task}, timeout=seconds)
+    except asyncio.CancelledError:
+        task.cancel()
+        raise
+    if task in done:
+        return task.result()
+    task.cancel()
+    _ABANDONED.add(task)
+    task.add_done_callback(_forget)
+    raise DatabaseUnavailable(f"no answer from the database within {seconds:g} s")
+
+
+def _forget(task: asyncio.Task[Any]) -> None:
+    _ABANDONED.discard(task)
+    if not task.cancelled():
+        # Read, so that asyncio does not log "exception was never retrieved".
+        task.exception()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
+import os
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +16,7 @@ from service import metrics
 from service.jobs.states import AvatarStatus, GenerationStatus
 from service.outbox.states import UNSENT, NotificationState
 from service.store import tallies
-from service.store.engine import run_transaction
+from service.store.engine import run_transaction, sqlite_path, within
 from service.store.models import Avatar, Generation, Notification, WebhookEvent, utcnow
 from service.web.runtime import Runtime
 
@@ -33,24 +33,52 @@ TLS_METRICS_FILE = Path("tls-certificate.prom")
 # Still running at FAL: the age of the oldest of these is the "stuck training" signal.
 RUNNING = (AvatarStatus.TRAINING.value, AvatarStatus.CANCELLING.value)
 GENERATING = tuple(s.value for s in GenerationStatus if not s.is_terminal)
+# Less room than this beside an embedded database: its next writes (a WAL frame, a page) fail
+# with "database or disk is full", and webhooks are answered 503.
+DISK_FULL_BYTES = 1024 * 1024
 
 
 async def health(request: Request) -> Response:
-    """200 when the database answers, 503 (so a balancer stops sending) when it does not."""
+    """200 when the database answers (and an embedded one has room to write), 503 (so a
+    balancer stops sending) when it does not."""
     runtime: Runtime = request.app.state.runtime
-    try:
+
+    async def ping() -> None:
         async with runtime.sessions() as session:
-            await asyncio.wait_for(session.execute(text("SELECT 1")), HEALTH_TIMEOUT_SECONDS)
+            await session.execute(text("SELECT 1"))
+
+    try:
+        # Not wait_for: cancelling a statement on a stalled server waits on it (store/engine.py).
+        await within(HEALTH_TIMEOUT_SECONDS, ping())
         database = "ok"
     except Exception:
         database = "error"
+    body: dict[str, Any] = {"database": database}
+    free = _disk_free(runtime.settings.database_url)
+    if free is not None:
+        # SELECT 1 still answers on a full disk; only writes fail.
+        body.update(disk="full" if free < DISK_FULL_BYTES else "ok", disk_free_bytes=free)
+    healthy = database == "ok" and body.get("disk") != "full"
     body = {
-        "status": "ok" if database == "ok" else "degraded",
-        "database": database,
+        "status": "ok" if healthy else "degraded",
+        **body,
         "telegram": "configured" if runtime.settings.telegram_configured else "not_configured",
         "version": VERSION,
     }
-    return JSONResponse(body, status_code=200 if database == "ok" else 503)
+    return JSONResponse(body, status_code=200 if healthy else 503)
+
+
+def _disk_free(database_url: str) -> int | None:
+    """Bytes an unprivileged writer may still use beside an embedded database's file; None
+    for a database server (its disk is not ours to see) or when the folder cannot be read."""
+    path = sqlite_path(database_url)
+    if path is None:
+        return None
+    try:
+        stat = os.statvfs(path.parent)
+    except OSError:
+        return None
+    return stat.f_bavail * stat.f_frsize
 
 
 async def _count_by(session: AsyncSession, column: Any, every: Any) -> dict[str, int]:
@@ -107,13 +135,17 @@ async def _advance(session: AsyncSession) -> None:
 async def _read_counts(runtime: Runtime) -> dict[str, Any] | None:
     try:
         # Its own short transaction, so the counts' read takes no lock.
-        await asyncio.wait_for(run_transaction(runtime.sessions, _advance), HEALTH_TIMEOUT_SECONDS)
+        await within(HEALTH_TIMEOUT_SECONDS, run_transaction(runtime.sessions, _advance))
     except Exception:
         # The counts stay exact with an old mark, only the read gets a little longer.
         log.warning("tally_advance_failed", exc_info=True)
-    try:
+
+    async def read() -> dict[str, Any]:
         async with runtime.sessions() as session:
-            return await asyncio.wait_for(_counts(session), HEALTH_TIMEOUT_SECONDS)
+            return await _counts(session)
+
+    try:
+        return await within(HEALTH_TIMEOUT_SECONDS, read())
     except Exception:
         return None
 

@@ -21,7 +21,7 @@ from service.fal.signature import (
 )
 from service.jobs.ingest import Delivery, Result, ingest, ingest_matched
 from service.settings import MAX_BODY_BYTES
-from service.store.engine import DatabaseUnavailable, run_transaction
+from service.store.engine import DatabaseUnavailable, run_transaction, within
 from service.web.edges import RequestRefused, client_address, error_response, in_networks, read_body
 from service.web.runtime import Runtime
 
@@ -90,6 +90,8 @@ async def _handle(
         except KeySetUnavailable as exc:
             raise RequestRefused(503, "keys_unavailable", str(exc)) from None
         signed_request_id = signed.request_id
+        # Only verified signatures: a stranger's timestamps must not move it.
+        metrics.FAL_CLOCK_SKEW.set(runtime.clock() - signed.timestamp)
     try:
         event = parse_event(parse_body(raw), request.query_params, signed_request_id)
     except RequestIdMismatch as exc:
@@ -107,7 +109,7 @@ async def _handle(
         signed=signed_request_id is not None,
     )
     try:
-        result = await _ingest(runtime, delivery)
+        result = await within(settings.webhook_database_timeout_seconds, _ingest(runtime, delivery))
     except DatabaseUnavailable as exc:
         fields["db_error"] = str(exc)
         raise RequestRefused(503, "database_unavailable", "the database is unavailable") from exc

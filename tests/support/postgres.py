@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import uuid
@@ -14,6 +15,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from tests.support import procs
 from tests.support.servers import free_port, wait_until
 
 ADMIN_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -73,8 +75,9 @@ def _pg_bin(name: str) -> str:
 class PrivateCluster:
     """A throw-away PostgreSQL cluster on a free port, which tests may stop and start."""
 
-    def __init__(self) -> None:
-        self.dir = Path(tempfile.mkdtemp(prefix="pgcluster-"))
+    def __init__(self, under: Path | None = None) -> None:
+        # `under`: a filesystem of the test's own (the disk-full scenario's small tmpfs).
+        self.dir = Path(tempfile.mkdtemp(prefix="pgcluster-", dir=under))
         self.data = self.dir / "data"
         self.port = free_port()
         self.url = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
@@ -124,6 +127,43 @@ class PrivateCluster:
 
         wait_until(up, 30, what="private PostgreSQL cluster")
 
+    def postmaster(self) -> int | None:
+        """The running postmaster's pid (the first line of postmaster.pid), if any."""
+        try:
+            pid = int((self.data / "postmaster.pid").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return None
+        return pid if procs.alive(pid) else None
+
+    def processes(self) -> list[int]:
+        """The postmaster and its children (backends, checkpointer, walwriter, ...)."""
+        pid = self.postmaster()
+        return [pid, *procs.children(pid)] if pid else []
+
+    def freeze(self) -> None:
+        """SIGSTOP every process of the cluster: connections stay open and nothing answers
+        (a stalled host); the kernel still completes new TCP handshakes into the backlog."""
+        for pid in self.processes():
+            os.kill(pid, signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        # The children first, so that the postmaster finds them running when it wakes.
+        for pid in reversed(self.processes()):
+            os.kill(pid, signal.SIGCONT)
+
+    def crash(self, timeout: float = 30) -> None:
+        """SIGKILL the postmaster (no shutdown, no checkpoint), then wait until its children
+        have noticed and exited, as they do; start() then runs crash recovery."""
+        pid = self.postmaster()
+        assert pid is not None, "the cluster is not running"
+        children = procs.children(pid)
+        os.kill(pid, signal.SIGKILL)
+        wait_until(
+            lambda: not any(procs.alive(c) for c in [pid, *children]),
+            timeout,
+            what="the killed postmaster's children to exit",
+        )
+
     def stop(self) -> None:
         subprocess.run(
             [
@@ -139,6 +179,10 @@ class PrivateCluster:
             check=False,
             capture_output=True,
         )
+
+    def log(self) -> str:
+        """The server's log (pg_ctl -l), crash recovery's messages included."""
+        return (self.dir / "log").read_text(errors="replace")
 
     def destroy(self) -> None:
         self.stop()

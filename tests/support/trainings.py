@@ -60,7 +60,7 @@ async def insert_people(
     found = await session.execute(
         select(users.c.telegram_id, users.c.id).where(users.c.telegram_id.in_(chat_ids))
     )
-    return dict(found.tuples().all())
+    return {telegram_id: user_id for telegram_id, user_id in found}
 
 
 def seed_trainings(

@@ -15,8 +15,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import psycopg
+from sqlalchemy import create_engine, pool, text
 
+from service.store.engine import sync_url
 from tests.support.sender import Delivery, statuses
 from tests.support.trainings import Training
 
@@ -82,6 +83,16 @@ def dedupe_key(request_id: str, body: bytes) -> str:
     return hashlib.sha256(request_id.encode() + b"\n" + body).hexdigest()
 
 
+def rows(database_url: str, sql: str) -> list[tuple[Any, ...]]:
+    """What `sql` reads, on PostgreSQL or SQLite alike (the disk-full scenario's is SQLite)."""
+    engine = create_engine(sync_url(database_url), poolclass=pool.NullPool)
+    try:
+        with engine.connect() as conn:
+            return [tuple(row) for row in conn.execute(text(sql))]
+    finally:
+        engine.dispose()
+
+
 def tally(
     scenario: str,
     deliveries: Sequence[Delivery],
@@ -94,28 +105,29 @@ def tally(
     by_request = {t.request_id: t for t in trainings}
     acknowledged = [d for d in deliveries if d.acknowledged]
     request_ids = sorted({d.webhook.request_id for d in deliveries})
-    with psycopg.connect(database_url, autocommit=True) as conn:
-        recorded = {
-            key
-            for (key,) in conn.execute(
-                "SELECT dedupe_key FROM webhook_events WHERE request_id = ANY(%s)", (request_ids,)
-            )
-        }
-        status: dict[str, str] = dict(
-            conn.execute(
-                "SELECT j.request_id, a.status FROM fal_jobs j "
-                "JOIN avatars a ON a.id = j.avatar_id WHERE j.request_id = ANY(%s)",
-                (request_ids,),
-            ).fetchall()
+    wanted = set(request_ids)
+    recorded = {
+        key
+        for rid, key in rows(database_url, "SELECT request_id, dedupe_key FROM webhook_events")
+        if rid in wanted
+    }
+    status: dict[str, str] = {
+        rid: state
+        for rid, state in rows(
+            database_url,
+            "SELECT j.request_id, a.status FROM fal_jobs j JOIN avatars a ON a.id = j.avatar_id",
         )
-        enqueued = Counter(
-            chat
-            for (chat,) in conn.execute(
-                "SELECT n.chat_id FROM notifications n "
-                "JOIN fal_jobs j ON j.avatar_id = n.avatar_id WHERE j.request_id = ANY(%s)",
-                (request_ids,),
-            )
+        if rid in wanted
+    }
+    enqueued = Counter(
+        chat
+        for rid, chat in rows(
+            database_url,
+            "SELECT j.request_id, n.chat_id FROM notifications n "
+            "JOIN fal_jobs j ON j.avatar_id = n.avatar_id",
         )
+        if rid in wanted
+    )
     lost = [
         d.webhook.request_id
         for d in acknowledged

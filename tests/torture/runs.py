@@ -10,8 +10,11 @@ from contextlib import AbstractContextManager
 import psycopg
 
 from tests.fakes.telegram_api import FakeBotApi
+from tests.support.sender import Background, Sender, Webhook, sources
 from tests.support.stack import Deployment, Stack
-from tests.torture.ledger import Ledger
+from tests.support.trainings import Training, seed_trainings
+from tests.support.webhooks import fal_ok
+from tests.torture.ledger import Ledger, rows
 
 FULL = os.environ.get("TORTURE") == "full"
 
@@ -44,6 +47,42 @@ def start(
     return deployment.start(database_url, instances=instances, **settings)
 
 
+def completions(
+    database_url: str, count: int, *, first_chat: int, name: str, per_source: int
+) -> tuple[list[Training], list[Webhook]]:
+    """`count` registered trainings and FAL's completion of each, `per_source` of them from
+    each source address (so that retries stay under nginx's per-client limit)."""
+    trainings = seed_trainings(database_url, count, first_chat=first_chat, name=name)
+    addresses = sources(count // per_source + 1)
+    webhooks = [
+        Webhook(t.request_id, fal_ok(t.request_id), addresses[i // per_source])
+        for i, t in enumerate(trainings)
+    ]
+    return trainings, webhooks
+
+
+def steady(
+    deployment: Deployment,
+    stack: Stack,
+    count: int,
+    rate: float | None,
+    *,
+    first_chat: int,
+    name: str,
+    per_source: int,
+    attempts: int = 60,
+) -> tuple[list[Training], Background]:
+    """`count` completions sent at `rate` per second (None: at full speed) from a thread,
+    retried as FAL retries a 503 (`attempts` times, about a second apart after the first few)."""
+    trainings, webhooks = completions(
+        stack.database_url, count, first_chat=first_chat, name=name, per_source=per_source
+    )
+    sender = Sender(
+        stack.port, deployment.context, deployment.signer, attempts=attempts, retry_delay=0.25
+    )
+    return trainings, Background(sender, webhooks, concurrency=16, rate=rate)
+
+
 def delivered(api: FakeBotApi) -> list[tuple[int, float]]:
     """(chat_id, monotonic time) of every sendMessage the local server accepted."""
     return [(int(c.params["chat_id"]), c.at) for c in api.calls_to("sendMessage") if c.ok]
@@ -51,11 +90,8 @@ def delivered(api: FakeBotApi) -> list[tuple[int, float]]:
 
 def outbox_open(database_url: str) -> int:
     """Notifications not yet in a final state."""
-    with psycopg.connect(database_url, autocommit=True) as conn:
-        row = conn.execute(
-            "SELECT count(*) FROM notifications WHERE state IN ('pending', 'sending')"
-        ).fetchone()
-    return int(row[0]) if row else 0
+    query = "SELECT count(*) FROM notifications WHERE state IN ('pending', 'sending')"
+    return int(rows(database_url, query)[0][0])
 
 
 def drain(database_url: str, timeout: float, quiet: float = 1.0) -> None:

@@ -10,12 +10,10 @@ import time
 
 import pytest
 
-from tests.support.sender import Background, Sender, Webhook, sources
+from tests.support.sender import Background, Sender
 from tests.support.stack import Deployment
-from tests.support.trainings import seed_trainings
-from tests.support.webhooks import fal_ok
 from tests.torture.ledger import Kill, tally
-from tests.torture.runs import delivered, drain, record, size, start
+from tests.torture.runs import completions, delivered, drain, record, size, start
 
 pytestmark = [pytest.mark.torture, pytest.mark.postgres, pytest.mark.nginx]
 
@@ -32,12 +30,9 @@ def test_killed_workers_and_dispatchers_lose_nothing_and_send_once(
     count = size(quick=1500, full=5000)
     api, signer, client_context = deployment.api, deployment.signer, deployment.context
     with start(deployment, database) as stack:
-        trainings = seed_trainings(database, count, first_chat=2_000_000, name="Crash")
-        addresses = sources(count // PER_SOURCE + 1)
-        webhooks = [
-            Webhook(t.request_id, fal_ok(t.request_id), addresses[i // PER_SOURCE])
-            for i, t in enumerate(trainings)
-        ]
+        trainings, webhooks = completions(
+            database, count, first_chat=2_000_000, name="Crash", per_source=PER_SOURCE
+        )
         # FAL retries a delivery that got no 2xx; so does this sender, up to ~30 s.
         sender = Sender(stack.port, client_context, signer, attempts=25, retry_delay=0.3)
         started = time.monotonic()
