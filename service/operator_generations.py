@@ -13,7 +13,7 @@ from service.operator import NotFound
 from service.store.models import FalJob, Generation, Notification, User, WebhookEvent
 
 TABLE_COLUMNS = (
-    "id", "telegram_id", "status", "num_images", "created_at", "request_id", "label",
+    "id", "telegram_id", "status", "num_images", "created_at", "fal_request_id", "label",
 )  # fmt: skip
 # A label is the prompt for a prompt of one's own: the table shows its start.
 _LABEL_CHARS = 40
@@ -53,7 +53,8 @@ def generation_json(g: Generation, telegram_id: int, job: FalJob | None) -> dict
         "created_at": _iso(g.created_at),
         "updated_at": _iso(g.updated_at),
         "finished_at": _iso(g.finished_at),
-        "request_id": job.request_id if job else None,
+        # FAL's id, named as `avatars show` names a training's.
+        "fal_request_id": job.request_id if job else None,
     }
 
 

@@ -241,7 +241,7 @@ def test_a_callback_before_the_registration_without_a_hint_waits_for_register(
         return await register(session, job)
 
     (result,) = run(url, accept)
-    assert result.transition == "submitting->completed" and result.notification_enqueued
+    assert result.transition == "queued->completed" and result.notification_enqueued
     assert generation_row(url, gen.generation_id).status == "completed"
     assert len(outbox_of(url, gen.generation_id)) == 1
     (event,) = events_of(url, gen.request_id)
@@ -280,7 +280,7 @@ def test_status_and_metrics_count_generations_by_status(
     assert post(web, signer, generation_error(failing.request_id)) == "received"
     after, gauges_after = counted()
     moved = {k: after[k] - before[k] for k in after}
-    assert moved == {"submitting": 1, "queued": 0, "running": 0, "completed": 1, "failed": 1}
+    assert moved == {"queued": 1, "running": 0, "completed": 1, "failed": 1}
     assert {k: gauges_after[k] - gauges_before[k] for k in after} == moved
     status = web.call("GET", "/api/v1/webhook/status").json()
     assert status["oldest_generation_age_seconds"] is not None

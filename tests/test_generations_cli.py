@@ -39,10 +39,17 @@ def test_list_filters_by_status_and_show_gives_job_events_and_message(url: str) 
     assert [row["id"] for row in listed(url, "--status", "queued")] == [waiting.generation_id]
     table = cli(url, "generations", "list").stdout
     assert table.splitlines()[0].split() == ["id", "telegram_id", "status", "num_images",
-                                             "created_at", "request_id", "label"]  # fmt: skip
+                                             "created_at", "fal_request_id", "label"]  # fmt: skip
     shown = json.loads(cli(url, "generations", "show", done.generation_id, "--json").stdout)
     assert shown["status"] == GenerationStatus.COMPLETED.value and shown["seed"]
     assert shown["job"]["request_id"] == done.request_id and len(shown["images"]) == 2
+    # What the design card promises of `generations show --json`, at least.
+    promised = (
+        "id", "avatar_id", "telegram_id", "status", "prompt", "num_images", "fal_request_id",
+        "images", "error_message", "created_at", "finished_at",
+    )  # fmt: skip
+    assert set(promised) <= set(shown) and shown["fal_request_id"] == done.request_id
+    assert all(isinstance(image["url"], str) for image in shown["images"])
     assert [e["transition"] for e in shown["events"]] == ["queued->completed"]
     (note,) = shown["notifications"]
     assert (note["message_type"], note["photos"], note["state"]) == ("album", 2, "pending")

@@ -161,6 +161,6 @@ def test_an_abandoned_submission_is_failed_with_one_message(world: Generations) 
     (note,) = outbox_of(world.url, stuck.generation_id)
     assert "запрос прервался" in note.text
     assert note.dedupe_key == f"generation:{stuck.generation_id}:failed"
-    assert generation_row(world.url, recent.generation_id).status == "submitting"
+    assert generation_row(world.url, recent.generation_id).status == "queued"
     assert world.reconcile().generations_interrupted == 0
     assert world.fal.calls == []

@@ -22,7 +22,7 @@ from service.store.models import Generation, Notification, User, utcnow
 LISTED = 10
 LABEL_CHARS = 60
 ERROR_CHARS = 150
-_ICONS = {"submitting": "⏳", "queued": "⏳", "running": "🎨", "completed": "✅", "failed": "❌"}
+_ICONS = {"queued": "⏳", "running": "🎨", "completed": "✅", "failed": "❌"}
 
 
 async def _latest(session: AsyncSession, telegram_id: int) -> list[Generation]:

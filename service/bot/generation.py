@@ -3,11 +3,11 @@
 The order mirrors a training's (service.bot.training) and keeps every network call outside a
 transaction:
 1. one transaction locks the person's row (two taps at once queue here), checks
-   GENERATIONS_IN_FLIGHT and GENERATIONS_PER_DAY, and writes the generation in `submitting`:
+   GENERATIONS_IN_FLIGHT and GENERATIONS_PER_DAY, and writes the generation `queued` (no job yet):
    from then on it counts against both;
 2. the request goes to `{FAL_QUEUE_URL}/{FAL_GENERATION_APP}` with `?generation_id=` in the
    webhook URL, so that a callback racing step 3 still finds its generation;
-3. one transaction registers the FAL job and moves the generation to `queued`; a refusal or
+3. one transaction registers the FAL job (the generation stays `queued`); a refusal or
    an error marks it `failed` instead, which gives its photos back.
 """
 
@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import structlog
-from sqlalchemy import select, update
+from sqlalchemy import exists, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.bot.services import Services
@@ -49,7 +49,7 @@ class Choice:
 
 @dataclass(frozen=True)
 class Reserved:
-    """A generation written in `submitting`, detached from its session."""
+    """A generation written `queued`, before FAL accepted it, detached from its session."""
 
     id: str
     avatar_id: str
@@ -162,7 +162,7 @@ async def reserve(svc: Services, telegram_id: int, choice: Choice, language: str
         row = Generation(
             user_id=user.id,
             avatar_id=avatar.id,
-            status=GenerationStatus.SUBMITTING.value,
+            status=GenerationStatus.QUEUED.value,
             style=choice.style,
             label=label_of(choice, language),
             prompt=prompt,
@@ -241,7 +241,8 @@ async def mark_failed(session: AsyncSession, generation_id: str, error: str) -> 
         update(Generation)
         .where(
             Generation.id == generation_id,
-            Generation.status == GenerationStatus.SUBMITTING.value,
+            Generation.status == GenerationStatus.QUEUED.value,
+            ~exists().where(FalJob.generation_id == Generation.id),
         )
         .values(
             status=GenerationStatus.FAILED.value,
@@ -255,7 +256,7 @@ async def mark_failed(session: AsyncSession, generation_id: str, error: str) -> 
 async def record(
     session: AsyncSession, generation_id: str, submission: Submission, app: str
 ) -> str:
-    """Register FAL's answer as the generation's job and move it to `queued`."""
+    """Register FAL's answer as the generation's job (it stays `queued` until FAL says it runs)."""
     generation = (
         await session.execute(
             select(Generation).where(Generation.id == generation_id).with_for_update()
@@ -281,9 +282,6 @@ async def record(
         )
         return generation.status
     keep_answer(job, submission, app)
-    if generation.status == GenerationStatus.SUBMITTING.value:
-        generation.status = GenerationStatus.QUEUED.value
-        generation.updated_at = utcnow()
     if not known:
         # A callback that arrived before this commit and found nothing is applied now.
         await register(session, job)

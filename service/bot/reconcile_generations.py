@@ -7,7 +7,7 @@ of their own because a generation takes FAL seconds where a training takes minut
   through service.jobs.ingest (source `reconciler`): the photos, or FAL's failure;
 - older than `hard_limit` (30 minutes) and still not done: cancel at FAL (best effort) and
   apply a failure saying so; a failed generation's photos do not count against the quota;
-- in `submitting` with no job for `stale_submission` (5 minutes; the bot stopped between
+- `queued` with no job for `stale_submission` (5 minutes; the bot stopped between
   writing the generation and hearing FAL accept it): failed with its message, so that the
   person hears of it and the quota is given back.
 """
@@ -85,7 +85,8 @@ async def _abandoned(
 ) -> list[str]:
     rows = await session.execute(
         select(Generation.id).where(
-            Generation.status == GenerationStatus.SUBMITTING.value,
+            # Queued but never registered: FAL's acceptance was never recorded.
+            Generation.status == GenerationStatus.QUEUED.value,
             ~exists().where(FalJob.generation_id == Generation.id),
             Generation.updated_at <= now - dt.timedelta(seconds=policy.stale_submission),
         )

@@ -197,10 +197,10 @@ INTERRUPTED = "the submission to FAL was interrupted before FAL accepted it"
 
 
 async def fail_interrupted(session: AsyncSession, generation_id: str, now: dt.datetime) -> bool:
-    """Fail a generation left in `submitting` with no job (the bot stopped mid-submission),
+    """Fail a generation left `queued` with no job (the bot stopped mid-submission),
     with its one outbox row, as a failure from FAL would; False if it has moved on since."""
     target = await _find(session, _READS.by_subject, generation_id)
-    if target is None or target.status is not GenerationStatus.SUBMITTING or target.request_id:
+    if target is None or target.status is not GenerationStatus.QUEUED or target.request_id:
         return False
     event = Event(request_id="", status=EventStatus.FAILED, error_message=INTERRUPTED)
     plan = _plan(target, event, now, HANDLER.per_day)

@@ -55,9 +55,10 @@ TRANSITIONS: dict[tuple[AvatarStatus, EventStatus], AvatarStatus] = {
 
 
 class GenerationStatus(enum.StrEnum):
-    # Written, with the quota checked, before the request goes to FAL; a submission that
-    # fails leaves it failed, and a failed generation does not count against the quota.
-    SUBMITTING = "submitting"
+    # Written, with the quota checked, before the request goes to FAL, and kept once FAL has
+    # accepted it (the job registered) until FAL says it runs. A queued generation without a
+    # job is one being submitted; a submission that fails leaves it failed, and a failed
+    # generation does not count against the quota.
     QUEUED = "queued"
     RUNNING = "running"
     COMPLETED = "completed"
@@ -74,14 +75,11 @@ _G = GenerationStatus
 # changes nothing, so the terminal states stay final and late or repeated news is ignored.
 # Progress is not kept: queued and running are all a person is shown.
 GENERATION_TRANSITIONS: dict[tuple[GenerationStatus, EventStatus], GenerationStatus] = {
-    (_G.SUBMITTING, _E.QUEUED): _G.QUEUED,
-    (_G.SUBMITTING, _E.IN_PROGRESS): _G.RUNNING,
-    (_G.SUBMITTING, _E.RESULT_PENDING): _G.RUNNING,
     (_G.QUEUED, _E.IN_PROGRESS): _G.RUNNING,
     (_G.QUEUED, _E.RESULT_PENDING): _G.RUNNING,
     **{
         (before, event): after
-        for before in (_G.SUBMITTING, _G.QUEUED, _G.RUNNING)
+        for before in (_G.QUEUED, _G.RUNNING)
         for event, after in (
             (_E.COMPLETED, _G.COMPLETED),
             (_E.FAILED, _G.FAILED),

@@ -17,7 +17,7 @@ WINDOW = dt.timedelta(hours=24)
 # GenerationStatus's words (service/jobs/states.py, which the store may not import; a test holds
 # them equal): a failed generation never counts, and these three are still at FAL.
 FAILED = "failed"
-IN_FLIGHT = ("submitting", "queued", "running")
+IN_FLIGHT = ("queued", "running")
 
 
 def photos_used_since(user_id: ColumnElement[Any] | int, since: Any) -> ScalarSelect[Any]:

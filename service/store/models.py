@@ -161,8 +161,8 @@ class Generation(Base):
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
     avatar_id: Mapped[str] = mapped_column(ForeignKey("avatars.id"), index=True)
-    # A GenerationStatus (service/jobs/states.py): submitting, queued, running, completed, failed.
-    status: Mapped[str] = mapped_column(String(16), default="submitting", index=True)
+    # A GenerationStatus (service/jobs/states.py): queued, running, completed, failed.
+    status: Mapped[str] = mapped_column(String(16), default="queued", index=True)
     # A curated style's key (service/bot/styles.py), or None for a prompt of the person's own.
     style: Mapped[str | None] = mapped_column(String(32))
     # What the person chose or typed, as they see it; `prompt` is what FAL was sent.

@@ -226,7 +226,7 @@ def _database_gauges(counts: dict[str, Any]) -> list[tuple[str, str, dict[str, f
         ("generations", "Generations by status", generations, "status"),
         (
             "generation_oldest_unfinished_age_seconds",
-            "Age of the oldest generation not finished (submitting, queued, running), 0 if none",
+            "Age of the oldest generation not finished (queued, running), 0 if none",
             oldest_generation,
             "",
         ),

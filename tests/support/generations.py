@@ -1,6 +1,6 @@
 """Generations for tests: a trained avatar, its generation submitted as the bot does, FAL's bodies.
 
-`submitted` writes what the bot writes (the generation in `submitting`, then, on FAL's
+`submitted` writes what the bot writes (the generation `queued` with no job, then, on FAL's
 acceptance, `register` of its job in the transaction that moves it to `queued`), so the tests of
 the service side run on the rows the bot will leave.
 """
@@ -82,7 +82,7 @@ def submitted(
         generation = Generation(
             user_id=user.id,
             avatar_id=avatar.id,
-            status=GenerationStatus.SUBMITTING.value,
+            status=GenerationStatus.QUEUED.value,
             style="studio",
             label=label,
             prompt=flux_arguments(num_images)["prompt"],
@@ -93,7 +93,6 @@ def submitted(
         session.add(generation)
         await session.flush()
         if registered:
-            generation.status = GenerationStatus.QUEUED.value
             job = job_of(request_id, user.id, avatar.id, generation.id, accepted)
             await register(session, job)
         if status is not None:
