@@ -9,11 +9,12 @@ import json
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from service import logs
+from service.cli_output import print_json, print_rows
 from service.jobs import generation
 from service.operator_events import add_commands as add_events_commands
 from service.operator_generations import add_commands as add_generations_commands
@@ -189,13 +190,13 @@ def _avatars(args: argparse.Namespace, settings: Settings) -> int:
 
     if args.action == "attach":
         attached = (args.telegram_id, args.name, args.training_type, args.request_id)
-        _print_json(_run_db(settings, lambda s: operator.attach(s, *attached)))
+        print_json(_run_db(settings, lambda s: operator.attach(s, *attached)))
     elif args.action == "show":
-        _print_json(_run_db(settings, lambda s: operator.show(s, args.request_id)))
+        print_json(_run_db(settings, lambda s: operator.show(s, args.request_id)))
     else:
         rows = _run_db(settings, lambda s: operator.list_avatars(s, args.status))
         columns = ("id", "telegram_id", "status", "progress", "fal_request_id", "name")
-        _print_rows(rows, columns, as_json=args.json)
+        print_rows(rows, columns, as_json=args.json)
     return 0
 
 
@@ -206,7 +207,7 @@ def _notifications(args: argparse.Namespace, settings: Settings) -> int:
     if args.action == "list":
         rows = _run_db(settings, lambda s: operator.list_notifications(s, args.state))
         columns = ("id", "chat_id", "kind", "state", "attempts", "last_error")
-        _print_rows(rows, columns, as_json=args.json)
+        print_rows(rows, columns, as_json=args.json)
     else:
         count = _run_db(
             settings,
@@ -225,10 +226,10 @@ def _events(args: argparse.Namespace, settings: Settings) -> int:
             print("note: duplicates are answered 200 and never stored", file=sys.stderr)
         filters = (args.outcome, args.request_id, args.since, args.limit)
         rows = _run_db(settings, lambda s: ev.list_events(s, *filters))
-        _print_rows(rows, ev.TABLE_COLUMNS, as_json=args.json)
+        print_rows(rows, ev.TABLE_COLUMNS, as_json=args.json)
     elif args.action == "show":
         shown = _run_db(settings, lambda s: ev.show_event(s, args.id))
-        _print_json(shown) if args.json else print(ev.render(shown))
+        print_json(shown) if args.json else print(ev.render(shown))
     else:
         ids = [args.id] if args.id is not None else _run_db(settings, ev.unmatched_ids)
         replays = _with_sessions(settings, lambda sessions: ev.replay_each(sessions, ids))
@@ -247,9 +248,9 @@ def _generations(args: argparse.Namespace, settings: Settings) -> int:
 
     if args.action == "list":
         rows = _run_db(settings, lambda s: gens.list_generations(s, args.status, args.limit))
-        _print_rows(rows, gens.TABLE_COLUMNS, as_json=args.json)
+        print_rows(rows, gens.TABLE_COLUMNS, as_json=args.json)
     else:
-        _print_json(_run_db(settings, lambda s: gens.show_generation(s, args.id)))
+        print_json(_run_db(settings, lambda s: gens.show_generation(s, args.id)))
     return 0
 
 
@@ -280,25 +281,6 @@ def _backup(args: argparse.Namespace, settings: Settings) -> int:
     done = "written to" if args.action == "create" else "restored from"
     print(f"backup {done} {args.file}", file=sys.stderr)
     return 0
-
-
-def _print_json(value: Any) -> None:
-    json.dump(value, sys.stdout, ensure_ascii=False, indent=2)
-    sys.stdout.write("\n")
-
-
-def _print_rows(rows: list[dict[str, Any]], columns: Sequence[str], *, as_json: bool) -> None:
-    if as_json:
-        _print_json(rows)
-    else:
-        _print_table(rows, columns)
-
-
-def _print_table(rows: list[dict[str, Any]], columns: Sequence[str]) -> None:
-    table = [[str(row.get(c) if row.get(c) is not None else "-") for c in columns] for row in rows]
-    widths = [max([len(c)] + [len(r[i]) for r in table]) for i, c in enumerate(columns)]
-    for line in [list(columns), *table]:
-        print("  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)))
 
 
 def _first_line(exc: BaseException) -> str:
