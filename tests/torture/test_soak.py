@@ -42,7 +42,7 @@ def soak_minutes() -> float:
     if "SOAK_MINUTES" in os.environ:
         return float(os.environ["SOAK_MINUTES"])
     if not FULL:
-        pytest.skip("the soak runs under TORTURE=full (make torture) or with SOAK_MINUTES")
+        pytest.skip(reason="the soak runs under TORTURE=full (make torture) or with SOAK_MINUTES")
     return 20.0
 
 
