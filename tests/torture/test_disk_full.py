@@ -66,10 +66,17 @@ def cluster_on_small_disk() -> Iterator[postgres.PrivateCluster]:
             private.destroy()
 
 
-def fill(where: Path) -> Path:
-    """Write a file until the filesystem has no byte left; the file, to delete later."""
+def make_room_for_filler(where: Path) -> Path:
+    """The filler file, created empty while the disk has room: a full run once found the
+    disk already too full to create a file by the time it came to fill it."""
     filler = where / "filler"
-    with filler.open("wb") as handle:
+    filler.touch()
+    return filler
+
+
+def fill(filler: Path) -> None:
+    """Grow `filler` until its filesystem has no byte left."""
+    with filler.open("ab") as handle:
         chunk = b"\0" * 65536
         with contextlib.suppress(OSError):
             while True:
@@ -79,8 +86,7 @@ def fill(where: Path) -> Path:
         with contextlib.suppress(OSError):
             while True:
                 os.write(handle.fileno(), b"\0" * 512)
-    assert os.statvfs(where).f_bavail == 0, "the disk is not full"
-    return filler
+    assert os.statvfs(filler.parent).f_bavail == 0, "the disk is not full"
 
 
 def probe(stack: Stack, signer: FalSigner) -> int:
@@ -100,11 +106,12 @@ def filled_then_freed(
     when the disk had just filled, and the run's ledger."""
     full_for = float(size(quick=4, full=20))
     count = int(size(quick=16, full=45) * RATE)
+    filler = make_room_for_filler(where)
     trainings, run = steady(
         deployment, stack, count, RATE, first_chat=8_000_000, name=name, per_source=PER_SOURCE
     )
     time.sleep(2)
-    filler = fill(where)
+    fill(filler)
     full_at = time.monotonic()
     health = stack.call("GET", "/health")
     # Writes that fit in room already taken (a WAL's) may still succeed; then every one fails.
