@@ -62,6 +62,11 @@ class Dialect:
     combines_writes: bool
     # The webhook's hot path may run on the driver's own connections (store/direct.py).
     direct_driver: bool = False
+    # One writer at a time for the whole database: a process queues its own transactions
+    # (store/engine.py) instead of leaving them to the busy handler, which sleeps in growing
+    # steps (up to 100 ms) while the lock is held; under load that sleeping was most of a
+    # SQLite webhook's time.
+    one_writer: bool = False
 
     def async_url(self, database_url: str) -> URL:
         driver = "sqlite+aiosqlite" if self.name == "sqlite" else "postgresql+psycopg"
@@ -179,6 +184,7 @@ SQLITE = Dialect(
     wakes_on_commit=False,
     outbox_poll_seconds=0.2,
     combines_writes=False,
+    one_writer=True,
 )
 _BY_NAME = {d.name: d for d in (POSTGRESQL, SQLITE)}
 

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
-from collections.abc import Awaitable, Callable, Coroutine
+import weakref
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
 
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.engine import Engine
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from service.store.dialect import dialect_for, is_retryable
+from service.store.dialect import dialect_for, dialect_of, is_retryable
 
 T = TypeVar("T")
 
@@ -52,6 +55,26 @@ def is_unavailable(exc: BaseException) -> bool:
     return isinstance(exc, OSError | TimeoutError)
 
 
+# Per event loop (an asyncio.Lock belongs to one), per engine: the lock its transactions queue
+# on where the database has one writer at a time.
+_WRITERS: weakref.WeakKeyDictionary[
+    asyncio.AbstractEventLoop, weakref.WeakKeyDictionary[Engine, asyncio.Lock]
+] = weakref.WeakKeyDictionary()
+
+
+@contextlib.asynccontextmanager
+async def _turn(sessions: async_sessionmaker[AsyncSession]) -> AsyncIterator[None]:
+    """This process's turn to write, where the database takes one writer at a time."""
+    bind = sessions.kw.get("bind")
+    if not isinstance(bind, AsyncEngine) or not dialect_of(bind).one_writer:
+        yield
+        return
+    engines = _WRITERS.setdefault(asyncio.get_running_loop(), weakref.WeakKeyDictionary())
+    lock = engines.setdefault(bind.sync_engine, asyncio.Lock())
+    async with lock:
+        yield
+
+
 async def run_transaction(
     sessions: async_sessionmaker[AsyncSession],
     work: Callable[[AsyncSession], Awaitable[T]],
@@ -61,7 +84,7 @@ async def run_transaction(
     """Run `work` in one transaction, again on lock contention; DatabaseUnavailable when down."""
     for attempt in range(1, attempts + 1):
         try:
-            async with sessions() as session, session.begin():
+            async with _turn(sessions), sessions() as session, session.begin():
                 return await work(session)
         except Exception as exc:
             if is_retryable(exc) and attempt < attempts:
