@@ -30,14 +30,21 @@ def nearest_rank(values: list[float], q: float) -> float:
     return ordered[max(0, math.ceil(q * len(ordered)) - 1)]
 
 
-def received(record: Path) -> dict[int, list[float]]:
-    """chat_id -> wall-clock times its messages reached the Bot API server."""
+def recorded(record: Path) -> list[dict[str, Any]]:
+    """What the local Bot API server has recorded so far, one dict a call."""
+    if not record.exists():
+        return []
+    # The server may be half-way through writing its last line: only whole lines count.
+    lines = record.read_text().splitlines(keepends=True)
+    return [json.loads(line) for line in lines if line.endswith("\n") and line.strip()]
+
+
+def received(record: Path, method: str | None = None) -> dict[int, list[float]]:
+    """chat_id -> wall-clock times its messages (of `method`, or any) reached the server."""
     found: dict[int, list[float]] = {}
-    if record.exists():
-        for line in record.read_text().splitlines():
-            if line:
-                message = json.loads(line)
-                found.setdefault(int(message["chat_id"]), []).append(float(message["at"]))
+    for message in recorded(record):
+        if method is None or message.get("method") == method:
+            found.setdefault(int(message["chat_id"]), []).append(float(message["at"]))
     return found
 
 

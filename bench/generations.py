@@ -8,7 +8,6 @@ registered), in a few multi-row INSERTs, like bench/e2e.py's trainings.
 
 from __future__ import annotations
 
-import json
 import statistics
 import time
 import uuid
@@ -19,7 +18,7 @@ from typing import Any, cast
 from sqlalchemy import Table, insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from bench.e2e import ADDRESSES, latencies_ms, nearest_rank
+from bench.e2e import ADDRESSES, latencies_ms, nearest_rank, received
 from service.fal.flux_lora import Frame
 from service.jobs.registry import JobKind
 from service.jobs.states import AvatarStatus, GenerationStatus
@@ -134,13 +133,7 @@ def completed(request_id: str, host: ImageHost, photo: bytes) -> bytes:
 
 def albums(record: Path) -> dict[int, list[float]]:
     """chat_id -> the times its albums (sendMediaGroup) reached the Bot API server."""
-    found: dict[int, list[float]] = {}
-    if record.exists():
-        for line in record.read_text().splitlines():
-            message = json.loads(line) if line else {}
-            if message.get("method") == "sendMediaGroup":
-                found.setdefault(int(message["chat_id"]), []).append(float(message["at"]))
-    return found
+    return received(record, "sendMediaGroup")
 
 
 def steady(
