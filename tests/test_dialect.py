@@ -11,14 +11,8 @@ from sqlalchemy import Column, Integer, MetaData, String, Table, event, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from service.store.dialect import (
-    POSTGRESQL,
-    SQLITE,
-    Step,
-    StepContext,
-    dialect_for,
-    dialect_of,
-)
+from service.store.chains import Step, StepContext, write_chain
+from service.store.dialect import POSTGRESQL, SQLITE, dialect_for
 from service.store.engine import run_transaction, sessionmaker
 
 metadata = MetaData()
@@ -108,7 +102,7 @@ def _run_chain(url: str, keys: list[str]) -> tuple[list[dict[str, int]], list[in
 
         async def once(session: AsyncSession, key: str) -> dict[str, int]:
             params = {name: {"key": key, "note": name} for name in ("recorded", "effect", "again")}
-            return await dialect_of(session).write_chain(session, CHAIN, params)
+            return await write_chain(session, CHAIN, params)
 
         sessions = sessionmaker(engine)
         written, per_run = [], []

@@ -1,5 +1,6 @@
-"""The webhook's hot path on psycopg's own connections (store/direct.py), on a real PostgreSQL:
-the same answers as the session's path, copies deduplicated, an outage a DatabaseUnavailable."""
+"""The webhook's hot path on the drivers' own connections (store/direct.py: asyncpg on a real
+PostgreSQL; store/direct_sqlite.py: one thread's connection to a SQLite file): the same answers
+as the session's path, copies deduplicated, an outage a DatabaseUnavailable."""
 
 from __future__ import annotations
 
@@ -14,7 +15,9 @@ import pytest
 from service.fal.payload import parse_body, parse_event
 from service.jobs import training
 from service.jobs.ingest import Delivery, Outcome, Result, _prepare, ingest_matched
-from service.store.direct import DirectConnection, DirectPool, open_direct
+from service.store.chains import write_guarded
+from service.store.direct import AsyncpgPool, DirectConnection, DirectPool, open_direct
+from service.store.direct_sqlite import SqlitePool
 from service.store.engine import DatabaseUnavailable
 from service.store.models import Notification, WebhookEvent
 from tests.support.servers import free_port
@@ -51,12 +54,16 @@ def matched(pool: DirectPool, body: bytes) -> Awaitable[Result | None]:
     return pool.run(work)
 
 
-def test_sqlite_has_no_direct_pool(sqlite_url: str) -> None:
-    assert open_direct(sqlite_url) is None
+def test_each_database_file_or_server_has_its_pool_and_memory_has_none(
+    sqlite_url: str, postgres_url: str
+) -> None:
+    assert isinstance(open_direct(postgres_url), AsyncpgPool)
+    assert isinstance(open_direct(sqlite_url), SqlitePool)
+    assert open_direct("sqlite://") is None
 
 
-def test_a_registered_completion_is_received_then_a_duplicate(postgres_url: str) -> None:
-    url = migrated(postgres_url)
+def test_a_registered_completion_is_received_then_a_duplicate(database_url: str) -> None:
+    url = migrated(database_url)
     make_avatar(url, "rid-d1")
 
     async def twice(pool: DirectPool) -> list[Result | None]:
@@ -73,8 +80,8 @@ def test_a_registered_completion_is_received_then_a_duplicate(postgres_url: str)
     assert count(url, WebhookEvent) == 1
 
 
-def test_simultaneous_copies_give_one_received(postgres_url: str) -> None:
-    url = migrated(postgres_url)
+def test_simultaneous_copies_give_one_received(database_url: str) -> None:
+    url = migrated(database_url)
     make_avatar(url, "rid-d2")
 
     async def copies(pool: DirectPool) -> list[Result | None]:
@@ -86,9 +93,9 @@ def test_simultaneous_copies_give_one_received(postgres_url: str) -> None:
 
 
 def test_an_unregistered_request_id_is_left_to_the_session_and_writes_nothing(
-    postgres_url: str,
+    database_url: str,
 ) -> None:
-    url = migrated(postgres_url)
+    url = migrated(database_url)
     assert on_pool(url, lambda pool: matched(pool, fal_ok("rid-nobody"))) is None
     assert count(url, WebhookEvent) == 0
 
@@ -131,6 +138,7 @@ def test_a_write_planned_on_a_state_that_has_moved_writes_nothing(postgres_url: 
     arrived = delivery(fal_ok("rid-d5"))
 
     async def stale_write(pool: DirectPool) -> dict[str, int]:
+        assert isinstance(pool, AsyncpgPool)
         async with pool.connection() as db:
             read = await training.HANDLER.by_request(db, "rid-d5")
             assert read is not None and read.status.value == "training"
@@ -138,7 +146,7 @@ def test_a_write_planned_on_a_state_that_has_moved_writes_nothing(postgres_url: 
                 other.execute("UPDATE avatars SET progress = 40 WHERE id = %s", (avatar_id,))
             chain, params, _ = _prepare(arrived, (training.HANDLER, read))
             guard, seen = training.HANDLER.unmoved(read)
-            return await db.dialect.write_guarded(db, guard, chain, {**params, guard.name: seen})
+            return await write_guarded(db, guard, chain, {**params, guard.name: seen})
 
     written = on_pool(url, stale_write)
     assert written == {"unmoved": 0, "recorded": 0, "changed": 0, "unzipped": 0, "enqueued": 0}

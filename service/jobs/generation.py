@@ -15,7 +15,7 @@ from service.jobs.kinds import ENQUEUE, REGISTER, lookups, read, registering, un
 from service.jobs.registry import JobKind, Plan
 from service.jobs.states import GenerationStatus, generation_transition
 from service.outbox.messages import Message, row_values
-from service.store.dialect import Step, StepContext, dialect_of
+from service.store.chains import Step, StepContext, write_chain
 from service.store.direct import DirectConnection
 from service.store.generations import WINDOW, photos_used_since
 from service.store.models import FalJob, Generation, User, UTCDateTime, utcnow
@@ -206,5 +206,5 @@ async def fail_interrupted(session: AsyncSession, generation_id: str, now: dt.da
     plan = _plan(target, event, now, HANDLER.per_day)
     # No job to register: the chain starts at the generation's change.
     chain = tuple(step for step in plan.steps if step is not REGISTER)
-    written = await dialect_of(session).write_chain(session, chain, plan.params)
+    written = await write_chain(session, chain, plan.params)
     return written[CHANGE.name] > 0

@@ -21,7 +21,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from service.fal.payload import Event, EventStatus, PayloadError, parse_body, parse_event
 from service.jobs import generation, training
 from service.jobs.registry import ENQUEUED, Handler, JobKind, Plan, Source, Subject
-from service.store.dialect import Chain, Step, StepContext, dialect_of
+from service.store.chains import Chain, Step, StepContext, write_chain, write_guarded
+from service.store.dialect import dialect_of
 from service.store.direct import DirectConnection
 from service.store.models import FalJob, UTCDateTime, WebhookEvent, utcnow
 
@@ -118,11 +119,10 @@ HANDLERS: dict[JobKind, Handler[Any]] = {
 async def ingest(session: AsyncSession, delivery: Delivery) -> Result:
     """Record the event and apply it to its job; call inside a transaction, answer after it."""
     event = delivery.event
-    dialect = dialect_of(session)
     found = await _match(session, event)
     chain, params, result = _prepare(delivery, found)
     # On PostgreSQL the event, the change and the outbox row go as one statement.
-    written = await dialect.write_chain(session, chain, params)
+    written = await write_chain(session, chain, params)
     return _answer(result, written)
 
 
@@ -147,7 +147,7 @@ async def ingest_matched(db: DirectConnection, delivery: Delivery) -> Result | N
         handler, subject = found
         chain, params, planned = _prepare(delivery, found)
         guard, unmoved = handler.unmoved(subject)
-        written = await db.dialect.write_guarded(db, guard, chain, {**params, guard.name: unmoved})
+        written = await write_guarded(db, guard, chain, {**params, guard.name: unmoved})
         if written[guard.name]:
             return _answer(planned, written)
     return None
@@ -263,7 +263,6 @@ async def register(session: AsyncSession, job: FalJob) -> list[Result]:
         .where(events.c.request_id == job.request_id, events.c.outcome == Outcome.UNMATCHED.value)
         .order_by(events.c.id)
     )
-    dialect = dialect_of(session)
     handler = HANDLERS[JobKind(job.kind)]
     results = []
     for event_id, body, query in waiting.all():
@@ -285,7 +284,7 @@ async def register(session: AsyncSession, job: FalJob) -> list[Result]:
             "transition": plan.transition,
             "applied_at": utcnow(),
         }
-        written = await dialect.write_chain(
+        written = await write_chain(
             session, (REMATCH, *plan.steps), {REMATCH.name: rematch, **plan.params}
         )
         enqueued = written.get(ENQUEUED, 0) > 0

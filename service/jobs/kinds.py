@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from service.fal.payload import Event
 from service.jobs.registry import ENQUEUED, JobKind
 from service.outbox.messages import OUTBOX_CHANNEL
-from service.store.dialect import Step, StepContext
+from service.store.chains import Step, StepContext
 from service.store.direct import DirectConnection
 from service.store.models import FalJob, Notification, User
 

@@ -11,7 +11,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.fal.payload import Event
-from service.store.dialect import Chain, Step
+from service.store.chains import Chain, Step
 from service.store.direct import DirectConnection
 from service.store.models import FalJob
 

@@ -15,7 +15,7 @@ from service.jobs.outcomes import render_outcome
 from service.jobs.registry import JobKind, Plan
 from service.jobs.states import AvatarStatus, Change, transition
 from service.outbox.messages import Message, row_values
-from service.store.dialect import Step, StepContext
+from service.store.chains import Step, StepContext
 from service.store.direct import DirectConnection
 from service.store.models import Avatar, FalJob, TrainingData, User, UTCDateTime
 

@@ -11,29 +11,22 @@ module compares driver names or URL prefixes.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Mapping
+import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 from sqlalchemy import (
-    BindParameter,
-    ColumnElement,
     Select,
-    bindparam,
     event,
-    exists,
     func,
-    literal,
     make_url,
     select,
-    true,
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, create_async_engine
-from sqlalchemy.types import TypeEngine
 
 Q = TypeVar("Q", bound=Select[Any])
 
@@ -60,8 +53,8 @@ class Dialect:
     outbox_poll_seconds: float
     # Data-modifying CTEs: a chain of writes goes to the server as one statement.
     combines_writes: bool
-    # The webhook's hot path may run on the driver's own connections (store/direct.py).
-    direct_driver: bool = False
+    # The driver of the webhook's hot path, on its own connections (store/direct.py).
+    direct_driver: str | None = None
     # One writer at a time for the whole database: a process queues its own transactions
     # (store/engine.py) instead of leaving them to the busy handler, which sleeps in growing
     # steps (up to 100 ms) while the lock is held; under load that sleeping was most of a
@@ -136,38 +129,6 @@ class Dialect:
         """Lock contention or a serialization conflict: the transaction may simply run again."""
         return is_retryable(exc)
 
-    async def write_chain(
-        self, session: AsyncSession, chain: Chain, params: Mapping[str, Mapping[str, Any]]
-    ) -> dict[str, int]:
-        """Run `chain`: its first write, then the others only if the first wrote a row.
-
-        `params` gives each step's parameters under the step's name. Answers how many rows
-        each step wrote (0 for the steps after a first one that wrote none).
-        """
-        if self.combines_writes:
-            # One round trip for the whole chain, however long.
-            row = (await session.execute(_combined(self, chain), _flat(params))).one()
-            return dict(row._mapping)
-        written = dict.fromkeys((step.name for step in chain), 0)
-        for index, step in enumerate(chain):
-            values = _flat({step.name: params.get(step.name, {})})
-            written[step.name] = len((await session.execute(_single(self, step), values)).all())
-            if index == 0 and not written[step.name]:
-                break
-        return written
-
-    async def write_guarded(
-        self, runner: Runs, guard: Step, chain: Chain, params: Mapping[str, Mapping[str, Any]]
-    ) -> dict[str, int]:
-        """`chain` as one statement (in autocommit mode its own transaction) that writes only
-        if `guard`, a SELECT ... FOR UPDATE of what the plan was made from, finds its row."""
-        assert self.combines_writes, "a guarded chain needs data-modifying CTEs"
-        return dict(await runner.one(_combined(self, chain, guard), _flat(params)))
-
-
-class Runs(Protocol):
-    async def one(self, statement: Any, params: Mapping[str, Any]) -> Mapping[str, Any]: ...
-
 
 POSTGRESQL = Dialect(
     "postgresql",
@@ -175,7 +136,7 @@ POSTGRESQL = Dialect(
     wakes_on_commit=True,
     outbox_poll_seconds=1.0,
     combines_writes=True,
-    direct_driver=True,
+    direct_driver="asyncpg",
 )
 # SQLite cannot wake a process from another one: poll often (a cheap indexed query).
 SQLITE = Dialect(
@@ -184,6 +145,7 @@ SQLITE = Dialect(
     wakes_on_commit=False,
     outbox_poll_seconds=0.2,
     combines_writes=False,
+    direct_driver="sqlite3",
     one_writer=True,
 )
 _BY_NAME = {d.name: d for d in (POSTGRESQL, SQLITE)}
@@ -206,80 +168,14 @@ def dialect_of(bind: AsyncSession | AsyncConnection | AsyncEngine) -> Dialect:
     return _BY_NAME[engine.dialect.name]
 
 
-@dataclass(frozen=True)
-class StepContext:
-    """What a step's statement is built from: the dialect, its own parameters, its gate."""
-
-    dialect: Dialect
-    step: str
-    # True only when the chain's first write wrote a row (for the first: when the guard found
-    # its row): a step puts it in its WHERE (an INSERT through `from_select`).
-    gate: ColumnElement[bool]
-
-    def param(self, name: str, type_: TypeEngine[Any] | None = None) -> BindParameter[Any]:
-        """The step's parameter `name`, filled from `params[step][name]` at run time."""
-        return bindparam(f"{self.step}__{name}", type_=type_)
-
-
-@dataclass(frozen=True)
-class Step:
-    """One write of a chain, named; `build` makes its statement, with a RETURNING clause."""
-
-    name: str
-    build: Callable[[StepContext], Any]
-
-
-# Writes that go together: the first (typically recording an event) gates the others.
-Chain = tuple[Step, ...]
-
-
-def _flat(params: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
-    return {
-        f"{step}__{name}": value
-        for step, values in params.items()
-        for name, value in values.items()
-    }
-
-
-@functools.cache
-def _single(dialect: Dialect, step: Step) -> Any:
-    """A step alone, for a dialect that runs a chain statement by statement."""
-    return step.build(StepContext(dialect, step.name, true()))
-
-
-@functools.cache
-def _combined(dialect: Dialect, chain: Chain, guard: Step | None = None) -> Any:
-    """The chain as one statement of data-modifying CTEs, answering each step's row count;
-    the first write gated by the guard's row, if any, and the others by the first's.
-
-    Built once per chain: SQLAlchemy then reuses its compiled form.
-    """
-    first, *rest = chain
-    steps, ctes = list(chain), []
-    if guard is not None:
-        steps.insert(0, guard)
-        ctes.append(guard.build(StepContext(dialect, guard.name, true())).cte(f"w_{guard.name}"))
-    gate = exists(select(literal(1)).select_from(ctes[0])) if ctes else true()
-    recorded = first.build(StepContext(dialect, first.name, gate)).cte(f"w_{first.name}")
-    gate = exists(select(literal(1)).select_from(recorded))
-    ctes += [recorded] + [
-        step.build(StepContext(dialect, step.name, gate)).cte(f"w_{step.name}") for step in rest
-    ]
-    return select(
-        *(
-            select(func.count()).select_from(cte).scalar_subquery().label(step.name)
-            for step, cte in zip(steps, ctes, strict=True)
-        )
-    )
-
-
 def is_retryable(exc: BaseException) -> bool:
-    """Lock contention or a serialization conflict, in either dialect's words."""
-    if not isinstance(exc, DBAPIError):
-        return False
-    orig = exc.orig
+    """Lock contention or a serialization conflict, in either dialect's words (as SQLAlchemy
+    wraps it, or as the driver raised it)."""
+    orig = exc.orig if isinstance(exc, DBAPIError) else exc
     if getattr(orig, "sqlstate", None) in RETRYABLE_SQLSTATES:
         return True
+    if not isinstance(exc, DBAPIError) and not isinstance(orig, sqlite3.OperationalError):
+        return False
     text = str(orig).lower()
     return "database is locked" in text or "database is busy" in text
 

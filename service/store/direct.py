@@ -12,6 +12,7 @@ commands, the rare webhook that finds no job) keeps the session on psycopg.
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import contextlib
 import functools
@@ -21,6 +22,7 @@ from typing import Any, TypeVar, cast
 
 import asyncpg
 from sqlalchemy.dialects.postgresql import asyncpg as sa_asyncpg
+from sqlalchemy.engine import Dialect as SADialect
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.sql.compiler import SQLCompiler
 
@@ -31,17 +33,18 @@ T = TypeVar("T")
 
 # SQLAlchemy's asyncpg dialect writes the statements as asyncpg takes them: positional
 # parameters, each cast to its column's type, JSON serialised by the bind processors.
-_COMPILER_DIALECT = sa_asyncpg.dialect()  # type: ignore[no-untyped-call]
+_ASYNCPG = sa_asyncpg.dialect()  # type: ignore[no-untyped-call]
 
 
 @functools.cache
-def _compiled(statement: Any) -> SQLCompiler:
-    compiled = statement.compile(dialect=_COMPILER_DIALECT)
+def compiled_for(statement: Any, compiler: SADialect) -> SQLCompiler:
+    """`statement` as `compiler`'s driver takes it, compiled once."""
+    compiled = statement.compile(dialect=compiler)
     assert isinstance(compiled, SQLCompiler)
     return compiled
 
 
-def _bound(compiled: SQLCompiler, params: Mapping[str, Any]) -> list[Any]:
+def bound(compiled: SQLCompiler, params: Mapping[str, Any]) -> list[Any]:
     """The statement's parameters in order, as the driver takes them (JSON serialised, UTC
     checked)."""
     values = compiled.construct_params(dict(params))
@@ -52,22 +55,19 @@ def _bound(compiled: SQLCompiler, params: Mapping[str, Any]) -> list[Any]:
     ]
 
 
-class DirectConnection:
-    """An asyncpg connection outside any transaction: every statement commits before it
-    answers."""
+class DirectConnection(abc.ABC):
+    """A connection of the hot path; its statements' columns need no conversion on the way
+    out (text, numbers)."""
 
-    def __init__(self, connection: asyncpg.Connection, dialect: Dialect) -> None:
-        self._connection = connection
-        self.dialect = dialect
+    dialect: Dialect
 
+    @abc.abstractmethod
     async def first(self, statement: Any, params: Mapping[str, Any]) -> dict[str, Any] | None:
-        """Run `statement` and read its first row, if any (one exchange).
+        """Run `statement` and read its first row, if any."""
 
-        For statements whose columns need no conversion on the way out (text, numbers).
-        """
-        compiled = _compiled(statement)
-        row = await self._connection.fetchrow(compiled.string, *_bound(compiled, params))
-        return dict(row.items()) if row is not None else None
+    @abc.abstractmethod
+    async def rows(self, statement: Any, params: Mapping[str, Any]) -> int:
+        """Run `statement` and count the rows it answers (a write's RETURNING)."""
 
     async def one(self, statement: Any, params: Mapping[str, Any]) -> dict[str, Any]:
         row = await self.first(statement, params)
@@ -75,7 +75,41 @@ class DirectConnection:
         return row
 
 
-class DirectPool:
+class DirectPool(abc.ABC):
+    """Where the hot path gets its connections; `run` gives its work one."""
+
+    dialect: Dialect
+
+    @abc.abstractmethod
+    async def run(
+        self, work: Callable[[DirectConnection], Awaitable[T]], *, attempts: int = 8
+    ) -> T:
+        """`work`'s result; DatabaseUnavailable when the database is down, IntegrityError
+        (SQLAlchemy's, as the session raises it) when the work breaks a rule of the data."""
+
+    @abc.abstractmethod
+    async def close(self) -> None: ...
+
+
+class AsyncpgConnection(DirectConnection):
+    """An asyncpg connection outside any transaction: every statement commits before it
+    answers (one exchange each)."""
+
+    def __init__(self, connection: asyncpg.Connection, dialect: Dialect) -> None:
+        self._connection = connection
+        self.dialect = dialect
+
+    async def first(self, statement: Any, params: Mapping[str, Any]) -> dict[str, Any] | None:
+        compiled = compiled_for(statement, _ASYNCPG)
+        row = await self._connection.fetchrow(compiled.string, *bound(compiled, params))
+        return dict(row.items()) if row is not None else None
+
+    async def rows(self, statement: Any, params: Mapping[str, Any]) -> int:
+        compiled = compiled_for(statement, _ASYNCPG)
+        return len(await self._connection.fetch(compiled.string, *bound(compiled, params)))
+
+
+class AsyncpgPool(DirectPool):
     """Up to `size` asyncpg connections, opened on demand like the engine's pool: an outage
     fails the next checkout at once (a 503), and the first checkout after it reconnects."""
 
@@ -108,7 +142,7 @@ class DirectPool:
         clean = False
         try:
             connection = self._idle.pop() if self._idle else await self._connect()
-            yield DirectConnection(connection, self.dialect)
+            yield AsyncpgConnection(connection, self.dialect)
             clean = True
         finally:
             if connection is not None:
@@ -176,5 +210,13 @@ def _is_outage(exc: asyncpg.PostgresError) -> bool:
 
 def open_direct(database_url: str, size: int = 10) -> DirectPool | None:
     """The hot path's pool, where the database's dialect has a direct driver; else None."""
+    from service.store.direct_sqlite import SqlitePool  # it builds on this module
+
     dialect = dialect_for(database_url)
-    return DirectPool(database_url, dialect, size) if dialect.direct_driver else None
+    if dialect.direct_driver == "asyncpg":
+        return AsyncpgPool(database_url, dialect, size)
+    path = dialect.file_path(database_url)
+    if dialect.direct_driver == "sqlite3" and path is not None:
+        # One connection: SQLite takes one writer at a time anyway.
+        return SqlitePool(path, dialect)
+    return None

@@ -12,7 +12,6 @@ from typing import Any, TypeVar
 
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError, OperationalError
-from sqlalchemy.engine import Engine
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from service.store.dialect import dialect_for, dialect_of, is_retryable
@@ -55,23 +54,33 @@ def is_unavailable(exc: BaseException) -> bool:
     return isinstance(exc, OSError | TimeoutError)
 
 
-# Per event loop (an asyncio.Lock belongs to one), per engine: the lock its transactions queue
-# on where the database has one writer at a time.
-_WRITERS: weakref.WeakKeyDictionary[
-    asyncio.AbstractEventLoop, weakref.WeakKeyDictionary[Engine, asyncio.Lock]
-] = weakref.WeakKeyDictionary()
+# Per event loop (an asyncio.Lock belongs to one), per database file: the lock a process's
+# transactions queue on where the database takes one writer at a time.
+_WRITERS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, asyncio.Lock]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+@contextlib.asynccontextmanager
+async def writer_turn(path: Path) -> AsyncIterator[None]:
+    """This process's turn to write to the database file `path` (the engine's sessions and
+    the hot path's own connection, store/direct_sqlite.py, take the same turns)."""
+    locks = _WRITERS.setdefault(asyncio.get_running_loop(), {})
+    async with locks.setdefault(str(path), asyncio.Lock()):
+        yield
 
 
 @contextlib.asynccontextmanager
 async def _turn(sessions: async_sessionmaker[AsyncSession]) -> AsyncIterator[None]:
     """This process's turn to write, where the database takes one writer at a time."""
     bind = sessions.kw.get("bind")
-    if not isinstance(bind, AsyncEngine) or not dialect_of(bind).one_writer:
+    path = None
+    if isinstance(bind, AsyncEngine) and dialect_of(bind).one_writer:
+        path = dialect_of(bind).file_path(bind.url.render_as_string(hide_password=False))
+    if path is None:
         yield
         return
-    engines = _WRITERS.setdefault(asyncio.get_running_loop(), weakref.WeakKeyDictionary())
-    lock = engines.setdefault(bind.sync_engine, asyncio.Lock())
-    async with lock:
+    async with writer_turn(path):
         yield
 
 

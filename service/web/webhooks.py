@@ -66,7 +66,7 @@ async def _handle(
     settings = runtime.settings
     if settings.allowed_ips and not in_networks(client, settings.allowed_ips):
         raise RequestRefused(403, "forbidden", "this client may not call the webhook")
-    headers = request.headers
+    headers = _first_of_each(request)
     signed: SignedHeaders | None = None
     # Everything the headers alone can refuse is refused before the body is read: a stranger's
     # unsigned or stale request costs no memory for its body.
@@ -130,6 +130,15 @@ async def _handle(
         notification_enqueued=result.notification_enqueued,
     )
     return JSONResponse({"status": result.outcome.value, "request_id": result.request_id})
+
+
+def _first_of_each(request: Request) -> dict[str, str]:
+    """The request's headers by lower-case name, the first of a repeated one (as Starlette's
+    `headers[name]`): a dozen look-ups follow, and each of Starlette's scans the whole list."""
+    found: dict[str, str] = {}
+    for name, value in request.headers.items():
+        found.setdefault(name, value)
+    return found
 
 
 async def _ingest(runtime: Runtime, delivery: Delivery) -> Result:
