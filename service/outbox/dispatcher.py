@@ -124,8 +124,12 @@ class Dispatcher:
         return lambda session: queue.claim(session, self.worker, limit, self.lease)
 
     async def _idle(self, seconds: float) -> None:
-        """Sleep until woken by a commit, a finished send, or the poll interval."""
-        waiters: list[asyncio.Task[Any]] = [asyncio.create_task(self.wakeup.wait())]
+        """Sleep until a commit wakes it (if a send could start), a send ends, or `seconds`."""
+        waiters: list[asyncio.Task[Any]] = []
+        # With every slot taken a new row cannot be claimed anyway: under load each webhook's
+        # commit woke the loop only to find that, several hundred times a second.
+        if len(self.in_flight) < self.max_in_flight:
+            waiters.append(asyncio.create_task(self.wakeup.wait()))
         if self.in_flight:
             waiters.append(
                 asyncio.create_task(
