@@ -44,15 +44,32 @@ def compiled_for(statement: Any, compiler: SADialect) -> SQLCompiler:
     return compiled
 
 
+_REQUIRED = object()
+
+
+@functools.cache
+def _positions(compiled: SQLCompiler) -> tuple[tuple[str, Callable[[Any], Any] | None, Any], ...]:
+    """Each parameter in order: its name, its bind processor, and its value when the statement
+    fixes it (a literal) rather than the caller."""
+    processors = cast(Mapping[str, Callable[[Any], Any]], compiled._bind_processors)
+    positions = []
+    for name in compiled.positiontup or ():
+        bind = compiled.binds[name]
+        assert not bind.expanding, "the hot path's statements have no IN lists"
+        fixed = _REQUIRED if bind.required else bind.effective_value
+        positions.append((name, processors.get(name), fixed))
+    return tuple(positions)
+
+
 def bound(compiled: SQLCompiler, params: Mapping[str, Any]) -> list[Any]:
     """The statement's parameters in order, as the driver takes them (JSON serialised, UTC
-    checked)."""
-    values = compiled.construct_params(dict(params))
-    processors = cast(Mapping[str, Callable[[Any], Any]], compiled._bind_processors)
-    order = compiled.positiontup or ()
-    return [
-        processors[name](values[name]) if name in processors else values[name] for name in order
-    ]
+    checked). What SQLAlchemy's construct_params does for these statements, worked out once
+    per statement instead of once per call."""
+    values = []
+    for name, process, fixed in _positions(compiled):
+        value = params[name] if fixed is _REQUIRED else params.get(name, fixed)
+        values.append(process(value) if process is not None else value)
+    return values
 
 
 class DirectConnection(abc.ABC):
