@@ -29,7 +29,6 @@ import tempfile
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import psycopg
 import uvloop
@@ -37,6 +36,7 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.types import ASGIApp, Message
 
+from bench.accounting import Window
 from bench.floor import (
     SQLITE_TABLE,
     TABLE,
@@ -112,8 +112,9 @@ async def _call(app: ASGIApp, body: bytes, headers: list[tuple[bytes, bytes]]) -
     return statuses[0]
 
 
-def webhooks(kind: str, count: int, floor: bool) -> float:
-    """CPU ms per signed completion (the floor's endpoint when `floor`)."""
+def webhooks(kind: str, count: int, floor: bool) -> tuple[float, float | None]:
+    """CPU ms per signed completion (the floor's endpoint when `floor`): this process's, and
+    on PostgreSQL its backends' (those connected to the benchmark's database)."""
     signer = FalSigner()
     with database(kind) as url, JwksServer([signer]) as jwks:
         migrate.upgrade(url)
@@ -137,10 +138,27 @@ def webhooks(kind: str, count: int, floor: bool) -> float:
             with psycopg.connect(conninfo(url), autocommit=True) as connection:
                 connection.execute(TABLE)
             app = create_floor_app(url)
-        return uvloop.run(_measure(app, requests))
+        backends = _backends(url) if kind == "postgresql" else None
+        return uvloop.run(_measure(app, requests, backends))
 
 
-async def _measure(app: ASGIApp, requests: list[tuple[bytes, list[tuple[bytes, bytes]]]]) -> float:
+def _backends(url: str) -> Callable[[], list[int]]:
+    def pids() -> list[int]:
+        with psycopg.connect(conninfo(url), autocommit=True) as connection:
+            rows = connection.execute(
+                "SELECT pid FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            ).fetchall()
+        return [int(pid) for (pid,) in rows]
+
+    return pids
+
+
+async def _measure(
+    app: ASGIApp,
+    requests: list[tuple[bytes, list[tuple[bytes, bytes]]]],
+    backends: Callable[[], list[int]] | None,
+) -> tuple[float, float | None]:
     async with lifespan(app):
         for body, headers in requests[:WARM_UP]:
             assert await _call(app, body, headers) == 200
@@ -151,11 +169,15 @@ async def _measure(app: ASGIApp, requests: list[tuple[bytes, list[tuple[bytes, b
                 status = await _call(app, body, headers)
                 assert status == 200, status
 
+        window = Window({"postgres": backends} if backends else {})
         before = os.times()
-        await asyncio.gather(*(lane(measured[i::LANES]) for i in range(LANES)))
+        with window:
+            await asyncio.gather(*(lane(measured[i::LANES]) for i in range(LANES)))
         after = os.times()
     cpu = (after.user - before.user) + (after.system - before.system)
-    return 1000 * cpu / len(measured)
+    server = window.seconds.get("postgres")
+    per = 1000 / len(measured)
+    return cpu * per, server * per if server is not None else None
 
 
 def sends(kind: str, count: int) -> float:
@@ -216,17 +238,28 @@ def main(argv: list[str] | None = None) -> None:
     with contextlib.redirect_stderr(sink):
         logs.configure("INFO", "json")
         kinds = ["postgresql", "sqlite"] if args.database == "both" else [args.database]
-        rows: list[tuple[str, Any, Any, Any]] = []
+        rows = []
         for kind in kinds:
             floor = webhooks(kind, args.webhooks, floor=True)
             product = webhooks(kind, args.webhooks, floor=False)
             drained = sends(kind, args.sends) if args.sends else None
             rows.append((kind, floor, product, drained))
-    print("| database | floor CPU ms/webhook | product CPU ms/webhook | drain loop CPU ms/send |")
+    print(
+        "| database | floor CPU ms/webhook (its backends) | product CPU ms/webhook "
+        "(its backends) | drain loop CPU ms/send |"
+    )
     print("|---|---:|---:|---:|")
     for kind, floor, product, drained in rows:
-        per_send = f"{drained:.2f}" if drained is not None else "-"
-        print(f"| {kind} | {floor:.3f} | {product:.3f} | {per_send} |")
+        print(f"| {kind} | {_pair(floor)} | {_pair(product)} | {_number(drained, 2)} |")
+
+
+def _number(value: float | None, digits: int) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def _pair(values: tuple[float, float | None]) -> str:
+    own, server = values
+    return _number(own, 3) + ("" if server is None else f" ({server:.3f})")
 
 
 if __name__ == "__main__":
