@@ -62,9 +62,12 @@ class BotStack:
         )
 
     def __enter__(self) -> BotStack:
-        self.server.__enter__()
         try:
+            # The bot needs the migrated database to start, not the web service: the two
+            # interpreters start side by side.
+            self.server.start()
             self.bot.start()
+            self.server.wait_ready()
             wait_until(self._polling, 30, what=f"the bot's first {self.ready_call}")
         except BaseException:
             self.close()
