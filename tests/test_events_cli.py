@@ -15,9 +15,9 @@ from service.fal.payload import parse_body, parse_event
 from service.jobs.ingest import Delivery, Result, ingest
 from service.operator import show
 from service.operator_events import parse_since
-from service.store import migrate
 from service.store.models import Avatar, Notification, WebhookEvent
 from service.store.users import ensure_user
+from tests.support import schema
 from tests.support.db import attach_many, run
 from tests.support.servers import base_env, run_cli
 from tests.support.webhooks import fal_ok, legacy, new_request_id
@@ -66,7 +66,7 @@ def avatar_without_job(url: str) -> str:
 @pytest.fixture
 def url(database_url: str) -> str:
     # Migrated in this process: `python -m service migrate` itself is tests/test_cli.py's.
-    migrate.upgrade(database_url)
+    schema.upgrade(database_url)
     return database_url
 
 

@@ -15,7 +15,6 @@ from typing import IO
 
 import requests
 
-from service.store.migrate import upgrade
 from tests.support import procs
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -154,9 +153,12 @@ class GunicornServer(ServiceProcess):
         self.url = f"http://127.0.0.1:{self.port}"
         self.database_url = full["DATABASE_URL"]
         if migrate:
+            # Imported here: tests.support.schema uses tests.support.postgres, which uses this.
+            from tests.support import schema
+
             # In this process: the schema is the same as `python -m service migrate` makes
             # (tests/test_cli.py runs the command itself), without a second interpreter's start.
-            upgrade(self.database_url)
+            schema.upgrade(self.database_url)
 
     def wait_ready(self, timeout: float = 30.0) -> None:
         def ready() -> bool:
