@@ -15,7 +15,7 @@ from typing import IO
 
 import requests
 
-from tests.support import procs
+from tests.support import procs, schema
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -153,9 +153,6 @@ class GunicornServer(ServiceProcess):
         self.url = f"http://127.0.0.1:{self.port}"
         self.database_url = full["DATABASE_URL"]
         if migrate:
-            # Imported here: tests.support.schema uses tests.support.postgres, which uses this.
-            from tests.support import schema
-
             # In this process: the schema is the same as `python -m service migrate` makes
             # (tests/test_cli.py runs the command itself), without a second interpreter's start.
             schema.upgrade(self.database_url)
