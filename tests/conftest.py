@@ -37,14 +37,6 @@ structlog.configure(
 )
 
 
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """On a pytest-xdist worker, the torture scenarios first: each runs for tens of seconds,
-    and one started last keeps its worker busy while the others have nothing left to take.
-    In one process (`make test TEST_WORKERS=0`) the order stays the files'."""
-    if hasattr(config, "workerinput"):
-        items.sort(key=lambda item: item.get_closest_marker("torture") is None)
-
-
 # FAL's key set: one signing key, served by a local JWKS server. A test that wants its own
 # keys (rotation, a stranger's key) makes more FalSigner()s and add()s them to `jwks`.
 @pytest.fixture
