@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeVarTuple
 
-from sqlalchemy import Select, and_, select, update
+from sqlalchemy import Row, Select, and_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.jobs import registry
@@ -13,6 +13,8 @@ from service.jobs.states import AvatarStatus
 from service.outbox.states import REQUEUEABLE, NotificationState
 from service.store.models import Avatar, FalJob, Notification, User, utcnow
 from service.store.users import ensure_user
+
+Ts = TypeVarTuple("Ts")
 
 
 class NotFound(LookupError):
@@ -71,25 +73,33 @@ async def attach(
     return avatar_json(avatar, telegram_id, job)
 
 
-def _with_owner_and_job() -> Select[Avatar, int, FalJob]:
-    """Avatars with their owner's Telegram id and their training job (None if not submitted)."""
+def with_owner_and_job(
+    subject: Any, job_of: Any, kind: registry.JobKind
+) -> Select[Any, int, FalJob]:
+    """Rows of `subject` (Avatar, Generation) with its owner's Telegram id and its FAL job of
+    `kind` (None if not submitted), the job found by its column `job_of` naming the subject."""
     return (
-        select(Avatar, User.telegram_id, FalJob)
-        .join(User, User.id == Avatar.user_id)
-        .outerjoin(
-            FalJob,
-            and_(FalJob.avatar_id == Avatar.id, FalJob.kind == registry.JobKind.TRAINING.value),
-        )
+        select(subject, User.telegram_id, FalJob)
+        .join(User, User.id == subject.user_id)
+        .outerjoin(FalJob, and_(job_of == subject.id, FalJob.kind == kind.value))
     )
 
 
-async def show(session: AsyncSession, request_id: str) -> dict[str, Any]:
-    row = (
-        await session.execute(_with_owner_and_job().where(FalJob.request_id == request_id))
-    ).one_or_none()
+async def one(session: AsyncSession, query: Select[*Ts], missing: str) -> Row[*Ts]:
+    """The one row `query` finds; NotFound saying `missing` when there is none."""
+    row = (await session.execute(query)).one_or_none()
     if row is None:
-        raise NotFound(f"no avatar with request id {request_id}")
-    avatar, telegram_id, job = row
+        raise NotFound(missing)
+    return row
+
+
+def _with_owner_and_job() -> Select[Any, int, FalJob]:
+    return with_owner_and_job(Avatar, FalJob.avatar_id, registry.JobKind.TRAINING)
+
+
+async def show(session: AsyncSession, request_id: str) -> dict[str, Any]:
+    query = _with_owner_and_job().where(FalJob.request_id == request_id)
+    avatar, telegram_id, job = await one(session, query, f"no avatar with request id {request_id}")
     return avatar_json(avatar, telegram_id, job)
 
 

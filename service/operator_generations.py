@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import Select, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.jobs.registry import JobKind
 from service.jobs.states import GenerationStatus
-from service.operator import NotFound
-from service.store.models import FalJob, Generation, Notification, User, WebhookEvent
+from service.operator import one, with_owner_and_job
+from service.store.models import FalJob, Generation, Notification, WebhookEvent
 
 TABLE_COLUMNS = (
     "id", "telegram_id", "status", "num_images", "created_at", "fal_request_id", "label",
@@ -58,15 +58,8 @@ def generation_json(g: Generation, telegram_id: int, job: FalJob | None) -> dict
     }
 
 
-def _with_owner_and_job() -> Any:
-    return (
-        select(Generation, User.telegram_id, FalJob)
-        .join(User, User.id == Generation.user_id)
-        .outerjoin(
-            FalJob,
-            (FalJob.generation_id == Generation.id) & (FalJob.kind == JobKind.GENERATION.value),
-        )
-    )
+def _with_owner_and_job() -> Select[Any, int, FalJob]:
+    return with_owner_and_job(Generation, FalJob.generation_id, JobKind.GENERATION)
 
 
 async def list_generations(
@@ -95,12 +88,8 @@ async def _of(session: AsyncSession, model: Any, generation_id: str) -> list[Any
 
 async def show_generation(session: AsyncSession, generation_id: str) -> dict[str, Any]:
     """The generation with its FAL job, its events and its outcome's message."""
-    row = (
-        await session.execute(_with_owner_and_job().where(Generation.id == generation_id))
-    ).one_or_none()
-    if row is None:
-        raise NotFound(f"no generation {generation_id}")
-    generation, telegram_id, job = row
+    query = _with_owner_and_job().where(Generation.id == generation_id)
+    generation, telegram_id, job = await one(session, query, f"no generation {generation_id}")
     shown = generation_json(generation, telegram_id, job)
     shown["job"] = (
         {

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.support import postgres
+from tests.support import postgres, schema
 from tests.support.servers import GunicornServer, base_env, run_cli
 from tests.support.webhooks import fal_ok, new_request_id
 
@@ -85,7 +85,7 @@ def test_a_sqlite_backup_is_one_self_contained_file(tmp_path: Path) -> None:
     """No -wal beside it is needed: the copy is complete and passes the integrity check."""
     source = f"sqlite:///{tmp_path / 'source.db'}"
     env = base_env(DATABASE_URL=source)
-    run_cli("migrate", env=env)
+    schema.upgrade(source)
     run_cli("avatars", "attach", "--telegram-id", "1", "--name", "A", "--training-type",
             "portrait", "--request-id", "rid-1", env=env)  # fmt: skip
     backup = tmp_path / "copy.db"

@@ -22,14 +22,14 @@ from service.bot.webhook import (
     webhook_url,
 )
 from service.settings import Settings
-from service.store import migrate
 from tests.fakes.telegram_api import TEST_TOKEN, message_update
+from tests.support import schema
 
 SECRET = "s3cret_-token"
 
 
 def test_the_secret_is_generated_once_and_kept_in_the_database(database_url: str) -> None:
-    migrate.upgrade(database_url)
+    schema.upgrade(database_url)
 
     async def twice(settings: Settings) -> tuple[str, str]:
         # Two starts of the bot: two Services, one database.

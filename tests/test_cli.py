@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from service.fal.payload import parse_body, parse_event
 from service.jobs.ingest import Delivery, Result, ingest
 from service.store.models import Notification
+from tests.support import schema
 from tests.support.db import notifications, run
 from tests.support.servers import base_env, run_cli
 from tests.support.webhooks import fal_ok, new_request_id
@@ -31,7 +32,7 @@ def test_migrate_works_from_any_directory_with_a_relative_sqlite_path(tmp_path: 
 
 def test_attach_then_show_prints_the_avatar_as_json(tmp_path: Path) -> None:
     env = env_for(tmp_path)
-    run_cli("migrate", env=env)
+    schema.upgrade(env["DATABASE_URL"])
     rid = new_request_id()
     attached = json.loads(
         run_cli(
@@ -51,7 +52,7 @@ def test_attach_then_show_prints_the_avatar_as_json(tmp_path: Path) -> None:
 
 def test_show_of_an_unknown_request_id_exits_1_with_a_message(tmp_path: Path) -> None:
     env = env_for(tmp_path)
-    run_cli("migrate", env=env)
+    schema.upgrade(env["DATABASE_URL"])
     result = run_cli("avatars", "show", "--request-id", "nope", "--json", env=env, check=False)
     assert result.returncode == 1
     assert result.stdout == ""
@@ -60,7 +61,7 @@ def test_show_of_an_unknown_request_id_exits_1_with_a_message(tmp_path: Path) ->
 
 def test_attaching_a_request_id_twice_is_refused(tmp_path: Path) -> None:
     env = env_for(tmp_path)
-    run_cli("migrate", env=env)
+    schema.upgrade(env["DATABASE_URL"])
     args = ("avatars", "attach", "--telegram-id", "1", "--name", "A", "--training-type",
             "portrait", "--request-id", "same")  # fmt: skip
     run_cli(*args, env=env)
@@ -71,7 +72,7 @@ def test_attaching_a_request_id_twice_is_refused(tmp_path: Path) -> None:
 
 def test_list_filters_by_status(tmp_path: Path) -> None:
     env = env_for(tmp_path)
-    run_cli("migrate", env=env)
+    schema.upgrade(env["DATABASE_URL"])
     for rid in ("r1", "r2"):
         run_cli("avatars", "attach", "--telegram-id", "1", "--name", rid,
                 "--training-type", "portrait", "--request-id", rid, env=env)  # fmt: skip
@@ -91,7 +92,7 @@ def test_notifications_retry_requeues_one_all_failed_or_all_uncertain(tmp_path: 
 
     env = env_for(tmp_path)
     url = env["DATABASE_URL"]
-    run_cli("migrate", env=env)
+    schema.upgrade(env["DATABASE_URL"])
     for rid in ("n1", "n2", "n3"):
         run_cli("avatars", "attach", "--telegram-id", "1", "--name", rid,
                 "--training-type", "portrait", "--request-id", rid, env=env)  # fmt: skip

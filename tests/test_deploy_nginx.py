@@ -37,8 +37,7 @@ from tests.support.nginx import (
     SITE,
     Nginx,
     Reply,
-    TLSConnection,
-    call_once,
+    TLSFront,
     missing,
     nginx_test,
     running_nginx,
@@ -149,7 +148,7 @@ def stand_in() -> Iterator[StandIn]:
 
 
 @dataclass
-class Site:
+class Site(TLSFront):
     """nginx in front of an upstream: the stand-in or the real app."""
 
     kind: str
@@ -158,18 +157,9 @@ class Site:
     app: GunicornServer | None = None
     stub: StandIn | None = None
 
-    def connection(self, source: str = "127.0.0.1") -> TLSConnection:
-        return TLSConnection(self.nginx.port, self.context, source=source)
-
-    def call(
-        self,
-        method: str,
-        path: str,
-        body: bytes | None = None,
-        headers: dict[str, str] | None = None,
-        source: str = "127.0.0.1",
-    ) -> Reply:
-        return call_once(self.nginx.port, self.context, method, path, body, headers, source)
+    @property
+    def port(self) -> int:
+        return self.nginx.port
 
     def reached_upstream(self, marker: str) -> bool:
         return bool(self.nginx.entry(marker)["upstream_addr"])

@@ -28,10 +28,10 @@ from service.outbox.sender import Sender
 from service.outbox.states import NotificationState
 from service.outbox.telegram import sender_for
 from service.settings import Settings
-from service.store import migrate
 from service.store.engine import create_engine, run_transaction, sessionmaker
 from service.store.models import Notification
 from tests.fakes.telegram_api import FakeBotApi, Fault
+from tests.support import schema
 
 TOKEN = "123456:TEST-token-for-the-dispatcher"
 S = NotificationState
@@ -44,7 +44,7 @@ def api() -> Iterator[FakeBotApi]:
 
 
 def outbox_settings(database_url: str, api: FakeBotApi, **overrides: Any) -> Settings:
-    migrate.upgrade(database_url)
+    schema.upgrade(database_url)
     base = Settings(
         database_url=database_url,
         telegram_token=TOKEN,

@@ -17,6 +17,7 @@ from service.operator import show
 from service.operator_events import parse_since
 from service.store.models import Avatar, Notification, WebhookEvent
 from service.store.users import ensure_user
+from tests.support import schema
 from tests.support.db import attach_many, run
 from tests.support.servers import base_env, run_cli
 from tests.support.webhooks import fal_ok, legacy, new_request_id
@@ -64,7 +65,8 @@ def avatar_without_job(url: str) -> str:
 
 @pytest.fixture
 def url(database_url: str) -> str:
-    run_cli("migrate", env=base_env(DATABASE_URL=database_url))
+    # Migrated in this process: `python -m service migrate` itself is tests/test_cli.py's.
+    schema.upgrade(database_url)
     return database_url
 
 

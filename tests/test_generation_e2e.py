@@ -14,6 +14,7 @@ from tests.fakes.telegram_api import FakeBotApi, Fault
 from tests.fakes.telegram_media import Delivery
 from tests.support.bot import BotStack, Person, running_bot, start_training
 from tests.support.bot_generations import completed_avatar, event_outcomes, generations_of
+from tests.support.db import notifications
 from tests.support.servers import holds, wait_until
 
 # A wrong second album would leave within the outbox's poll on SQLite (0.2 s) plus the per-chat
@@ -179,7 +180,14 @@ def test_the_webhook_service_stopped_before_the_send_sends_one_album_after_resta
     # Telegram is down, so the outcome is committed and waits in the outbox.
     stack.api.plan("sendMediaGroup", [Fault.server_error(502)] * 50)
     assert stack.fal.complete(request.request_id) == 200
-    wait_until(lambda: stack.api.calls_to("sendMediaGroup"), 10, what="a refused send")
+
+    def refused_and_recorded() -> bool:
+        # Killed before the dispatcher wrote the refusal down, the row would stay `sending`
+        # under its lease (120 s) instead of waiting for its next attempt.
+        waiting = notifications(stack.database_url, "pending")
+        return any(n["chat_id"] == person.id and n["attempts"] >= 1 for n in waiting)
+
+    wait_until(refused_and_recorded, 10, what="a refused send, recorded")
     stack.server.kill()
     stack.api.plan("sendMediaGroup", [])
     stack.server.start()

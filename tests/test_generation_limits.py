@@ -13,8 +13,9 @@ from service.bot.generation import Choice, OverQuota, Reserved, TooManyRunning, 
 from service.bot.services import Services
 from service.fal.flux_lora import Frame
 from service.settings import Settings
-from service.store import generations, migrate
+from service.store import generations
 from service.store.models import Generation, utcnow
+from tests.support import schema
 from tests.support.bot_generations import completed_avatar, earlier_generation
 from tests.support.db import run
 
@@ -23,7 +24,7 @@ TELEGRAM_ID = 4242
 
 @pytest.fixture
 def db(database_url: str) -> str:
-    migrate.upgrade(database_url)
+    schema.upgrade(database_url)
     return database_url
 
 

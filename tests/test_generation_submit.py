@@ -21,10 +21,10 @@ from service.fal.payload import parse_body, parse_event
 from service.fal.queue import Submission
 from service.jobs.ingest import Delivery, Outcome, ingest
 from service.settings import Settings
-from service.store import migrate
 from service.store.models import FalJob, Generation, Notification
 from tests.fakes.fal_generation import FLUX_LORA
 from tests.fakes.fal_queue import FalQueueServer
+from tests.support import schema
 from tests.support.bot_generations import completed_avatar
 
 KEY = "fal-key-id:fal-key-secret"
@@ -41,7 +41,7 @@ def fal() -> Iterator[FalQueueServer]:
 def test_a_callback_before_the_record_is_applied_and_the_record_adds_the_urls(
     database_url: str, fal: FalQueueServer
 ) -> None:
-    migrate.upgrade(database_url)
+    schema.upgrade(database_url)
     settings = Settings(
         database_url=database_url,
         fal_key=KEY,

@@ -11,10 +11,10 @@ from service.fal.payload import Event, EventStatus, parse_body, parse_event
 from service.jobs.ingest import Delivery, Outcome, Result, ingest
 from service.jobs.registry import Source
 from service.operator import attach, show
-from service.store import migrate
 from service.store.engine import create_engine, run_transaction, sessionmaker
 from service.store.models import Avatar, FalJob, Notification, WebhookEvent
 from service.store.users import ensure_user
+from tests.support import schema
 from tests.support.db import run
 from tests.support.trainings import training_job
 from tests.support.webhooks import fal_error, fal_ok, legacy
@@ -59,7 +59,7 @@ def avatar(database_url: str, request_id: str) -> dict[str, Any]:
 
 
 def migrated(database_url: str) -> str:
-    migrate.upgrade(database_url)
+    schema.upgrade(database_url)
     return database_url
 
 

@@ -37,10 +37,11 @@ class JsonLogs:
 def json_logs(capsys: pytest.CaptureFixture[str]) -> Iterator[JsonLogs]:
     root = logging.getLogger()
     handlers, level = root.handlers[:], root.level
+    configured = structlog.get_config()
     try:
         yield JsonLogs(capsys)
     finally:
-        structlog.reset_defaults()
+        structlog.configure(**configured)
         root.handlers, root.level = handlers, level
         for name in ("httpx", "httpcore", "telegram.ext", "apscheduler"):
             logging.getLogger(name).setLevel(logging.NOTSET)

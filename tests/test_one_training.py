@@ -22,12 +22,13 @@ from service.store import migrate
 from service.store.engine import sync_url
 from service.store.models import Avatar, User
 from service.store.users import ensure_user
+from tests.support import schema
 from tests.support.db import run
 
 
 @pytest.fixture
 def db(database_url: str) -> str:
-    migrate.upgrade(database_url)
+    schema.upgrade(database_url)
     return database_url
 
 

@@ -30,9 +30,9 @@ from service.outbox.states import (
     after_send,
     can_move,
 )
-from service.store import migrate
 from service.store.dialect import dialect_for
 from service.store.models import Notification, utcnow
+from tests.support import schema
 from tests.support.db import run
 
 S = NotificationState
@@ -122,7 +122,7 @@ def ids(database_url: str) -> list[int]:
 
 @pytest.fixture
 def db(database_url: str) -> str:
-    migrate.upgrade(database_url)
+    schema.upgrade(database_url)
     return database_url
 
 
@@ -332,7 +332,7 @@ def test_retry_failed_requeues_only_the_failed(db: str) -> None:
 
 @pytest.mark.postgres
 def test_enqueue_wakes_listeners_on_commit_and_a_repeat_does_not(postgres_url: str) -> None:
-    migrate.upgrade(postgres_url)
+    schema.upgrade(postgres_url)
     conninfo = dialect_for(postgres_url).libpq_conninfo(postgres_url)
 
     async def scenario() -> list[str]:

@@ -8,25 +8,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from service.outbox.pacer import Pacer
+from tests.support.clock import FakeClock
 
 EPSILON = 1e-9
 
 
-class Clock:
-    """A monotonic clock that moves only when told to."""
-
-    def __init__(self, start: float = 1000.0) -> None:
-        self.now = start
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
 def test_a_burst_to_different_chats_is_spaced_by_the_global_rate() -> None:
-    clock = Clock()
+    clock = FakeClock()
     pacer = Pacer(rate=20, chat_interval=1.0, clock=clock)
     waits = [pacer.reserve(chat) for chat in range(60)]
     assert waits[0] == 0.0
@@ -37,7 +25,7 @@ def test_a_burst_to_different_chats_is_spaced_by_the_global_rate() -> None:
 
 
 def test_a_second_message_to_one_chat_waits_the_chat_interval_others_do_not() -> None:
-    clock = Clock()
+    clock = FakeClock()
     pacer = Pacer(rate=30, chat_interval=1.0, clock=clock)
     assert pacer.reserve(7) == 0.0
     # Another chat only waits its global slot, right behind the first message.
@@ -50,7 +38,7 @@ def test_a_second_message_to_one_chat_waits_the_chat_interval_others_do_not() ->
 
 
 def test_time_that_passed_counts_as_waited() -> None:
-    clock = Clock()
+    clock = FakeClock()
     pacer = Pacer(rate=10, chat_interval=1.0, clock=clock)
     pacer.reserve(1)
     clock.advance(0.4)
@@ -61,7 +49,7 @@ def test_time_that_passed_counts_as_waited() -> None:
 
 
 def test_a_429_pauses_every_chat_until_retry_after() -> None:
-    clock = Clock()
+    clock = FakeClock()
     pacer = Pacer(rate=30, chat_interval=1.0, clock=clock)
     assert pacer.paused_for() == 0.0
     already_reserved = pacer.reserve(1)
@@ -78,7 +66,7 @@ def test_a_429_pauses_every_chat_until_retry_after() -> None:
 
 
 def test_a_shorter_429_does_not_cut_a_longer_pause_short() -> None:
-    clock = Clock()
+    clock = FakeClock()
     pacer = Pacer(rate=30, chat_interval=1.0, clock=clock)
     pacer.pause(10.0)
     clock.advance(1.0)
@@ -90,7 +78,7 @@ def test_a_shorter_429_does_not_cut_a_longer_pause_short() -> None:
 
 
 def test_many_chats_are_forgotten_once_their_interval_passed_but_not_before() -> None:
-    clock = Clock()
+    clock = FakeClock()
     pacer = Pacer(rate=1000, chat_interval=1.0, clock=clock)
     for chat in range(10_001):
         pacer.reserve(chat)
@@ -101,7 +89,7 @@ def test_many_chats_are_forgotten_once_their_interval_passed_but_not_before() ->
 
 
 def test_an_album_counts_as_its_messages_for_the_chat_and_for_the_bot() -> None:
-    clock = Clock()
+    clock = FakeClock()
     pacer = Pacer(rate=10, chat_interval=1.0, clock=clock)
     # An album of four photos and its follow-up: five messages, sent together.
     assert pacer.reserve(7, messages=5) == 0.0
@@ -122,7 +110,7 @@ def test_an_album_counts_as_its_messages_for_the_chat_and_for_the_bot() -> None:
 def test_no_schedule_breaks_either_limit(
     rate: float, interval: float, steps: list[tuple[int, float, int]]
 ) -> None:
-    clock = Clock()
+    clock = FakeClock()
     pacer = Pacer(rate=rate, chat_interval=interval, clock=clock)
     # (when it goes out, the chat, how many messages it makes: 1, or an album and follow-up)
     sends: list[tuple[float, int, int]] = []

@@ -17,10 +17,10 @@ from service.jobs.ingest import Outcome
 from service.jobs.states import GenerationStatus
 from service.outbox.messages import MessageType
 from service.store import generations as quota
-from service.store import migrate
 from service.store.models import FalJob, Generation, utcnow
 from tests.fakes.fal_generation import FLUX_LORA
 from tests.fakes.fal_queue import FalQueueServer
+from tests.support import schema
 from tests.support.db import run
 from tests.support.files import FileServer
 from tests.support.generations import (
@@ -92,7 +92,7 @@ class Generations(World):
 
 @pytest.fixture
 def world(database_url: str, fal: FalQueueServer) -> Generations:
-    migrate.upgrade(database_url)
+    schema.upgrade(database_url)
     return Generations(database_url, fal)
 
 

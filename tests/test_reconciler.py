@@ -20,10 +20,11 @@ from service.jobs.ingest import Delivery, ingest
 from service.jobs.registry import Source
 from service.operator import attach
 from service.settings import Settings
-from service.store import migrate, training_data
+from service.store import training_data
 from service.store.models import Avatar, Notification, TrainingData, WebhookEvent, utcnow
 from service.store.users import ensure_user
 from tests.fakes.fal_queue import PORTRAIT, FalQueueServer
+from tests.support import schema
 from tests.support.files import FileServer
 from tests.support.images import png
 from tests.support.trainings import training_job
@@ -51,7 +52,7 @@ def files() -> Iterator[FileServer]:
 
 @pytest.fixture
 def db(database_url: str) -> str:
-    migrate.upgrade(database_url)
+    schema.upgrade(database_url)
     return database_url
 
 

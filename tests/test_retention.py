@@ -15,11 +15,11 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from service.fal.payload import parse_body, parse_event
 from service.jobs.ingest import Delivery, ingest
 from service.settings import Settings, SettingsError
-from service.store import migrate
 from service.store.engine import create_engine, sessionmaker
 from service.store.models import Avatar, Notification, WebhookEvent, utcnow
 from service.store.retention import Pruned, prune
 from service.store.users import ensure_user
+from tests.support import schema
 from tests.support.db import attach_many, run
 from tests.support.servers import base_env, run_cli
 from tests.support.trainings import training_job
@@ -84,7 +84,7 @@ def open_job_without_its_events(url: str, request_id: str) -> None:
 
 @pytest.fixture
 def url(database_url: str) -> str:
-    migrate.upgrade(database_url)
+    schema.upgrade(database_url)
     return database_url
 
 

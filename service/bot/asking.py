@@ -6,7 +6,9 @@ The reconciler, the "refresh" and "stop" buttons all learn this way: an event fr
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+import datetime as dt
+from collections.abc import Iterable
+from typing import Any, NamedTuple, Protocol
 
 import structlog
 from sqlalchemy import Exists, exists
@@ -30,6 +32,8 @@ class Asked(Protocol):
     def status_url(self) -> str | None: ...
     @property
     def response_url(self) -> str | None: ...
+    @property
+    def cancel_url(self) -> str | None: ...
     @property
     def subject(self) -> dict[str, str]:
         """Its subject's id, for the log."""
@@ -112,3 +116,38 @@ async def ask(svc: Services, job: Asked) -> QueueState | None:
             "reconciler_status_failed", **job.subject, request_id=job.request_id, error=str(exc)
         )
         return None
+
+
+class Tally(NamedTuple):
+    """What a pass over late jobs did: asked about, applied, failed after the hard limit."""
+
+    checked: int
+    applied: int
+    timed_out: int
+
+
+async def settle_late(
+    svc: Services, late: Iterable[tuple[Asked, dt.timedelta]], hard_limit: float, reason: str
+) -> Tally:
+    """Ask FAL about each late job (with its age) and apply a finished one's result; one older
+    than `hard_limit` seconds and still not done is cancelled at FAL (best effort) and failed
+    for `reason`."""
+    checked = applied = timed_out = 0
+    for job, age in late:
+        checked += 1
+        if await ask(svc, job) is QueueState.COMPLETED:
+            applied += 1
+        elif age.total_seconds() >= hard_limit:
+            await _give_up(svc, job, reason)
+            timed_out += 1
+    return Tally(checked, applied, timed_out)
+
+
+async def _give_up(svc: Services, job: Asked, reason: str) -> None:
+    if job.cancel_url is not None:
+        try:
+            # Stop paying for a job nobody will wait for; it may still finish anyway.
+            await svc.fal.cancel(job.cancel_url)
+        except FalError as exc:
+            log.warning("reconciler_cancel_failed", **job.subject, error=str(exc))
+    await fail(svc, job, reason)

@@ -11,7 +11,7 @@ from telegram import InlineKeyboardButton, Update
 from telegram.ext import ContextTypes
 
 from service.bot import keyboards, reconciler, training
-from service.bot.services import Services, lang, services
+from service.bot.services import Services, answer_tap, lang, services
 from service.bot.texts import Lang, age, kind_name, status_name, t
 from service.fal.payload import Event, EventStatus
 from service.fal.queue import CancelAnswer, FalError, FalNotFound, QueueState
@@ -72,8 +72,7 @@ def _line(language: Lang, avatar: Avatar) -> str:
 
 async def list_avatars(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     """Show the person's latest avatars with status, progress and age, and their buttons."""
-    if update.callback_query:
-        await update.callback_query.answer()
+    await answer_tap(update)
     person, chat = update.effective_user, update.effective_chat
     assert person is not None and chat is not None
     language = lang(update)

@@ -20,7 +20,7 @@ from service.bot.photos import (
     check_size,
     image_info,
 )
-from service.bot.services import lang, say
+from service.bot.services import answer_tap, lang, say
 from service.bot.texts import kind_name, t
 
 
@@ -114,8 +114,7 @@ async def _take(
 
 async def photos_done(update: Update, context: ContextTypes.DEFAULT_TYPE) -> int:
     """Finish the photos: show the summary, or say how many are still missing."""
-    if update.callback_query:
-        await update.callback_query.answer()
+    await answer_tap(update)
     draft = draft_of(context)
     if draft is None:
         return await ask_name(update, context)

@@ -45,7 +45,7 @@ from service.bot.photos import (
     Draft,
     clean_name,
 )
-from service.bot.services import lang, say, services
+from service.bot.services import answer_tap, lang, say, services
 from service.bot.texts import kind_name, t
 
 log = structlog.get_logger("service.bot.create")
@@ -125,8 +125,7 @@ async def start_training(update: Update, context: ContextTypes.DEFAULT_TYPE) -> 
 
 async def cancel(update: Update, context: ContextTypes.DEFAULT_TYPE) -> int:
     """Leave the conversation and drop the draft."""
-    if update.callback_query:
-        await update.callback_query.answer()
+    await answer_tap(update)
     forget(context)
     await say(update, t(lang(update), "cancelled"))
     return END

@@ -9,7 +9,7 @@ from telegram import CallbackQuery, Update
 from telegram.ext import ContextTypes, ConversationHandler
 
 from service.bot.photos import MAX_NAME_CHARS, Draft
-from service.bot.services import lang, say
+from service.bot.services import answer_tap, lang, say
 from service.bot.texts import t
 
 # Conversation states.
@@ -55,8 +55,7 @@ def hint(
 
 async def ask_name(update: Update, context: ContextTypes.DEFAULT_TYPE) -> int:
     """Begin a new avatar: forget any half-made one and ask for its name."""
-    if update.callback_query:
-        await update.callback_query.answer()
+    await answer_tap(update)
     forget(context)
     if context.user_data is not None:
         context.user_data.pop(GENERATION_KEY, None)

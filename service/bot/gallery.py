@@ -10,7 +10,7 @@ from telegram import InputMediaPhoto, Update
 from telegram.ext import ContextTypes
 
 from service.bot import generation, keyboards, launch
-from service.bot.services import lang, say, services
+from service.bot.services import answer_tap, lang, say, services
 from service.bot.styles import frame_label
 from service.bot.texts import Lang, age, t
 from service.fal.flux_lora import Frame
@@ -59,8 +59,7 @@ def _line(language: Lang, number: int, row: Generation) -> str:
 
 async def my_photos(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     """List the person's latest generations; a finished one can be sent again."""
-    if update.callback_query:
-        await update.callback_query.answer()
+    await answer_tap(update)
     person = update.effective_user
     assert person is not None
     language = lang(update)

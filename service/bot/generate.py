@@ -18,7 +18,7 @@ from telegram.ext import ContextTypes
 from service.bot import keyboards, launch, menu
 from service.bot.drafts import GENERATION_KEY
 from service.bot.generation import Choice
-from service.bot.services import Services, lang, say, services
+from service.bot.services import Services, answer_tap, lang, say, services
 from service.bot.styles import MAX_PROMPT_CHARS, PromptProblem, clean_prompt, frame_label, style
 from service.bot.texts import Lang, status_name, t
 from service.fal.flux_lora import Frame
@@ -83,14 +83,9 @@ async def _left(svc: Services, telegram_id: int) -> int:
     return await svc.transaction(work)
 
 
-async def _answer(update: Update) -> None:
-    if update.callback_query:
-        await update.callback_query.answer()
-
-
 async def begin(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     """Start from an avatar's button ("Generate", "New prompt"): ask for the style."""
-    await _answer(update)
+    await answer_tap(update)
     assert update.callback_query is not None and update.callback_query.data is not None
     await start(update, context, update.callback_query.data.rsplit(":", 1)[1])
 
@@ -155,17 +150,21 @@ async def generate_command(update: Update, context: ContextTypes.DEFAULT_TYPE) -
         await say(update, t(language, "gen_choose_avatar"), reply_markup=keyboards.rows(buttons))
 
 
+async def _tapped(update: Update, context: ContextTypes.DEFAULT_TYPE) -> tuple[Chosen | None, str]:
+    """Answer the button's tap: the choices made so far, and the value the button carries."""
+    await answer_tap(update)
+    query = update.callback_query
+    assert query is not None and query.data is not None
+    return chosen_of(context), query.data.rsplit(":", 1)[1]
+
+
 async def _outdated(update: Update) -> None:
     await say(update, t(lang(update), "gen_outdated"))
 
 
 async def choose_style(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     """Record a curated style and ask for the frame."""
-    await _answer(update)
-    chosen = chosen_of(context)
-    query = update.callback_query
-    assert query is not None and query.data is not None
-    key = query.data.rsplit(":", 1)[1]
+    chosen, key = await _tapped(update, context)
     if chosen is None or style(key) is None:
         await _outdated(update)
         return
@@ -176,7 +175,7 @@ async def choose_style(update: Update, context: ContextTypes.DEFAULT_TYPE) -> No
 
 async def choose_own(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     """Ask for a prompt of the person's own."""
-    await _answer(update)
+    await answer_tap(update)
     chosen = chosen_of(context)
     if chosen is None:
         await _outdated(update)
@@ -219,14 +218,11 @@ async def _ask_frame(update: Update, chosen: Chosen) -> None:
 
 async def choose_frame(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     """Record the frame and ask how many photos."""
-    await _answer(update)
-    chosen = chosen_of(context)
-    query = update.callback_query
-    assert query is not None and query.data is not None
+    chosen, value = await _tapped(update, context)
     if chosen is None or chosen.step not in (FRAME, COUNT):
         await _outdated(update)
         return
-    chosen.frame = Frame[query.data.rsplit(":", 1)[1].upper()]
+    chosen.frame = Frame[value.upper()]
     chosen.step = COUNT
     keep(context, chosen)
     language = lang(update)
@@ -248,14 +244,11 @@ async def choose_frame(update: Update, context: ContextTypes.DEFAULT_TYPE) -> No
 
 async def choose_count(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     """The last choice: submit."""
-    await _answer(update)
-    chosen = chosen_of(context)
-    query = update.callback_query
-    assert query is not None and query.data is not None
+    chosen, value = await _tapped(update, context)
     if chosen is None or chosen.step != COUNT or chosen.frame is None:
         await _outdated(update)
         return
-    count = int(query.data.rsplit(":", 1)[1])
+    count = int(value)
     choice = Choice(chosen.avatar_id, chosen.frame, count, chosen.style, chosen.own)
     if await launch.go(update, context, choice):
         assert context.user_data is not None

@@ -23,12 +23,11 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.bot.services import Services
 from service.bot.styles import compose, style
-from service.bot.submit import keep_answer
+from service.bot.submit import keep_job
 from service.fal import flux_lora
 from service.fal.flux_lora import Frame
 from service.fal.queue import FalError, Submission
 from service.jobs import registry
-from service.jobs.ingest import register
 from service.jobs.states import AvatarStatus, GenerationStatus
 from service.store import generations
 from service.store.models import Avatar, FalJob, Generation, User, utcnow
@@ -263,17 +262,7 @@ async def record(
         )
     ).scalar_one()
     job = await session.get(FalJob, submission.request_id)
-    known = job is not None
-    if job is None:
-        job = FalJob(
-            request_id=submission.request_id,
-            kind=registry.JobKind.GENERATION.value,
-            user_id=generation.user_id,
-            avatar_id=generation.avatar_id,
-            generation_id=generation.id,
-            submitted_at=generation.created_at,
-        )
-    elif job.generation_id != generation.id:
+    if job is not None and job.generation_id != generation.id:
         log.warning(
             "generation_request_mismatch",
             generation_id=generation_id,
@@ -281,10 +270,14 @@ async def record(
             registered_for=job.generation_id,
         )
         return generation.status
-    keep_answer(job, submission, app)
-    if not known:
-        # A callback that arrived before this commit and found nothing is applied now.
-        await register(session, job)
-    await session.flush()
+    new = FalJob(
+        request_id=submission.request_id,
+        kind=registry.JobKind.GENERATION.value,
+        user_id=generation.user_id,
+        avatar_id=generation.avatar_id,
+        generation_id=generation.id,
+        submitted_at=generation.created_at,
+    )
+    await keep_job(session, job, new, submission, app)
     await session.refresh(generation)
     return generation.status

@@ -8,7 +8,7 @@ from telegram.ext import ContextTypes
 from service.bot import keyboards
 from service.bot.drafts import GENERATION_KEY
 from service.bot.photos import MAX_PHOTOS, MIN_PHOTOS, MIN_SIDE
-from service.bot.services import lang, say, services
+from service.bot.services import answer_tap, lang, say, services
 from service.bot.texts import t
 from service.store.users import ensure_user
 
@@ -38,8 +38,7 @@ async def show_menu(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
 
 async def show_help(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     """Explain how creating an avatar works."""
-    if update.callback_query:
-        await update.callback_query.answer()
+    await answer_tap(update)
     chat = update.effective_chat
     assert chat is not None
     language = lang(update)

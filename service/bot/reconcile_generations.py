@@ -23,9 +23,8 @@ import structlog
 from sqlalchemy import and_, exists, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from service.bot.asking import ask, fail, result_pending
+from service.bot.asking import result_pending, settle_late
 from service.bot.services import Services
-from service.fal.queue import FalError, QueueState
 from service.jobs import generation
 from service.jobs.registry import JobKind
 from service.jobs.states import GenerationStatus
@@ -94,15 +93,9 @@ async def _abandoned(
     return list(rows.scalars())
 
 
-async def _give_up(svc: Services, job: Pending, policy: GenerationPolicy) -> None:
-    if job.cancel_url is not None:
-        try:
-            await svc.fal.cancel(job.cancel_url)
-        except FalError as exc:
-            log.warning("reconciler_cancel_failed", **job.subject, error=str(exc))
+def _too_late(policy: GenerationPolicy) -> str:
     minutes = policy.hard_limit / 60
-    reason = f"The photos did not finish within {minutes:g} minutes, so they were stopped."
-    await fail(svc, job, reason)
+    return f"The photos did not finish within {minutes:g} minutes, so they were stopped."
 
 
 async def reconcile_once(
@@ -113,11 +106,7 @@ async def reconcile_once(
     for generation_id in await svc.transaction(lambda s: _abandoned(s, policy, now)):
         interrupt = partial(generation.fail_interrupted, generation_id=generation_id, now=now)
         report.generations_interrupted += int(await svc.transaction(interrupt))
-    for job in await svc.transaction(lambda s: _late(s, policy, now)):
-        report.generations_checked += 1
-        state = await ask(svc, job)
-        if state is QueueState.COMPLETED:
-            report.generations_applied += 1
-        elif (now - job.submitted_at).total_seconds() >= policy.hard_limit:
-            await _give_up(svc, job, policy)
-            report.generations_timed_out += 1
+    late = await svc.transaction(lambda s: _late(s, policy, now))
+    ages = ((job, now - job.submitted_at) for job in late)
+    tally = await settle_late(svc, ages, policy.hard_limit, _too_late(policy))
+    report.generations_checked, report.generations_applied, report.generations_timed_out = tally

@@ -40,11 +40,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from service.bot import reconcile_generations, unconfirmed
 from service.bot.asking import Asked as Asked
 from service.bot.asking import apply as apply
-from service.bot.asking import ask, fail, result_pending
 from service.bot.asking import resolve as resolve
+from service.bot.asking import result_pending, settle_late
 from service.bot.reconcile_generations import GenerationPolicy
 from service.bot.services import Services
-from service.fal.queue import FalError, QueueState
 from service.jobs.registry import JobKind
 from service.jobs.states import AvatarStatus
 from service.settings import Settings
@@ -134,16 +133,9 @@ def training_of(avatar: Avatar, job: FalJob, result_pending: bool = False) -> Tr
     )
 
 
-async def _give_up(svc: Services, training: Training, policy: Policy) -> None:
-    if training.cancel_url is not None:
-        try:
-            # Stop paying for a training nobody will wait for; it may still finish anyway.
-            await svc.fal.cancel(training.cancel_url)
-        except FalError as exc:
-            log.warning("reconciler_cancel_failed", avatar_id=training.avatar_id, error=str(exc))
+def _too_late(policy: Policy) -> str:
     hours = policy.hard_limit / 3600
-    reason = f"The training did not finish within {hours:g} hours, so it was stopped."
-    await fail(svc, training, reason)
+    return f"The training did not finish within {hours:g} hours, so it was stopped."
 
 
 async def _candidates(session: AsyncSession, policy: Policy, now: dt.datetime) -> list[Training]:
@@ -190,14 +182,10 @@ async def reconcile_once(svc: Services, policy: Policy) -> Report:
     report.reverted += await svc.transaction(
         lambda s: unconfirmed.expire(s, policy.unconfirmed, now)
     )
-    for training in await svc.transaction(lambda s: _candidates(s, policy, now)):
-        report.checked += 1
-        state = await ask(svc, training)
-        if state is QueueState.COMPLETED:
-            report.applied += 1
-        elif (now - training.started_at).total_seconds() >= policy.hard_limit:
-            await _give_up(svc, training, policy)
-            report.timed_out += 1
+    late = await svc.transaction(lambda s: _candidates(s, policy, now))
+    ages = ((training, now - training.started_at) for training in late)
+    tally = await settle_late(svc, ages, policy.hard_limit, _too_late(policy))
+    report.checked, report.applied, report.timed_out = tally
     cutoff = now - dt.timedelta(seconds=policy.data_retention)
     report.purged = await svc.transaction(lambda s: training_data.purge_expired(s, cutoff))
     await reconcile_generations.reconcile_once(svc, policy.generations, report, now)

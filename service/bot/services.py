@@ -65,3 +65,9 @@ async def say(update: Update, text: str, **kwargs: Any) -> Message:
     chat = update.effective_chat
     assert chat is not None
     return await chat.send_message(text, **kwargs)
+
+
+async def answer_tap(update: Update) -> None:
+    """Answer the button tap the update is, if it is one (Telegram shows a spinner until then)."""
+    if update.callback_query:
+        await update.callback_query.answer()

@@ -98,13 +98,20 @@ async def back_to_draft(session: AsyncSession, avatar_id: str, error: str) -> No
     )
 
 
-def keep_answer(job: FalJob, submission: Submission, app: str) -> None:
-    """FAL's URLs for the job; a callback that raced the submission may have registered the
-    job from its hint without them."""
+async def keep_job(
+    session: AsyncSession, registered: FalJob | None, new: FalJob, submission: Submission, app: str
+) -> None:
+    """Keep FAL's answer (its URLs) on the subject's job: `registered`, when a callback that
+    raced the submission registered it from its hint without them, else `new`, registered now."""
+    job = registered or new
     job.app = app
     job.status_url = submission.status_url
     job.response_url = submission.response_url
     job.cancel_url = submission.cancel_url
+    if registered is None:
+        # A callback that arrived before this commit and found nothing is applied now.
+        await register(session, job)
+    await session.flush()
 
 
 async def record(session: AsyncSession, avatar_id: str, submission: Submission, app: str) -> str:
@@ -115,16 +122,7 @@ async def record(session: AsyncSession, avatar_id: str, submission: Submission, 
     if avatar.training_started_at is None:
         avatar.training_started_at = utcnow()
     job = await registry.training_of(session, avatar_id)
-    known = job is not None
-    if job is None:
-        job = FalJob(
-            request_id=submission.request_id,
-            kind=registry.JobKind.TRAINING.value,
-            user_id=avatar.user_id,
-            avatar_id=avatar.id,
-            submitted_at=avatar.training_started_at,
-        )
-    elif job.request_id != submission.request_id:
+    if job is not None and job.request_id != submission.request_id:
         log.warning(
             "training_request_mismatch",
             avatar_id=avatar_id,
@@ -132,10 +130,13 @@ async def record(session: AsyncSession, avatar_id: str, submission: Submission, 
             submitted=submission.request_id,
         )
         return avatar.status
-    keep_answer(job, submission, app)
-    if not known:
-        # A callback that arrived before this commit and found no avatar is applied now.
-        await register(session, job)
-    await session.flush()
+    new = FalJob(
+        request_id=submission.request_id,
+        kind=registry.JobKind.TRAINING.value,
+        user_id=avatar.user_id,
+        avatar_id=avatar.id,
+        submitted_at=avatar.training_started_at,
+    )
+    await keep_job(session, job, new, submission, app)
     await session.refresh(avatar)
     return avatar.status

@@ -196,41 +196,45 @@ async def prometheus(request: Request) -> Response:
     return Response(output, media_type=metrics.CONTENT_TYPE)
 
 
-def _database_gauges(counts: dict[str, Any]) -> list[tuple[str, str, dict[str, float], str]]:
+Gauge = tuple[str, str, dict[str, float], str]
+
+
+def _database_gauges(counts: dict[str, Any]) -> list[Gauge]:
     """(name, help, samples, label) of every gauge read from the database at a scrape."""
     # Every state, so a gauge falls back to 0 instead of vanishing when its last row moves.
     states = {s.value: 0.0 for s in NotificationState}
-    states.update({k: float(v) for k, v in counts["notifications"].items()})
-    avatars = {k: float(v) for k, v in counts["avatars"].items()}
-    generations = {k: float(v) for k, v in counts["generations"].items()}
-    events = {k: float(v) for k, v in counts["events"].items()}
-    oldest_pending = {"": float(counts["oldest_pending_age_seconds"] or 0.0)}
-    oldest_training = {"": float(counts["oldest_training_age_seconds"] or 0.0)}
-    oldest_generation = {"": float(counts["oldest_generation_age_seconds"] or 0.0)}
+    states.update(_by_label(counts["notifications"]))
+    events = _by_label(counts["events"])
     return [
         ("notifications", "Notifications in the outbox by state", states, "state"),
-        (
+        _oldest(
             "notification_oldest_pending_age_seconds",
             "Age of the oldest notification not yet sent",
-            oldest_pending,
-            "",
+            counts["oldest_pending_age_seconds"],
         ),
         ("webhook_events", "Webhook events recorded, by outcome", events, "outcome"),
-        ("avatars", "Avatars by status", avatars, "status"),
-        (
+        ("avatars", "Avatars by status", _by_label(counts["avatars"]), "status"),
+        _oldest(
             "training_oldest_running_age_seconds",
             "Age of the oldest training still running (training or cancelling), 0 if none",
-            oldest_training,
-            "",
+            counts["oldest_training_age_seconds"],
         ),
-        ("generations", "Generations by status", generations, "status"),
-        (
+        ("generations", "Generations by status", _by_label(counts["generations"]), "status"),
+        _oldest(
             "generation_oldest_unfinished_age_seconds",
             "Age of the oldest generation not finished (queued, running), 0 if none",
-            oldest_generation,
-            "",
+            counts["oldest_generation_age_seconds"],
         ),
     ]
+
+
+def _by_label(counted: dict[str, Any]) -> dict[str, float]:
+    return {label: float(count) for label, count in counted.items()}
+
+
+def _oldest(name: str, help_text: str, age: float | None) -> Gauge:
+    """A gauge without labels: an age in seconds, 0 when there is nothing to age."""
+    return (name, help_text, {"": float(age or 0.0)}, "")
 
 
 def _tls_metrics() -> str:

@@ -20,9 +20,9 @@ import httpx
 from starlette.types import ASGIApp, Message
 
 from service.settings import Settings
-from service.store import migrate
 from service.web.app import create_app
 from service.web.runtime import Runtime
+from tests.support import schema
 from tests.support.http import Answer
 
 T = TypeVar("T")
@@ -37,7 +37,7 @@ class InProcessApp:
 
     def __init__(self, settings: Settings, *, migrated: bool = True) -> None:
         if migrated:
-            migrate.upgrade(settings.database_url)
+            schema.upgrade(settings.database_url)
         self.settings = settings
         # The dispatcher needs a Bot API server and is tested on its own; the app without it
         # is everything the webhook answers.

@@ -13,10 +13,7 @@ import itertools
 from collections.abc import Iterator
 from typing import Any
 
-from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncSession
-
-from service.store.models import Avatar, User
+from service.store.models import Avatar
 from tests.fakes.fal_keys import FalSigner
 from tests.fakes.fal_queue import TEST_KEY, FalQueueServer
 from tests.fakes.telegram_api import (
@@ -28,7 +25,7 @@ from tests.fakes.telegram_api import (
     message_update,
     photo_update,
 )
-from tests.support.db import run
+from tests.support.db import owned_by
 from tests.support.images import png
 from tests.support.servers import GunicornServer, ServiceProcess, base_env, wait_until
 
@@ -65,9 +62,12 @@ class BotStack:
         )
 
     def __enter__(self) -> BotStack:
-        self.server.__enter__()
         try:
+            # The bot needs the migrated database to start, not the web service: the two
+            # interpreters start side by side.
+            self.server.start()
             self.bot.start()
+            self.server.wait_ready()
             wait_until(self._polling, 30, what=f"the bot's first {self.ready_call}")
         except BaseException:
             self.close()
@@ -205,16 +205,7 @@ def begin_avatar(person: Person, name: str, training_type: str = "portrait") -> 
 
 
 def avatars_of(database_url: str, telegram_id: int) -> list[Avatar]:
-    async def work(session: AsyncSession) -> list[Avatar]:
-        rows = await session.execute(
-            select(Avatar)
-            .join(User, User.id == Avatar.user_id)
-            .where(User.telegram_id == telegram_id)
-            .order_by(Avatar.created_at)
-        )
-        return list(rows.scalars())
-
-    return run(database_url, work)
+    return owned_by(database_url, telegram_id, Avatar)
 
 
 def start_training(stack: BotStack, person: Person, name: str, photos: int = 10) -> Any:

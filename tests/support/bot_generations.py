@@ -8,7 +8,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.store.models import Avatar, FalJob, Generation, User, WebhookEvent, new_id, utcnow
-from tests.support.db import run
+from tests.support.db import owned_by, run
 
 
 def completed_avatar(
@@ -70,16 +70,7 @@ def earlier_generation(
 
 
 def generations_of(database_url: str, telegram_id: int) -> list[Generation]:
-    async def work(session: AsyncSession) -> list[Generation]:
-        rows = await session.execute(
-            select(Generation)
-            .join(User, User.id == Generation.user_id)
-            .where(User.telegram_id == telegram_id)
-            .order_by(Generation.created_at)
-        )
-        return list(rows.scalars())
-
-    return run(database_url, work)
+    return owned_by(database_url, telegram_id, Generation)
 
 
 def job_of(database_url: str, generation_id: str) -> FalJob | None:

@@ -6,12 +6,15 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.operator import attach, list_notifications
 from service.store.engine import create_engine, run_transaction, sessionmaker
+from service.store.models import Avatar, Generation, User
 
 T = TypeVar("T")
+Owned = TypeVar("Owned", Avatar, Generation)
 
 
 def run(database_url: str, work: Callable[[AsyncSession], Awaitable[T]]) -> T:
@@ -43,3 +46,18 @@ def attach_many(
 
 def notifications(database_url: str, state: str | None = None) -> list[dict[str, Any]]:
     return run(database_url, lambda s: list_notifications(s, state))
+
+
+def owned_by(database_url: str, telegram_id: int, model: type[Owned]) -> list[Owned]:
+    """The person's rows of `model` (their avatars, their generations), oldest first."""
+
+    async def work(session: AsyncSession) -> list[Owned]:
+        rows = await session.execute(
+            select(model)
+            .join(User, User.id == model.user_id)
+            .where(User.telegram_id == telegram_id)
+            .order_by(model.created_at)
+        )
+        return list(rows.scalars())
+
+    return run(database_url, work)

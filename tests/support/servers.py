@@ -15,7 +15,7 @@ from typing import IO
 
 import requests
 
-from tests.support import procs
+from tests.support import procs, schema
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -153,7 +153,9 @@ class GunicornServer(ServiceProcess):
         self.url = f"http://127.0.0.1:{self.port}"
         self.database_url = full["DATABASE_URL"]
         if migrate:
-            run_cli("migrate", env=full)
+            # In this process: the schema is the same as `python -m service migrate` makes
+            # (tests/test_cli.py runs the command itself), without a second interpreter's start.
+            schema.upgrade(self.database_url)
 
     def wait_ready(self, timeout: float = 30.0) -> None:
         def ready() -> bool:
