@@ -108,6 +108,13 @@ def test_a_database_that_is_not_there_is_unavailable_at_once() -> None:
     assert time.monotonic() - started < 5
 
 
+def test_a_server_that_refuses_the_connection_is_unavailable(postgres_url: str) -> None:
+    """The server answers, but not for this database (dropped, say): a 503, not a 500."""
+    missing = postgres_url.rsplit("/", 1)[0] + "/no_such_database_here"
+    with pytest.raises(DatabaseUnavailable, match="does not exist"):
+        on_pool(missing, lambda pool: matched(pool, fal_ok("rid-d6")))
+
+
 def test_connections_killed_under_the_pool_give_one_503_then_reconnect(postgres_url: str) -> None:
     url = migrated(postgres_url)
     make_avatar(url, "rid-d4")

@@ -138,9 +138,14 @@ class AsyncpgPool(DirectPool):
 
     async def _connect(self) -> asyncpg.Connection:
         # The engine's own settings (dialect.py): a quick failure and a bound on every statement.
-        connection = await asyncpg.connect(
-            self._dsn, timeout=3, server_settings={"statement_timeout": "10000"}
-        )
+        try:
+            connection = await asyncpg.connect(
+                self._dsn, timeout=3, server_settings={"statement_timeout": "10000"}
+            )
+        except asyncpg.PostgresError as exc:
+            # Refused at the door (no such database, starting up, too many clients, a wrong
+            # password): whatever the SQLSTATE, the database is not there for this event.
+            raise DatabaseUnavailable(str(exc).splitlines()[0]) from exc
         # The bind processors have serialised JSON already: pass the text through.
         for json_type in ("json", "jsonb"):
             await connection.set_type_codec(
