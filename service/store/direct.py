@@ -16,7 +16,6 @@ import abc
 import asyncio
 import contextlib
 import functools
-import random
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any, TypeVar, cast
 
@@ -27,7 +26,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.sql.compiler import SQLCompiler
 
 from service.store.dialect import RETRYABLE_SQLSTATES, Dialect, dialect_for
-from service.store.engine import DatabaseUnavailable
+from service.store.engine import DatabaseUnavailable, pause_before_retry
 
 T = TypeVar("T")
 
@@ -198,7 +197,7 @@ class AsyncpgPool(DirectPool):
             except asyncpg.PostgresError as exc:
                 retryable = exc.sqlstate in RETRYABLE_SQLSTATES
                 if retryable and attempt < attempts:
-                    await asyncio.sleep(min(0.5, 0.01 * 2**attempt) * random.uniform(0.5, 1.5))
+                    await pause_before_retry(attempt)
                     continue
                 if retryable or _is_outage(exc):
                     raise DatabaseUnavailable(str(exc).splitlines()[0]) from exc

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import random
 import sqlite3
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -25,7 +24,7 @@ from sqlalchemy.exc import IntegrityError
 
 from service.store.dialect import SQLITE_PRAGMAS, Dialect, is_retryable
 from service.store.direct import DirectConnection, DirectPool, bound, compiled_for
-from service.store.engine import DatabaseUnavailable, writer_turn
+from service.store.engine import DatabaseUnavailable, pause_before_retry, writer_turn
 
 T = TypeVar("T")
 
@@ -114,7 +113,7 @@ class SqlitePool(DirectPool):
             except sqlite3.OperationalError as exc:
                 # Another process holds the write lock beyond the busy timeout: again, later.
                 if is_retryable(exc) and attempt < attempts:
-                    await asyncio.sleep(min(0.5, 0.01 * 2**attempt) * random.uniform(0.5, 1.5))
+                    await pause_before_retry(attempt)
                     continue
                 # Locked for good, a full disk, an unreadable file: not this event's fault.
                 raise DatabaseUnavailable(str(exc).splitlines()[0]) from exc

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import random
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
@@ -14,7 +15,7 @@ from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from service.store.dialect import dialect_for, dialect_of, is_retryable
+from service.store.dialect import dialect_for, is_retryable
 
 T = TypeVar("T")
 
@@ -70,18 +71,31 @@ async def writer_turn(path: Path) -> AsyncIterator[None]:
         yield
 
 
+@functools.lru_cache(maxsize=32)
+def _one_writer_file(url: URL) -> Path | None:
+    """The file whose writers take turns, for an engine's URL; None where writers need not.
+    Worked out once per engine, not on every transaction."""
+    database_url = url.render_as_string(hide_password=False)
+    dialect = dialect_for(database_url)
+    return dialect.file_path(database_url) if dialect.one_writer else None
+
+
 @contextlib.asynccontextmanager
 async def _turn(sessions: async_sessionmaker[AsyncSession]) -> AsyncIterator[None]:
     """This process's turn to write, where the database takes one writer at a time."""
     bind = sessions.kw.get("bind")
-    path = None
-    if isinstance(bind, AsyncEngine) and dialect_of(bind).one_writer:
-        path = dialect_of(bind).file_path(bind.url.render_as_string(hide_password=False))
+    path = _one_writer_file(bind.url) if isinstance(bind, AsyncEngine) else None
     if path is None:
         yield
         return
     async with writer_turn(path):
         yield
+
+
+async def pause_before_retry(attempt: int) -> None:
+    """The wait before running contended work again: growing with the attempt, with jitter
+    that spreads the retries of colliding workers apart."""
+    await asyncio.sleep(min(0.5, 0.01 * 2**attempt) * random.uniform(0.5, 1.5))
 
 
 async def run_transaction(
@@ -97,8 +111,7 @@ async def run_transaction(
                 return await work(session)
         except Exception as exc:
             if is_retryable(exc) and attempt < attempts:
-                # Jitter spreads the retries of colliding workers apart.
-                await asyncio.sleep(min(0.5, 0.01 * 2**attempt) * random.uniform(0.5, 1.5))
+                await pause_before_retry(attempt)
                 continue
             if is_retryable(exc) or is_unavailable(exc):
                 raise DatabaseUnavailable(str(exc).splitlines()[0]) from exc
