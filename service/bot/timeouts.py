@@ -133,6 +133,11 @@ async def sweep(application: BotApplication, svc: Services, idle_seconds: float)
                 data[EXPIRED_KEY] = True
         # Written even when memory held nothing (a row an earlier process left).
         application.mark_data_for_update_persistence(user_ids=end.user_id)
+    if ended:
+        # Stored before anyone is told: what the message says is already true when it
+        # arrives, and a crash between the two loses a notice rather than sending it twice.
+        await application.update_persistence()
+    for end in ended:
         try:
             await application.bot.send_message(
                 end.chat_id, t(lang_of(end.language), end.text, minutes=minutes)
@@ -140,8 +145,6 @@ async def sweep(application: BotApplication, svc: Services, idle_seconds: float)
         except TelegramError as exc:
             log.warning("timeout_message_failed", chat_id=end.chat_id, error=str(exc))
         log.info(end.text, chat_id=end.chat_id, idle_seconds=idle_seconds)
-    if ended:
-        await application.update_persistence()
     return len(ended)
 
 
