@@ -261,23 +261,22 @@ async def record(
             select(Generation).where(Generation.id == generation_id).with_for_update()
         )
     ).scalar_one()
-    job = await session.get(FalJob, submission.request_id)
-    if job is not None and job.generation_id != generation.id:
-        log.warning(
-            "generation_request_mismatch",
-            generation_id=generation_id,
-            request_id=submission.request_id,
-            registered_for=job.generation_id,
-        )
-        return generation.status
-    new = FalJob(
-        request_id=submission.request_id,
-        kind=registry.JobKind.GENERATION.value,
-        user_id=generation.user_id,
+    other = await keep_job(
+        session,
+        generation,
+        await session.get(FalJob, submission.request_id),
+        submission,
+        app,
+        kind=registry.JobKind.GENERATION,
         avatar_id=generation.avatar_id,
         generation_id=generation.id,
         submitted_at=generation.created_at,
     )
-    await keep_job(session, job, new, submission, app)
-    await session.refresh(generation)
+    if other is not None:
+        log.warning(
+            "generation_request_mismatch",
+            generation_id=generation_id,
+            request_id=submission.request_id,
+            registered_for=other.generation_id,
+        )
     return generation.status

@@ -6,6 +6,7 @@ See service.bot.training for the order of the steps and why it keeps every crash
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 
 import structlog
 from sqlalchemy import exists, select, update
@@ -20,7 +21,7 @@ from service.jobs import registry
 from service.jobs.ingest import register
 from service.jobs.states import AvatarStatus
 from service.store import training_data
-from service.store.models import Avatar, FalJob, utcnow
+from service.store.models import Avatar, FalJob, Generation, utcnow
 
 log = structlog.get_logger("service.bot.training")
 
@@ -99,11 +100,37 @@ async def back_to_draft(session: AsyncSession, avatar_id: str, error: str) -> No
 
 
 async def keep_job(
-    session: AsyncSession, registered: FalJob | None, new: FalJob, submission: Submission, app: str
-) -> None:
-    """Keep FAL's answer (its URLs) on the subject's job: `registered`, when a callback that
-    raced the submission registered it from its hint without them, else `new`, registered now."""
-    job = registered or new
+    session: AsyncSession,
+    subject: Avatar | Generation,
+    registered: FalJob | None,
+    submission: Submission,
+    app: str,
+    *,
+    kind: registry.JobKind,
+    avatar_id: str,
+    submitted_at: dt.datetime,
+    generation_id: str | None = None,
+) -> FalJob | None:
+    """Keep FAL's answer (its URLs) on the job of `subject` (locked by the caller), and read the
+    subject again: the events the job was waiting for may have moved it on.
+
+    The job is `registered`, when a callback that raced the submission registered it from its
+    hint without them, else a new one of `kind`, registered now. A job registered for another
+    request or another generation is left as it is and returned, for the caller to log.
+    """
+    # A generation's job is looked up by its request id, a training's by its avatar: either
+    # way it is this submission's only if both the request and the generation match.
+    this = (submission.request_id, generation_id)
+    if registered is not None and (registered.request_id, registered.generation_id) != this:
+        return registered
+    job = registered or FalJob(
+        request_id=submission.request_id,
+        kind=kind.value,
+        user_id=subject.user_id,
+        avatar_id=avatar_id,
+        generation_id=generation_id,
+        submitted_at=submitted_at,
+    )
     job.app = app
     job.status_url = submission.status_url
     job.response_url = submission.response_url
@@ -112,6 +139,8 @@ async def keep_job(
         # A callback that arrived before this commit and found nothing is applied now.
         await register(session, job)
     await session.flush()
+    await session.refresh(subject)
+    return None
 
 
 async def record(session: AsyncSession, avatar_id: str, submission: Submission, app: str) -> str:
@@ -121,22 +150,21 @@ async def record(session: AsyncSession, avatar_id: str, submission: Submission, 
     ).scalar_one()
     if avatar.training_started_at is None:
         avatar.training_started_at = utcnow()
-    job = await registry.training_of(session, avatar_id)
-    if job is not None and job.request_id != submission.request_id:
-        log.warning(
-            "training_request_mismatch",
-            avatar_id=avatar_id,
-            stored=job.request_id,
-            submitted=submission.request_id,
-        )
-        return avatar.status
-    new = FalJob(
-        request_id=submission.request_id,
-        kind=registry.JobKind.TRAINING.value,
-        user_id=avatar.user_id,
+    other = await keep_job(
+        session,
+        avatar,
+        await registry.training_of(session, avatar_id),
+        submission,
+        app,
+        kind=registry.JobKind.TRAINING,
         avatar_id=avatar.id,
         submitted_at=avatar.training_started_at,
     )
-    await keep_job(session, job, new, submission, app)
-    await session.refresh(avatar)
+    if other is not None:
+        log.warning(
+            "training_request_mismatch",
+            avatar_id=avatar_id,
+            stored=other.request_id,
+            submitted=submission.request_id,
+        )
     return avatar.status
