@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
-from sqlalchemy import JSON, Table, Text, bindparam, update
+from sqlalchemy import JSON, Text, bindparam, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.fal.payload import Event, EventStatus
@@ -18,11 +18,8 @@ from service.outbox.messages import Message, row_values
 from service.store.chains import Step, StepContext, write_chain
 from service.store.direct import DirectConnection
 from service.store.generations import WINDOW, photos_used_since
-from service.store.models import FalJob, Generation, User, UTCDateTime, utcnow
-
-generations = cast(Table, Generation.__table__)
-users = cast(Table, User.__table__)
-jobs = cast(Table, FalJob.__table__)
+from service.store.models import UTCDateTime, utcnow
+from service.store.tables import generations, jobs, users
 
 # GENERATIONS_PER_DAY's default; the processes that apply events set theirs (`set_quota`).
 DEFAULT_PER_DAY = 20

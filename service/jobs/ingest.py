@@ -11,11 +11,11 @@ import enum
 import hashlib
 import json
 from dataclasses import dataclass, replace
-from typing import Any, cast
+from typing import Any
 from urllib.parse import parse_qsl
 
 import structlog
-from sqlalchemy import Table, select, update
+from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.fal.payload import Event, EventStatus, PayloadError, parse_body, parse_event
@@ -24,11 +24,10 @@ from service.jobs.registry import ENQUEUED, Handler, JobKind, Plan, Source, Subj
 from service.store.chains import Chain, Step, StepContext, write_chain, write_guarded
 from service.store.dialect import dialect_of
 from service.store.direct import DirectConnection
-from service.store.models import FalJob, UTCDateTime, WebhookEvent, utcnow
+from service.store.models import FalJob, UTCDateTime, utcnow
+from service.store.tables import events
 
 log = structlog.get_logger(__name__)
-
-events = cast(Table, WebhookEvent.__table__)
 
 
 class Outcome(enum.StrEnum):

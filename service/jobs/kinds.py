@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol, TypeVar, cast
+from typing import Any, Protocol, TypeVar
 
 import structlog
 from sqlalchemy import ColumnElement, Select, Table, and_, bindparam, select
@@ -16,11 +16,7 @@ from service.jobs.registry import ENQUEUED, JobKind
 from service.outbox.messages import OUTBOX_CHANNEL
 from service.store.chains import Step, StepContext
 from service.store.direct import DirectConnection
-from service.store.models import FalJob, Notification, User
-
-jobs = cast(Table, FalJob.__table__)
-notifications = cast(Table, Notification.__table__)
-users = cast(Table, User.__table__)
+from service.store.tables import jobs, notifications, users
 
 log = structlog.get_logger("service.jobs.ingest")
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
-from sqlalchemy import Table, Text, delete, func, update
+from sqlalchemy import Text, delete, func, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.fal.payload import Event
@@ -17,12 +17,8 @@ from service.jobs.states import AvatarStatus, Change, transition
 from service.outbox.messages import Message, row_values
 from service.store.chains import Step, StepContext
 from service.store.direct import DirectConnection
-from service.store.models import Avatar, FalJob, TrainingData, User, UTCDateTime
-
-avatars = cast(Table, Avatar.__table__)
-users = cast(Table, User.__table__)
-jobs = cast(Table, FalJob.__table__)
-training_data = cast(Table, TrainingData.__table__)
+from service.store.models import UTCDateTime
+from service.store.tables import avatars, jobs, training_data, users
 
 
 @dataclass(frozen=True)

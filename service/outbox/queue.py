@@ -5,9 +5,9 @@ from __future__ import annotations
 import datetime as dt
 import random
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
-from sqlalchemy import Select, Table, func, select, update
+from sqlalchemy import Select, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.outbox.messages import OUTBOX_CHANNEL, Message, MessageType, row_values
@@ -15,13 +15,12 @@ from service.outbox.sender import SendResult
 from service.outbox.states import NotificationState, SendOutcome, after_send
 from service.store.dialect import dialect_of
 from service.store.models import Notification, utcnow
+from service.store.tables import notifications as _notifications
 
 MAX_ATTEMPTS = 20
 MAX_AGE = dt.timedelta(hours=2)
 BACKOFF_BASE_SECONDS = 1.0
 BACKOFF_CAP_SECONDS = 60.0
-
-_notifications = cast(Table, Notification.__table__)
 
 
 @dataclass(frozen=True)

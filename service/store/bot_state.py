@@ -5,15 +5,13 @@ from __future__ import annotations
 import datetime as dt
 import enum
 from collections.abc import Callable
-from typing import Any, cast
+from typing import Any
 
-from sqlalchemy import Table, delete, insert, select
+from sqlalchemy import delete, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.store.dialect import dialect_of
-from service.store.models import BotState
-
-state = cast(Table, BotState.__table__)
+from service.store.tables import bot_state as state
 
 
 class Scope(enum.StrEnum):

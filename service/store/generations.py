@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any, cast
+from typing import Any
 
-from sqlalchemy import ColumnElement, ScalarSelect, Table, func, select
+from sqlalchemy import ColumnElement, ScalarSelect, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from service.store.models import Generation
-
-generations = cast(Table, Generation.__table__)
+from service.store.tables import generations
 
 # The quota is rolling: the photos asked in the 24 hours before now.
 WINDOW = dt.timedelta(hours=24)

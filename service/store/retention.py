@@ -21,19 +21,15 @@ import datetime as dt
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any
 
 from sqlalchemy import Table, and_, delete, exists, func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from service.outbox.states import NotificationState
 from service.store.engine import run_transaction
-from service.store.models import Avatar, FalJob, Notification, WebhookEvent, utcnow
-
-events = cast(Table, WebhookEvent.__table__)
-avatars = cast(Table, Avatar.__table__)
-jobs = cast(Table, FalJob.__table__)
-notifications = cast(Table, Notification.__table__)
+from service.store.models import utcnow
+from service.store.tables import avatars, events, jobs, notifications
 
 # The avatar statuses after which nothing reads a training's events again. Spelled out here
 # (the store does not import jobs/): completed, failed, cancelled.
