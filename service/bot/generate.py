@@ -65,9 +65,14 @@ def chosen_of(context: ContextTypes.DEFAULT_TYPE) -> Chosen | None:
         return None
 
 
-def keep(context: ContextTypes.DEFAULT_TYPE, chosen: Chosen) -> None:
-    assert context.user_data is not None
+async def keep(update: Update, context: ContextTypes.DEFAULT_TYPE, chosen: Chosen) -> None:
+    """The choices so far, stored before the next question is asked: a bot killed once the
+    person has seen it still knows what they chose (the flush after every update comes only
+    after the reply)."""
+    assert context.user_data is not None and update.effective_user is not None
     context.user_data[GENERATION_KEY] = chosen.as_json()
+    context.application.mark_data_for_update_persistence(user_ids=update.effective_user.id)
+    await context.application.update_persistence()
 
 
 async def _left(svc: Services, telegram_id: int) -> int:
@@ -114,7 +119,7 @@ async def start(update: Update, context: ContextTypes.DEFAULT_TYPE, avatar_id: s
         status = status_name(language, avatar.status)
         await say(update, t(language, "gen_avatar_not_ready", name=avatar.name, status=status))
         return
-    keep(context, Chosen(avatar.id, avatar.name))
+    await keep(update, context, Chosen(avatar.id, avatar.name))
     left = await _left(svc, person.id)
     per_day = svc.settings.generations_per_day
     await say(
@@ -169,7 +174,7 @@ async def choose_style(update: Update, context: ContextTypes.DEFAULT_TYPE) -> No
         await _outdated(update)
         return
     chosen.style, chosen.own, chosen.step = key, None, FRAME
-    keep(context, chosen)
+    await keep(update, context, chosen)
     await _ask_frame(update, chosen)
 
 
@@ -181,7 +186,7 @@ async def choose_own(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None
         await _outdated(update)
         return
     chosen.step = PROMPT
-    keep(context, chosen)
+    await keep(update, context, chosen)
     await say(update, t(lang(update), "gen_ask_prompt", max=MAX_PROMPT_CHARS))
 
 
@@ -203,7 +208,7 @@ async def text(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         await say(update, t(language, str(problem), length=length, max=MAX_PROMPT_CHARS))
         return
     chosen.style, chosen.step = None, FRAME
-    keep(context, chosen)
+    await keep(update, context, chosen)
     await _ask_frame(update, chosen)
 
 
@@ -224,7 +229,7 @@ async def choose_frame(update: Update, context: ContextTypes.DEFAULT_TYPE) -> No
         return
     chosen.frame = Frame[value.upper()]
     chosen.step = COUNT
-    keep(context, chosen)
+    await keep(update, context, chosen)
     language = lang(update)
     person = update.effective_user
     assert person is not None
