@@ -26,6 +26,8 @@ from tests.support.trainings import Training
 # side by side on 2 cores (make test's workers) a starved dispatcher took over 0.5 s to commit
 # it; a resend by a live dispatcher would come a lease later, far outside this window.
 CRASH_WINDOW_SECONDS = 2.0
+# How long before the first delivery's record the dispatcher may have died with it in flight.
+IN_FLIGHT_SECONDS = 1.0
 TERMINAL = ("completed", "failed", "cancelled")
 
 
@@ -151,7 +153,9 @@ def tally(
             continue
         first = min(seen)
         duplicates += len(seen) - 1
-        gaps = [k.at - first for k in kills if k.leader and k.at - first >= 0]
+        # A kill may also come just before the first delivery is recorded: the send was on the
+        # socket when the dispatcher died, and Telegram's side took it a moment later.
+        gaps = [k.at - first for k in kills if k.leader and k.at - first >= -IN_FLIGHT_SECONDS]
         if gaps and min(gaps) <= CRASH_WINDOW_SECONDS:
             crash_window += len(seen) - 1
             crash_gaps.append(round(min(gaps), 3))
