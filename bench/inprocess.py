@@ -46,7 +46,7 @@ from bench.floor import (
 )
 from service import logs
 from service.outbox import queue
-from service.outbox.dispatcher import run_elected
+from service.outbox.leadership import run_elected
 from service.outbox.messages import Message as Outgoing
 from service.outbox.telegram import sender_for
 from service.settings import Settings

@@ -21,8 +21,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from service.outbox import queue
-from service.outbox.dispatcher import run_elected
-from service.outbox.leadership import LEADER_LOCK_KEY
+from service.outbox.leadership import LEADER_LOCK_KEY, run_elected
 from service.outbox.messages import Message
 from service.outbox.sender import Sender
 from service.outbox.states import NotificationState

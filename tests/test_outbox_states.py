@@ -31,6 +31,7 @@ from service.outbox.states import (
     can_move,
 )
 from service.store.dialect import dialect_for
+from service.store.direct import open_direct
 from service.store.models import Notification, utcnow
 from tests.support import schema
 from tests.support.db import run
@@ -108,6 +109,22 @@ def claim(
 
 
 def record(
+    database_url: str, claimed: queue.Claimed, result: SendResult, worker: str = "w1"
+) -> NotificationState:
+    """As the drain loop records: on a connection of the hot path's pool."""
+
+    async def go() -> NotificationState:
+        pool = open_direct(database_url)
+        assert pool is not None, database_url
+        try:
+            return await pool.run(lambda c: queue.record(c, worker, claimed, result))
+        finally:
+            await pool.close()
+
+    return asyncio.run(go())
+
+
+def record_in_session(
     database_url: str, claimed: queue.Claimed, result: SendResult, worker: str = "w1"
 ) -> NotificationState:
     return run(database_url, lambda s: queue.record(s, worker, claimed, result))
@@ -199,6 +216,48 @@ def test_sent_keeps_the_message_id_and_ends_the_lease(db: str) -> None:
     assert stored.telegram_message_id == 77
     assert stored.sent_at is not None and stored.lease_until is None
     assert claim(db) == []
+
+
+def test_what_a_send_did_not_give_keeps_what_was_stored_before(db: str) -> None:
+    # An album's checkpoint stored its file_ids and first message id; the follow-up's failure
+    # carries neither, and must not wipe them (a later claim sends only what is left).
+    item = claimed_one(db)
+    media = ({"file_id": "AgAD1"}, {"file_id": "AgAD2"})
+    partial = SendResult(SendOutcome.SENT, message_id=501, media=media)
+    run(db, lambda s: queue.checkpoint(s, "w1", item, partial, LEASE))
+    assert record(db, item, SendResult(SendOutcome.RETRY, error="502")) is S.PENDING
+    stored = row(db, item.id)
+    assert stored.media == list(media) and stored.telegram_message_id == 501
+    assert stored.sent_at is None and stored.chat_id == item.chat_id
+
+
+@pytest.mark.parametrize(
+    "result",
+    [
+        SendResult(SendOutcome.SENT, message_id=78, media=({"file_id": "AgAD3"},)),
+        SendResult(SendOutcome.UNCERTAIN, error="timed out"),
+        SendResult(SendOutcome.RATE_LIMITED, retry_after=3.0, error="429"),
+        SendResult(SendOutcome.RETRY, error="moved", migrate_to_chat_id=-1007),
+    ],
+    ids=lambda r: r.outcome.value,
+)
+def test_the_session_records_what_the_drain_loops_connection_records(
+    db: str, result: SendResult
+) -> None:
+    # The operator's and the tests' way and the drain loop's run the same statement.
+    by_pool, by_session = claimed_one(db, chat_id=-100), claimed_one(db, chat_id=-200)
+    assert record(db, by_pool, result) is record_in_session(db, by_session, result)
+    pool_row, session_row = row(db, by_pool.id), row(db, by_session.id)
+    for column in ("state", "last_error", "telegram_message_id", "media", "lease_until"):
+        assert getattr(pool_row, column) == getattr(session_row, column), column
+    assert (pool_row.sent_at is None) == (session_row.sent_at is None)
+    if result.migrate_to_chat_id is not None:
+        assert pool_row.chat_id == session_row.chat_id == result.migrate_to_chat_id
+    else:
+        assert (pool_row.chat_id, session_row.chat_id) == (-100, -200)
+    waits = [(r.next_attempt_at - r.updated_at).total_seconds() for r in (pool_row, session_row)]
+    if result.outcome is SendOutcome.RATE_LIMITED:
+        assert waits[0] == pytest.approx(3.0, abs=0.01) and waits[1] == pytest.approx(3.0, abs=0.01)
 
 
 @pytest.mark.parametrize("outcome", [SendOutcome.UNDELIVERABLE, SendOutcome.UNCERTAIN])

@@ -10,36 +10,29 @@ senders during a hand-over never send the same row.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import os
 import socket
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-import psycopg
 import structlog
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from service import metrics
 from service.outbox import queue
-from service.outbox.leadership import LEADER_LOCK_KEY, leadership
 from service.outbox.messages import telegram_messages
 from service.outbox.pacer import Pacer
 from service.outbox.sender import Sender, SendResult, not_supported
-from service.outbox.states import SendOutcome
-from service.outbox.telegram import sender_for
+from service.outbox.states import NotificationState, SendOutcome
 from service.settings import Settings
 from service.store.dialect import dialect_for
+from service.store.direct import DirectConnection, DirectPool
 from service.store.engine import DatabaseUnavailable, run_transaction
 from service.store.models import utcnow
 
-# Re-exported for tests/support/stack.py, which finds the leader through pg_locks.
-__all__ = ["LEADER_LOCK_KEY", "Dispatcher", "poll_seconds", "run_elected"]
-
 log = structlog.get_logger("service.dispatcher")
 T = TypeVar("T")
-_NOT_CONFIGURED = "TELEGRAM_TOKEN is empty: notifications stay pending"
 
 
 def poll_seconds(settings: Settings) -> float:
@@ -56,9 +49,12 @@ class Dispatcher:
         sessions: async_sessionmaker[AsyncSession],
         sender: Sender,
         wakeup: asyncio.Event,
+        direct: DirectPool | None = None,
     ) -> None:
         self.settings = settings
         self.sessions = sessions
+        # Where sends are recorded, when the database has a driver of its own (the hot path's).
+        self.direct = direct
         self.sender = sender
         self.wakeup = wakeup
         self.worker = f"{socket.gethostname()}:{os.getpid()}"
@@ -157,9 +153,10 @@ class Dispatcher:
 
         async def checkpoint(partial: SendResult) -> None:
             # Briefly: the person waits for the follow-up, and the final record repeats it.
-            await self._write(
-                item, lambda s: queue.checkpoint(s, self.worker, item, partial, self.lease), 5
-            )
+            def work(session: AsyncSession) -> Awaitable[None]:
+                return queue.checkpoint(session, self.worker, item, partial, self.lease)
+
+            await self._write(item, lambda: run_transaction(self.sessions, work), 5)
 
         result = await self.sender.send(item.message, checkpoint)
         if result.outcome is SendOutcome.RATE_LIMITED:
@@ -168,12 +165,12 @@ class Dispatcher:
         return result
 
     async def _write(
-        self, item: queue.Claimed, work: Callable[[AsyncSession], Awaitable[T]], tries: int = 30
+        self, item: queue.Claimed, write: Callable[[], Awaitable[T]], tries: int = 30
     ) -> T | None:
         """What a send did must not be lost to a short database hiccup; None if it was."""
         for attempt in range(tries):
             try:
-                return await run_transaction(self.sessions, work)
+                return await write()
             except DatabaseUnavailable as exc:
                 log.warning("outbox_record_retry", notification_id=item.id, error=str(exc))
                 await asyncio.sleep(min(5.0, 0.2 * 2**attempt))
@@ -181,13 +178,21 @@ class Dispatcher:
         log.error("outbox_record_lost", notification_id=item.id)
         return None
 
+    async def _record(self, item: queue.Claimed, result: SendResult) -> NotificationState:
+        def work(target: AsyncSession | DirectConnection) -> Awaitable[NotificationState]:
+            return queue.record(target, self.worker, item, result)
+
+        if self.direct is not None:
+            return await self.direct.run(work)
+        return await run_transaction(self.sessions, work)
+
     async def _deliver(self, item: queue.Claimed) -> None:
         if item.message.message_type in self.sender.message_types:
             result = await self._send(item)
         else:
             # Nothing goes to Telegram, so neither a pacing slot nor a send is counted.
             result = not_supported(item.message)
-        state = await self._write(item, lambda s: queue.record(s, self.worker, item, result))
+        state = await self._write(item, lambda: self._record(item, result))
         if state is None:
             return
         if result.outcome is SendOutcome.SENT:
@@ -219,82 +224,3 @@ class Dispatcher:
         if count:
             log.info("outbox_expedited", notifications=count)
             self.wakeup.set()
-
-
-async def run_elected(
-    settings: Settings,
-    sessions: async_sessionmaker[AsyncSession],
-    wakeup: asyncio.Event,
-    make_sender: Callable[[], Sender] | None = None,
-) -> None:
-    """Try to lead; when leading, dispatch until leadership is lost or the task is cancelled."""
-    announced = False
-    while True:
-        try:
-            async with leadership(settings, wakeup) as lost:
-                if lost is not None:
-                    log.info("dispatcher_leader", worker=os.getpid())
-                    if not settings.telegram_configured and make_sender is None:
-                        if not announced:
-                            log.warning("telegram_not_configured", detail=_NOT_CONFIGURED)
-                            announced = True
-                        await lost
-                    else:
-                        await _lead(settings, sessions, wakeup, lost, make_sender)
-        except (OSError, psycopg.Error) as exc:
-            log.warning("dispatcher_election_failed", error=str(exc).strip().split("\n")[0])
-        except Exception:
-            # A bug must not silently end notifications for the life of the worker.
-            log.exception("dispatcher_failed")
-        await asyncio.sleep(settings.outbox_election_retry_seconds)
-
-
-async def _lead(
-    settings: Settings,
-    sessions: async_sessionmaker[AsyncSession],
-    wakeup: asyncio.Event,
-    lost: Awaitable[None],
-    make_sender: Callable[[], Sender] | None,
-) -> None:
-    sender = make_sender() if make_sender else sender_for(settings)
-    try:
-        await _start(sender)
-        await _drain_while_leading(settings, sessions, sender, wakeup, lost)
-    finally:
-        # Also when cancelled while Telegram is still down: its HTTP connections are closed.
-        with contextlib.suppress(Exception):
-            await sender.stop()
-
-
-async def _start(sender: Sender) -> None:
-    delay = 1.0
-    while True:
-        try:
-            await sender.start()
-            return
-        except Exception as exc:
-            # Telegram (or the configured Bot API server) is down: keep the rows, try later.
-            log.warning("telegram_start_failed", error=str(exc), retry_in=delay)
-            await asyncio.sleep(delay)
-            delay = min(60.0, delay * 2)
-
-
-async def _drain_while_leading(
-    settings: Settings,
-    sessions: async_sessionmaker[AsyncSession],
-    sender: Sender,
-    wakeup: asyncio.Event,
-    lost: Awaitable[None],
-) -> None:
-    dispatcher = Dispatcher(settings, sessions, sender, wakeup)
-    drain = asyncio.create_task(dispatcher.run())
-    leadership_lost = asyncio.ensure_future(lost)
-    try:
-        await asyncio.wait({drain, leadership_lost}, return_when=asyncio.FIRST_COMPLETED)
-        if leadership_lost.done():
-            log.warning("dispatcher_leadership_lost")
-    finally:
-        drain.cancel()
-        (outcome,) = await asyncio.gather(drain, return_exceptions=True)
-        if isinstance(outcome, Exception):
-            log.error("dispatcher_crashed", error=repr(outcome))

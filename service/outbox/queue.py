@@ -7,13 +7,14 @@ import random
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Select, func, select, update
+from sqlalchemy import JSON, Select, bindparam, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.outbox.messages import OUTBOX_CHANNEL, Message, MessageType, row_values
 from service.outbox.sender import SendResult
 from service.outbox.states import NotificationState, SendOutcome, after_send
 from service.store.dialect import dialect_of
+from service.store.direct import DirectConnection
 from service.store.models import Notification, utcnow
 from service.store.tables import notifications as _notifications
 
@@ -130,32 +131,71 @@ def backoff(attempts: int) -> float:
 
 
 async def record(
-    session: AsyncSession, worker: str, claimed: Claimed, result: SendResult
+    target: AsyncSession | DirectConnection, worker: str, claimed: Claimed, result: SendResult
 ) -> NotificationState:
-    """Store what the send did; returns the new state. A lost lease makes this a no-op."""
+    """Store what the send did; returns the new state. A lost lease makes this a no-op.
+
+    On the engine's session, or on a connection of the hot path's pool (the drain loop's
+    way: one prepared statement, without the session's transaction around it)."""
     now = utcnow()
     gave_up = claimed.attempts >= MAX_ATTEMPTS or now - claimed.created_at > MAX_AGE
     state = after_send(result.outcome, gave_up=gave_up)
-    values: dict[str, Any] = {
-        "state": state.value,
-        "updated_at": now,
-        "lease_until": None,
-        "last_error": result.error,
+    params: dict[str, Any] = {
+        "row_id": claimed.id,
+        "worker": worker,
+        "new_state": state.value,
+        "now": now,
+        "error": result.error,
+        "message_id": result.message_id,
+        "file_ids": list(result.media) if result.media is not None else None,
+        "sent": now if state is NotificationState.SENT else None,
+        "next_attempt": None,
+        "new_chat_id": None,
     }
-    values.update(_sent_values(result))
-    if state is NotificationState.SENT:
-        values.update(sent_at=now)
-    elif state is NotificationState.PENDING:
+    if state is NotificationState.PENDING:
         delay = (
             result.retry_after
             if result.outcome is SendOutcome.RATE_LIMITED
             else backoff(claimed.attempts)
         )
-        values.update(next_attempt_at=now + dt.timedelta(seconds=delay))
-        if result.migrate_to_chat_id is not None:
-            values.update(chat_id=result.migrate_to_chat_id)
-    await session.execute(_claimed_row(worker, claimed).values(**values))
+        params.update(next_attempt=now + dt.timedelta(seconds=delay))
+        params.update(new_chat_id=result.migrate_to_chat_id)
+    if isinstance(target, DirectConnection):
+        await target.rows(_RECORD, params)
+    else:
+        await target.execute(_RECORD, params)
     return state
+
+
+def _kept_unless(name: str, column: Any) -> Any:
+    """The parameter's value, or the column's own when the send gave none."""
+    return func.coalesce(bindparam(name, type_=column.type), column)
+
+
+# One statement for every outcome, so that it is compiled and prepared once: what an outcome
+# does not set (a message id, file_ids, the next attempt, a migrated chat) keeps its value.
+# Only while this worker's claim holds, as _claimed_row's.
+_n = _notifications.c
+_RECORD = (
+    update(_notifications)
+    .where(
+        _n.id == bindparam("row_id"),
+        _n.claimed_by == bindparam("worker"),
+        _n.state == NotificationState.SENDING.value,
+    )
+    .values(
+        state=bindparam("new_state", type_=_n.state.type),
+        updated_at=bindparam("now", type_=_n.updated_at.type),
+        lease_until=None,
+        last_error=bindparam("error", type_=_n.last_error.type),
+        telegram_message_id=_kept_unless("message_id", _n.telegram_message_id),
+        # SQL NULL for "none given" (the column type's JSON would send the JSON null).
+        media=func.coalesce(bindparam("file_ids", type_=JSON(none_as_null=True)), _n.media),
+        sent_at=_kept_unless("sent", _n.sent_at),
+        next_attempt_at=_kept_unless("next_attempt", _n.next_attempt_at),
+        chat_id=_kept_unless("new_chat_id", _n.chat_id),
+    )
+)
 
 
 async def checkpoint(

@@ -38,7 +38,7 @@ def create_app(settings: Settings, *, start_dispatcher: bool = True) -> Starlett
         background = None
         if start_dispatcher:
             # Every worker runs it; only the elected one sends (service/outbox/dispatcher.py).
-            from service.outbox.dispatcher import run_elected
+            from service.outbox.leadership import run_elected
 
             background = asyncio.create_task(
                 run_elected(settings, runtime.sessions, runtime.outbox_wakeup), name="dispatcher"
