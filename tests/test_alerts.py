@@ -3,7 +3,7 @@
 The alert rules pass `promtool check rules` and their unit tests (`promtool test rules`, with
 a control showing those tests catch a changed threshold). Then a real Prometheus (Debian's
 `prometheus`, on a free loopback port, with a private config and data directory, stopped by
-its PID) scrapes the real service every second while Telegram is down and FAL's signatures
+its PID) scrapes the real service twice a second while Telegram is down and FAL's signatures
 go wrong: an alert of the real rules file fires, the outbox alert's expression holds, every
 metric the rules name is served, and every panel query of the Grafana dashboard parses and
 returns a series.
@@ -127,10 +127,12 @@ class Monitored:
         return {a["labels"]["alertname"]: a["state"] for a in answer["data"]["alerts"]}
 
 
+# Twice a second: the fixture waits for a scrape five times and the alert for an evaluation;
+# nothing here depends on the interval (the rules' windows are minutes, a rate needs 2 samples).
 PROMETHEUS_CONFIG = """\
 global:
-  scrape_interval: 1s
-  evaluation_interval: 1s
+  scrape_interval: 500ms
+  evaluation_interval: 500ms
 rule_files:
   - {rules}
 scrape_configs:
@@ -142,8 +144,8 @@ scrape_configs:
 
 @pytest.fixture(scope="module")
 def monitored(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Monitored]:
-    """The service with Telegram down (answering 502) and a known FAL key set, scraped every
-    second by Prometheus with the project's rules, evaluated every second."""
+    """The service with Telegram down (answering 502) and a known FAL key set, scraped twice
+    a second by Prometheus with the project's rules, evaluated twice a second."""
     prometheus = tool("prometheus")
     tool("promtool")
     work = tmp_path_factory.mktemp("monitoring")
@@ -162,57 +164,66 @@ def monitored(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Monitored]:
         }
         service = GunicornServer(env, workers=2)
         service.cwd = work
-        with service:
-            # Telegram goes down once the dispatcher has started (its getMe answered):
-            # every call answered 502, as a proxy in front of it would.
-            wait_until(lambda: telegram.calls_to("getMe"), 30, what="the dispatcher's getMe")
-            telegram.down = True
-            port = free_port()
-            config = work / "prometheus.yml"
-            config.write_text(PROMETHEUS_CONFIG.format(rules=RULES, port=service.port))
-            log = (work / "prometheus.log").open("wb")
-            process = subprocess.Popen(
-                [prometheus, f"--config.file={config}", f"--storage.tsdb.path={work / 'data'}",
-                 f"--web.listen-address=127.0.0.1:{port}"],
-                stdout=log, stderr=subprocess.STDOUT, cwd=work,
-            )  # fmt: skip
-            try:
-                url = f"http://127.0.0.1:{port}"
+        # Prometheus starts first, on the service's port chosen already: this Prometheus hands
+        # its targets to the scrapers only on a 5 s tick, and the service starts meanwhile.
+        port = free_port()
+        config = work / "prometheus.yml"
+        config.write_text(PROMETHEUS_CONFIG.format(rules=RULES, port=service.port))
+        log = (work / "prometheus.log").open("wb")
+        process = subprocess.Popen(
+            [prometheus, f"--config.file={config}", f"--storage.tsdb.path={work / 'data'}",
+             f"--web.listen-address=127.0.0.1:{port}"],
+            stdout=log, stderr=subprocess.STDOUT, cwd=work,
+        )  # fmt: skip
+        try:
+            url = f"http://127.0.0.1:{port}"
 
-                def ready() -> bool:
-                    if process.poll() is not None:
-                        raise AssertionError((work / "prometheus.log").read_text()[-3000:])
-                    try:
-                        return requests.get(f"{url}/-/ready", timeout=1).status_code == 200
-                    except requests.RequestException:
-                        return False
+            def ready() -> bool:
+                if process.poll() is not None:
+                    raise AssertionError((work / "prometheus.log").read_text()[-3000:])
+                try:
+                    return requests.get(f"{url}/-/ready", timeout=1).status_code == 200
+                except requests.RequestException:
+                    return False
 
+            with service:
+                # Telegram goes down once the dispatcher has started (its getMe answered):
+                # every call answered 502, as a proxy in front of it would.
+                wait_until(lambda: telegram.calls_to("getMe"), 30, what="the dispatcher's getMe")
+                telegram.down = True
+                # Before the first scrape, which this Prometheus makes only after its tick.
+                trainings = attach_trainings(service)
                 wait_until(ready, 60, what="prometheus")
                 monitored = Monitored(service, url)
                 wait_until(lambda: monitored.query('up{job="aibots"} == 1'), 30,
                            what="the first scrape of the service")  # fmt: skip
-                drive(monitored, signer)
+                drive(monitored, signer, trainings)
                 yield monitored
-            finally:
-                if process.poll() is None:
-                    os.kill(process.pid, signal.SIGTERM)
-                    try:
-                        process.wait(timeout=30)
-                    except subprocess.TimeoutExpired:
-                        os.kill(process.pid, signal.SIGKILL)
-                        process.wait(timeout=10)
-                log.close()
+        finally:
+            if process.poll() is None:
+                os.kill(process.pid, signal.SIGTERM)
+                try:
+                    process.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    os.kill(process.pid, signal.SIGKILL)
+                    process.wait(timeout=10)
+            log.close()
 
 
-def drive(monitored: Monitored, signer: FalSigner) -> None:
-    """Trainings that finish while Telegram is down, then a burst of forged callbacks."""
-    service = monitored.service
-    url = f"{service.url}/api/v1/avatar/status_update"
+def attach_trainings(service: GunicornServer) -> list[str]:
+    """Three trainings running at FAL, attached as an operator would; their request ids."""
     env = base_env(DATABASE_URL=service.database_url)
-    for number in range(3):
-        request_id = new_request_id()
+    request_ids = [new_request_id() for _ in range(3)]
+    for number, request_id in enumerate(request_ids):
         run_cli("avatars", "attach", "--telegram-id", str(700 + number), "--name", "Anna",
                 "--training-type", "portrait", "--request-id", request_id, env=env)  # fmt: skip
+    return request_ids
+
+
+def drive(monitored: Monitored, signer: FalSigner, trainings: list[str]) -> None:
+    """The trainings finish while Telegram is down, then a burst of forged callbacks."""
+    url = f"{monitored.service.url}/api/v1/avatar/status_update"
+    for number, request_id in enumerate(trainings):
         body = fal_ok(request_id)
         reply = requests.post(url, data=body, headers=signed(signer, body), timeout=10)
         assert reply.json()["status"] == "received", reply.text

@@ -317,14 +317,19 @@ def test_after_telegram_recovers_the_first_success_expedites_the_backlog(
 ) -> None:
     async def body(worker: Worker) -> None:
         api.down = True
-        await enqueue([worker], texts(range(10, 15)))
-        # About four failures a row: each then waits out a back-off of 4-8 s, spread apart.
-        await until(lambda: len(api.calls_to("sendMessage")) >= 20, 30, "failed attempts")
+        await enqueue([worker], texts(range(10, 22)))
+        # Three failures a row (the third comes 1.5-3 s after the first, a fourth no sooner than
+        # 3.5 s): each then waits out a back-off of 2-4 s, and their due times, sums of three
+        # jittered waits, spread apart. Without the expedite all twelve would land within a
+        # second of each other about once in 600 runs (simulated; five rows after four
+        # failures, as before, about once in 90) and the first success comes ~4 s in, not ~10.
+        await until(lambda: len(api.calls_to("sendMessage")) >= 36, 30, "failed attempts")
         api.down = False
-        await all_in(worker, S.SENT, 5, seconds=30)
+        await all_in(worker, S.SENT, 12, seconds=30)
 
-    run_one(api, sqlite_url, [], body)
-    assert delivered_per_chat(api) == Counter(range(10, 15))
+    # The rate only keeps twelve paced sends (0.11 s) as far from the 1 s below as five were.
+    run_one(api, sqlite_url, [], body, telegram_rate_per_second=100.0)
+    assert delivered_per_chat(api) == Counter(range(10, 22))
     delivered = sorted(c.at for c in api.calls_to("sendMessage") if c.ok)
     # Without the expedite the last of them would come a back-off after the first.
     assert delivered[-1] - delivered[0] < 1.0, delivered
