@@ -17,8 +17,11 @@ from tests.support.bot_generations import completed_avatar, event_outcomes, gene
 from tests.support.db import notifications
 from tests.support.servers import holds, wait_until
 
-# A wrong second album would leave within the outbox's poll on SQLite (0.2 s) plus the per-chat
-# interval (1 s, twice for an album's follow-up); this is ample for it to show.
+# The outbox's per-chat interval here: an album of four and its follow-up hold the chat for
+# five intervals, and a wrong second album would wait behind them.
+CHAT_INTERVAL = 0.1
+# A wrong second album would leave within the outbox's poll on SQLite (0.2 s) plus those five
+# intervals (0.5 s); this is ample for it to show.
 SETTLE = 3.0
 # Generations without a callback this old are asked about at FAL; the reconciler looks twice
 # a second.
@@ -35,6 +38,7 @@ def stack(
         "RECONCILE_INTERVAL_SECONDS": "0.5",
         "GENERATION_EXPECTED_SECONDS": str(EXPECTED_SECONDS),
         "GENERATIONS_PER_DAY": str(PER_DAY),
+        "TELEGRAM_CHAT_INTERVAL": str(CHAT_INTERVAL),
     }
     with running_bot(module_api, module_signer, module_jwks.jwks_url, **settings) as running:
         yield running

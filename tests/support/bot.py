@@ -44,9 +44,14 @@ class BotStack:
         # The bot is up once it asks for updates, or once it has set its webhook.
         self.ready_call = "setWebhook" if settings.get("BOT_UPDATES") == "webhook" else "getUpdates"
         shared = {"TELEGRAM_TOKEN": TOKEN, "TELEGRAM_API_URL": api.url}
-        # The quota is both processes': the bot checks it, the outcomes tell what is left.
-        quota = {k: v for k, v in settings.items() if k.startswith("GENERATIONS_")}
-        self.server = GunicornServer({**shared, **quota, "FAL_JWKS_URL": jwks_url})
+        # The quota is both processes': the bot checks it, the outcomes tell what is left. The
+        # per-chat pace is the web service's (its outbox sends the outcomes).
+        web = {
+            k: v
+            for k, v in settings.items()
+            if k.startswith("GENERATIONS_") or k == "TELEGRAM_CHAT_INTERVAL"
+        }
+        self.server = GunicornServer({**shared, **web, "FAL_JWKS_URL": jwks_url})
         self.database_url = self.server.database_url
         self.bot = ServiceProcess(
             "bot",
