@@ -182,5 +182,6 @@ async def _drain_while_leading(
         if isinstance(outcome, Exception):
             log.error("dispatcher_crashed", error=repr(outcome))
         if direct is not None:
+            # Bounded: a server that stopped answering must not hold up the next election.
             with contextlib.suppress(Exception):
-                await direct.close()
+                await asyncio.wait_for(direct.close(), 5)
