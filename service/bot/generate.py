@@ -21,6 +21,7 @@ from service.bot.generation import Choice
 from service.bot.services import Services, answer_tap, lang, say, services
 from service.bot.styles import MAX_PROMPT_CHARS, PromptProblem, clean_prompt, frame_label, style
 from service.bot.texts import Lang, status_name, t
+from service.bot.timeouts import persist_now
 from service.fal.flux_lora import Frame
 from service.jobs.states import AvatarStatus
 from service.store import generations
@@ -69,10 +70,9 @@ async def keep(update: Update, context: ContextTypes.DEFAULT_TYPE, chosen: Chose
     """The choices so far, stored before the next question is asked: a bot killed once the
     person has seen it still knows what they chose (the flush after every update comes only
     after the reply)."""
-    assert context.user_data is not None and update.effective_user is not None
+    assert context.user_data is not None
     context.user_data[GENERATION_KEY] = chosen.as_json()
-    context.application.mark_data_for_update_persistence(user_ids=update.effective_user.id)
-    await context.application.update_persistence()
+    await persist_now(update, context)
 
 
 async def _left(svc: Services, telegram_id: int) -> int:
