@@ -4,11 +4,12 @@ FAL's callback is faster than the bot's record of FAL's answer (SQLite and Postg
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Iterator
-from typing import TypeVar
+from collections.abc import Awaitable, Callable, Iterator, MutableMapping
+from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlsplit
 
 import pytest
+import structlog.testing
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -106,3 +107,52 @@ def test_a_callback_before_the_record_is_applied_and_the_record_adds_the_urls(
     assert job.kind == "generation" and job.app == FLUX_LORA
     assert job.status_url == submission.status_url and job.cancel_url == submission.cancel_url
     assert found.status == "completed" and notifications == 1
+
+
+def test_an_answer_whose_request_is_registered_for_another_generation_is_left_and_logged(
+    database_url: str,
+) -> None:
+    schema.upgrade(database_url)
+    settings = Settings(database_url=database_url, fal_key=KEY)
+    avatar = completed_avatar(database_url, TELEGRAM_ID, "Anna")
+    shared = Submission("req-shared", "https://q/status", "https://q/response", "https://q/cancel")
+    # The same request id in another answer (for another generation), with other URLs.
+    again = Submission("req-shared", "https://q/other", "https://q/other", "https://q/other")
+
+    async def work(
+        svc: Services,
+    ) -> tuple[str, list[FalJob], Generation, list[MutableMapping[str, Any]]]:
+        first = await generation.reserve(
+            svc, TELEGRAM_ID, Choice(avatar.id, Frame.SQUARE, 1, style="studio"), "ru"
+        )
+        second = await generation.reserve(
+            svc, TELEGRAM_ID, Choice(avatar.id, Frame.SQUARE, 1, style="studio"), "ru"
+        )
+        await svc.transaction(lambda s: generation.record(s, first.id, shared, FLUX_LORA))
+        with structlog.testing.capture_logs() as logged:
+            status = await svc.transaction(
+                lambda s: generation.record(s, second.id, again, FLUX_LORA)
+            )
+
+        async def rows(session: AsyncSession) -> tuple[list[FalJob], Generation]:
+            jobs = list((await session.execute(select(FalJob))).scalars())
+            return jobs, await session.get_one(Generation, second.id)
+
+        jobs, found = await svc.transaction(rows)
+        assert jobs[0].generation_id == first.id
+        return status, jobs, found, logged
+
+    async def go() -> tuple[str, list[FalJob], Generation, list[MutableMapping[str, Any]]]:
+        svc = Services.open(settings, fal_timeout=2.0)
+        try:
+            return await work(svc)
+        finally:
+            await svc.close()
+
+    status, jobs, second, logged = asyncio.run(go())
+    # The job stays the first generation's; the second keeps waiting, without a job.
+    assert len(jobs) == 1 and status == "queued" and second.status == "queued"
+    assert jobs[0].status_url == shared.status_url and jobs[0].cancel_url == shared.cancel_url
+    (mismatch,) = [e for e in logged if e["event"] == "generation_request_mismatch"]
+    assert mismatch["generation_id"] == second.id and mismatch["submitted"] == "req-shared"
+    assert mismatch["registered_for"] == jobs[0].generation_id

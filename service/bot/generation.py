@@ -18,19 +18,18 @@ from dataclasses import dataclass
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import structlog
-from sqlalchemy import exists, select, update
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.bot.services import Services
 from service.bot.styles import compose, style
-from service.bot.submit import keep_job
+from service.bot.submit import keep_job, unsubmitted
 from service.fal import flux_lora
 from service.fal.flux_lora import Frame
 from service.fal.queue import FalError, Submission
-from service.jobs import registry
 from service.jobs.states import AvatarStatus, GenerationStatus
 from service.store import generations
-from service.store.models import Avatar, FalJob, Generation, User, utcnow
+from service.store.models import Avatar, Generation, User, utcnow
 
 log = structlog.get_logger("service.bot.generation")
 
@@ -227,29 +226,10 @@ async def submit(svc: Services, reserved: Reserved) -> str:
     except FalError as exc:
         error = str(exc)
         log.warning("generation_not_submitted", generation_id=reserved.id, error=error)
-        await svc.transaction(lambda s: mark_failed(s, reserved.id, error))
+        await svc.transaction(lambda s: unsubmitted(s, Generation, reserved.id, error))
         raise
     log.info("generation_submitted", generation_id=reserved.id, request_id=submission.request_id)
     return await svc.transaction(lambda s: record(s, reserved.id, submission, app))
-
-
-async def mark_failed(session: AsyncSession, generation_id: str, error: str) -> None:
-    # Only if FAL never accepted it: a callback may have matched it by its hint meanwhile.
-    now = utcnow()
-    await session.execute(
-        update(Generation)
-        .where(
-            Generation.id == generation_id,
-            Generation.status == GenerationStatus.QUEUED.value,
-            ~exists().where(FalJob.generation_id == Generation.id),
-        )
-        .values(
-            status=GenerationStatus.FAILED.value,
-            error_message=error[:2000],
-            updated_at=now,
-            finished_at=now,
-        )
-    )
 
 
 async def record(
@@ -261,22 +241,5 @@ async def record(
             select(Generation).where(Generation.id == generation_id).with_for_update()
         )
     ).scalar_one()
-    other = await keep_job(
-        session,
-        generation,
-        await session.get(FalJob, submission.request_id),
-        submission,
-        app,
-        kind=registry.JobKind.GENERATION,
-        avatar_id=generation.avatar_id,
-        generation_id=generation.id,
-        submitted_at=generation.created_at,
-    )
-    if other is not None:
-        log.warning(
-            "generation_request_mismatch",
-            generation_id=generation_id,
-            request_id=submission.request_id,
-            registered_for=other.generation_id,
-        )
+    await keep_job(session, generation, submission, app)
     return generation.status

@@ -6,7 +6,6 @@ See service.bot.training for the order of the steps and why it keeps every crash
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 
 import structlog
 from sqlalchemy import exists, select, update
@@ -19,7 +18,7 @@ from service.bot.services import Services
 from service.fal.queue import Submission
 from service.jobs import registry
 from service.jobs.ingest import register
-from service.jobs.states import AvatarStatus
+from service.jobs.states import AvatarStatus, GenerationStatus
 from service.store import training_data
 from service.store.models import Avatar, FalJob, Generation, utcnow
 
@@ -81,48 +80,61 @@ async def sending(session: AsyncSession, avatar_id: str) -> None:
     )
 
 
-async def back_to_draft(session: AsyncSession, avatar_id: str, error: str) -> None:
-    # Only if FAL never answered with a request id: a callback may have matched it meanwhile.
+async def unsubmitted(
+    session: AsyncSession, model: type[Avatar] | type[Generation], subject_id: str, error: str
+) -> None:
+    """A submission FAL refused, or never answered with a request id: the avatar goes back to
+    draft, the generation fails. Only if no job is registered for it: a callback may have
+    matched it by its hint meanwhile, and then the callback's state stands."""
+    now = utcnow()
+    values: dict[str, object] = {"error_message": error[:2000], "updated_at": now}
+    if model is Avatar:
+        waiting, registered = AvatarStatus.TRAINING.value, FalJob.avatar_id
+        values.update(status=AvatarStatus.DRAFT.value, training_started_at=None)
+    else:
+        waiting, registered = GenerationStatus.QUEUED.value, FalJob.generation_id
+        values.update(status=GenerationStatus.FAILED.value, finished_at=now)
     await session.execute(
-        update(Avatar)
+        update(model)
         .where(
-            Avatar.id == avatar_id,
-            Avatar.status == AvatarStatus.TRAINING.value,
-            ~exists().where(FalJob.avatar_id == Avatar.id),
+            model.id == subject_id, model.status == waiting, ~exists().where(registered == model.id)
         )
-        .values(
-            status=AvatarStatus.DRAFT.value,
-            error_message=error[:2000],
-            training_started_at=None,
-            updated_at=utcnow(),
-        )
+        .values(values)
     )
 
 
 async def keep_job(
-    session: AsyncSession,
-    subject: Avatar | Generation,
-    registered: FalJob | None,
-    submission: Submission,
-    app: str,
-    *,
-    kind: registry.JobKind,
-    avatar_id: str,
-    submitted_at: dt.datetime,
-    generation_id: str | None = None,
-) -> FalJob | None:
+    session: AsyncSession, subject: Avatar | Generation, submission: Submission, app: str
+) -> None:
     """Keep FAL's answer (its URLs) on the job of `subject` (locked by the caller), and read the
     subject again: the events the job was waiting for may have moved it on.
 
-    The job is `registered`, when a callback that raced the submission registered it from its
-    hint without them, else a new one of `kind`, registered now. A job registered for another
-    request or another generation is left as it is and returned, for the caller to log.
+    The job is the one a callback that raced the submission registered from its hint without
+    the URLs, else a new one, registered now. A job registered for another request or another
+    generation is left as it is, and logged.
     """
+    if isinstance(subject, Generation):
+        kind, avatar_id, generation_id = registry.JobKind.GENERATION, subject.avatar_id, subject.id
+        submitted_at = subject.created_at
+        registered = await session.get(FalJob, submission.request_id)
+    else:
+        kind, avatar_id, generation_id = registry.JobKind.TRAINING, subject.id, None
+        assert subject.training_started_at is not None, "set when the submission began"
+        submitted_at = subject.training_started_at
+        registered = await registry.training_of(session, avatar_id)
     # A generation's job is looked up by its request id, a training's by its avatar: either
     # way it is this submission's only if both the request and the generation match.
     this = (submission.request_id, generation_id)
     if registered is not None and (registered.request_id, registered.generation_id) != this:
-        return registered
+        log.warning(
+            f"{kind.value}_request_mismatch",
+            avatar_id=avatar_id,
+            generation_id=generation_id,
+            submitted=submission.request_id,
+            stored=registered.request_id,
+            registered_for=registered.generation_id,
+        )
+        return
     job = registered or FalJob(
         request_id=submission.request_id,
         kind=kind.value,
@@ -140,7 +152,6 @@ async def keep_job(
         await register(session, job)
     await session.flush()
     await session.refresh(subject)
-    return None
 
 
 async def record(session: AsyncSession, avatar_id: str, submission: Submission, app: str) -> str:
@@ -150,21 +161,5 @@ async def record(session: AsyncSession, avatar_id: str, submission: Submission, 
     ).scalar_one()
     if avatar.training_started_at is None:
         avatar.training_started_at = utcnow()
-    other = await keep_job(
-        session,
-        avatar,
-        await registry.training_of(session, avatar_id),
-        submission,
-        app,
-        kind=registry.JobKind.TRAINING,
-        avatar_id=avatar.id,
-        submitted_at=avatar.training_started_at,
-    )
-    if other is not None:
-        log.warning(
-            "training_request_mismatch",
-            avatar_id=avatar_id,
-            stored=other.request_id,
-            submitted=submission.request_id,
-        )
+    await keep_job(session, avatar, submission, app)
     return avatar.status

@@ -226,7 +226,7 @@ async def launch(svc: Services, bot: Bot, avatar: AvatarRef) -> str:
     except (FalError, PhotosUnavailable) as exc:
         error = str(exc)
         log.warning("training_not_submitted", avatar_id=avatar.id, error=error)
-        await svc.transaction(lambda s: submit.back_to_draft(s, avatar.id, error))
+        await svc.transaction(lambda s: submit.unsubmitted(s, Avatar, avatar.id, error))
         raise
     log.info("training_submitted", avatar_id=avatar.id, request_id=submission.request_id)
     app = TRAINERS[avatar.training_type]
