@@ -44,7 +44,8 @@ async def status_update(request: Request) -> Response:
     started = time.perf_counter()
     runtime: Runtime = request.app.state.runtime
     client = client_address(request.scope, runtime.settings.forwarded_allow_ips)
-    fields: dict[str, Any] = {"client": client, "path": request.url.path}
+    # The scope's own path: Starlette's `request.url` builds and parses a whole URL.
+    fields: dict[str, Any] = {"client": client, "path": request.scope["path"]}
     try:
         answer = await _handle(request, runtime, client, fields)
     except RequestRefused as refused:
@@ -104,7 +105,7 @@ async def _handle(
         raw_body=raw,
         event=event,
         headers={name: headers[name] for name in _KEPT_HEADERS if name in headers},
-        query=request.url.query,
+        query=request.scope["query_string"].decode(),
         client_ip=client,
         signed=signed_request_id is not None,
     )
