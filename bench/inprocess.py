@@ -112,7 +112,14 @@ async def _call(app: ASGIApp, body: bytes, headers: list[tuple[bytes, bytes]]) -
     return statuses[0]
 
 
-def webhooks(kind: str, count: int, floor: bool) -> tuple[float, float | None]:
+# Awaited inside the app's lifespan after the warm-up, outside the measured window, with the
+# bodies about to be measured (bench/parts.py reads their jobs there).
+Prepare = Callable[[ASGIApp, list[bytes]], Awaitable[None]]
+
+
+def webhooks(
+    kind: str, count: int, floor: bool, prepare: Prepare | None = None
+) -> tuple[float, float | None]:
     """CPU ms per signed completion (the floor's endpoint when `floor`): this process's, and
     on PostgreSQL its backends' (those connected to the benchmark's database)."""
     signer = FalSigner()
@@ -139,7 +146,7 @@ def webhooks(kind: str, count: int, floor: bool) -> tuple[float, float | None]:
                 connection.execute(TABLE)
             app = create_floor_app(url)
         backends = _backends(url) if kind == "postgresql" else None
-        return uvloop.run(_measure(app, requests, backends))
+        return uvloop.run(_measure(app, requests, backends, prepare))
 
 
 def _backends(url: str) -> Callable[[], list[int]]:
@@ -158,11 +165,14 @@ async def _measure(
     app: ASGIApp,
     requests: list[tuple[bytes, list[tuple[bytes, bytes]]]],
     backends: Callable[[], list[int]] | None,
+    prepare: Prepare | None = None,
 ) -> tuple[float, float | None]:
     async with lifespan(app):
         for body, headers in requests[:WARM_UP]:
             assert await _call(app, body, headers) == 200
         measured = requests[WARM_UP:]
+        if prepare is not None:
+            await prepare(app, [body for body, _ in measured])
 
         async def lane(share: list[tuple[bytes, list[tuple[bytes, bytes]]]]) -> None:
             for body, headers in share:
