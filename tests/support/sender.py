@@ -77,10 +77,19 @@ class Sender:
         self._local = threading.local()
         self._opened: list[TLSConnection] = []
         self._lock = threading.Lock()
+        # For each attempt that got no answer: how long its connection had been idle since its
+        # last answer (None: it was new). nginx closes a keep-alive connection idle for its
+        # keepalive_timeout, and http.client finds that out only by sending on it.
+        self.unanswered_idle: list[float | None] = []
 
     def _pool(self) -> dict[str, TLSConnection]:
         pool: dict[str, TLSConnection] = self._local.__dict__.setdefault("pool", {})
         return pool
+
+    def _answered_at(self) -> dict[TLSConnection, float]:
+        """When each of this thread's connections last brought an answer."""
+        answered: dict[TLSConnection, float] = self._local.__dict__.setdefault("answered", {})
+        return answered
 
     def _connection(self, source: str) -> TLSConnection:
         pool = self._pool()
@@ -89,8 +98,10 @@ class Sender:
             del pool[source]
         if source not in pool:
             if len(pool) >= 8:
-                _, oldest = pool.popitem()
-                oldest.close()
+                # The one opened last goes: the first seven stay, some of them idle for long.
+                _, last = pool.popitem()
+                self._answered_at().pop(last, None)
+                last.close()
             connection = TLSConnection(self.port, self.context, source, timeout=self.timeout)
             with self._lock:
                 self._opened.append(connection)
@@ -109,12 +120,18 @@ class Sender:
             **self.signer.headers(webhook.body, webhook.request_id),
         }
         connection = self._connection(webhook.source)
+        answered = self._answered_at()
         try:
             reply = connection.call("POST", webhook.path, webhook.body, headers)
         except (OSError, http.client.HTTPException):
+            last = answered.pop(connection, None)
+            with self._lock:
+                self.unanswered_idle.append(None if last is None else time.monotonic() - last)
             self._drop(webhook.source)
             return NO_ANSWER, b""
+        answered[connection] = time.monotonic()
         if reply.headers.get("connection", "").lower() == "close":
+            answered.pop(connection, None)
             self._drop(webhook.source)
         return reply.status, reply.body
 

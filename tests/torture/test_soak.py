@@ -36,6 +36,9 @@ WARM_UP_MINUTES = 1
 # The targets: RSS and fds flat after warm-up, p99 within 1.5x of the first minute's.
 # "Flat": what a minute's noise moves; p99 gets a floor, as 1.5x a few milliseconds is noise.
 RSS_GROWTH_MIB, FD_GROWTH, P99_FACTOR, P99_FLOOR_S = 16.0, 8, 1.5, 0.05
+# nginx's own default keepalive_timeout: neither Debian's nginx.conf nor our sites set one. A
+# keep-alive connection idle this long is closed, and the sender learns it only by sending.
+NGINX_KEEPALIVE_S = 75.0
 
 
 def soak_minutes() -> float:
@@ -159,6 +162,9 @@ def test_a_compressed_day_keeps_memory_fds_connections_and_p99_flat(
             "p99 ms": round(slope([v * 1000 for v in p99[WARM_UP_MINUTES:]]), 3),
         },
         "events pruned by the retention job, each minute": [p["events"] for p in pruned],
+        "unanswered attempts: their connection's idle seconds (None: new)": [
+            None if idle is None else round(idle, 1) for idle in sender.unanswered_idle
+        ],
     }
     print(f"\nsoak: {json.dumps(ledger.notes)}")
 
@@ -167,6 +173,11 @@ def test_a_compressed_day_keeps_memory_fds_connections_and_p99_flat(
     # Each bad one answered 4xx in the end (an attempt on a keep-alive connection that had
     # just closed gets no answer and is sent again, as FAL would).
     assert {d.attempts[-1][1] for d in deliveries if d.webhook in bad_ones} == {400, 404}
+    # Every attempt that got no answer went out on a connection nginx had closed for being
+    # idle: the sender's doing, not a request the service dropped.
+    assert all(
+        idle is not None and idle >= NGINX_KEEPALIVE_S - 1 for idle in sender.unanswered_idle
+    ), ledger.notes
     assert ledger.messages_received == count and ledger.duplicates == 0, ledger
     assert "unhandled_error" not in logs
     assert not any(s >= 500 for s in ledger.answers), ledger
