@@ -297,6 +297,10 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     ]  # fmt: skip
 
 
+# Other processes' CPU, as a share of a run's own, above which the run's latencies are suspect.
+NOISY_SHARE = 0.2
+
+
 def notes(results: dict[str, Any], args: argparse.Namespace) -> list[str]:
     floor, product = results["floor"], results["product"]
     found = [
@@ -319,6 +323,19 @@ def notes(results: dict[str, Any], args: argparse.Namespace) -> list[str]:
         "else' in the table is CPU used by other processes in the same window (the Bot API "
         "server, other users of the machine).",
     ]
+    lite = results["on_sqlite"]
+    runs = (("floor", floor), ("product", product), ("SQLite floor", lite["floor"]),
+            ("SQLite product", lite["product"]))  # fmt: skip
+    for label, run in runs:
+        cpu = run["cpu_ms_per_request"]
+        # Another process's bursts delay this run's requests, and the tail shows it first.
+        if cpu["other"] > NOISY_SHARE * cpu["total"]:
+            found.append(
+                f"WARNING: other processes took {cpu['other']:.3f} ms of CPU per request during "
+                f"the {label} run, {100 * cpu['other'] / cpu['total']:.0f}% of its own "
+                f"{cpu['total']:.3f} ms: its latencies, and the ratios made from them, are no "
+                "clean reference. Run again on a quieter machine."
+            )
     if product["wrapped"]:
         found.append(
             f"WARNING: wrk ran out of distinct webhooks {product['wrapped']} times in the product "
