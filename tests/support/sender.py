@@ -121,12 +121,14 @@ class Sender:
         }
         connection = self._connection(webhook.source)
         answered = self._answered_at()
+        sent = time.monotonic()
         try:
             reply = connection.call("POST", webhook.path, webhook.body, headers)
         except (OSError, http.client.HTTPException):
+            # Idle until this attempt was sent: a timeout's own wait must not count.
             last = answered.pop(connection, None)
             with self._lock:
-                self.unanswered_idle.append(None if last is None else time.monotonic() - last)
+                self.unanswered_idle.append(None if last is None else sent - last)
             self._drop(webhook.source)
             return NO_ANSWER, b""
         answered[connection] = time.monotonic()
