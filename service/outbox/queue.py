@@ -7,7 +7,7 @@ import random
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import JSON, Select, bindparam, func, select, update
+from sqlalchemy import JSON, ColumnElement, Select, bindparam, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.outbox.messages import OUTBOX_CHANNEL, Message, MessageType, row_values
@@ -172,17 +172,18 @@ def _kept_unless(name: str, column: Any) -> Any:
     return func.coalesce(bindparam(name, type_=column.type), column)
 
 
+def _held(row_id: Any, worker: Any) -> tuple[ColumnElement[bool], ...]:
+    """The row, only while this worker's claim on it holds: a lost lease makes a write a no-op."""
+    n = _notifications.c
+    return (n.id == row_id, n.claimed_by == worker, n.state == NotificationState.SENDING.value)
+
+
 # One statement for every outcome, so that it is compiled and prepared once: what an outcome
 # does not set (a message id, file_ids, the next attempt, a migrated chat) keeps its value.
-# Only while this worker's claim holds, as _claimed_row's.
 _n = _notifications.c
 _RECORD = (
     update(_notifications)
-    .where(
-        _n.id == bindparam("row_id"),
-        _n.claimed_by == bindparam("worker"),
-        _n.state == NotificationState.SENDING.value,
-    )
+    .where(*_held(bindparam("row_id"), bindparam("worker")))
     .values(
         state=bindparam("new_state", type_=_n.state.type),
         updated_at=bindparam("now", type_=_n.updated_at.type),
@@ -219,13 +220,9 @@ def _sent_values(result: SendResult) -> dict[str, Any]:
 
 
 def _claimed_row(worker: str, claimed: Claimed) -> Any:
-    # Only while this worker's claim holds: a lost lease makes the write a no-op. The table's
-    # UPDATE, not the entity's: the ORM's bulk path (bringing loaded rows up to date) cost the
-    # drain loop more CPU than the send itself.
-    n = _notifications.c
-    return update(_notifications).where(
-        n.id == claimed.id, n.claimed_by == worker, n.state == NotificationState.SENDING.value
-    )
+    # The table's UPDATE, not the entity's: the ORM's bulk path (bringing loaded rows up to
+    # date) cost the drain loop more CPU than the send itself.
+    return update(_notifications).where(*_held(claimed.id, worker))
 
 
 async def expedite(session: AsyncSession) -> int:
